@@ -1,0 +1,70 @@
+# One obvious target per job. `make demo` and `make test` are the README's two commands.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PUBLISHED_VENV := .venv-published
+PUBLISHED_VERSION := 1.4.0
+# System packages the tests need (none yet for Python: pyzmq wheels bundle libzmq).
+APT_PACKAGES :=
+PROTO := proto/inferential.proto
+PY_GEN := client-py/src/inferential/_proto
+
+.PHONY: setup apt proto proto-check test test-py demo bench bench-scheduling bench-ray clean
+
+setup: apt $(VENV)/.stamp $(PUBLISHED_VENV)/.stamp
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.stamp: requirements-dev.txt client-py/pyproject.toml server-py/pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements-dev.txt
+	# compat mode puts each src/ folder on sys.path, so the client's and the
+	# server's parts of the `inferential` package are found side by side.
+	$(PIP) install -q --no-deps --config-settings editable_mode=compat -e client-py -e server-py
+	touch $@
+
+# The published package, as a compatibility target and a baseline, in a venv of its own
+# (its distribution name is the same as ours).
+$(PUBLISHED_VENV)/.stamp:
+	test -x $(PUBLISHED_VENV)/bin/python || python3 -m venv $(PUBLISHED_VENV)
+	$(PUBLISHED_VENV)/bin/pip install -q "inferential==$(PUBLISHED_VERSION)"
+	touch $@
+
+proto: $(VENV)/.stamp
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PY_GEN) --pyi_out=$(PY_GEN) $(PROTO)
+
+# Fails when the committed generated code drifts from proto/.
+proto-check: $(VENV)/.stamp
+	@tmp=$$(mktemp -d); \
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$$tmp --pyi_out=$$tmp $(PROTO) && \
+	diff -u $(PY_GEN)/inferential_pb2.py $$tmp/inferential_pb2.py && \
+	diff -u $(PY_GEN)/inferential_pb2.pyi $$tmp/inferential_pb2.pyi && \
+	echo "proto-check: generated Python code matches $(PROTO)"; rc=$$?; rm -rf $$tmp; exit $$rc
+
+test: setup proto-check test-py
+
+test-py: $(VENV)/.stamp
+	$(PY) -m pytest client-py/tests server-py/tests -q
+
+demo: setup
+	$(PY) -m inferential.cli demo
+
+bench: setup
+	$(PY) bench/roundtrip.py
+
+bench-scheduling: setup
+	$(PY) bench/scheduling.py
+
+bench-ray: setup
+	$(PY) bench/ray_backend.py
+
+clean:
+	rm -rf $(VENV) $(PUBLISHED_VENV) .pytest_cache

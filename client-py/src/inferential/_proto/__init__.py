@@ -1,0 +1,1 @@
+"""Generated protobuf bindings (do not edit; `make proto` regenerates them from proto/)."""

@@ -1,0 +1,306 @@
+"""Pure codec for the Inferential wire protocol (docs/protocol.md). No sockets here.
+
+A message on the wire is a list of ZMQ frames::
+
+    robot -> server (DEALER):   [b"", envelope, payload_0, payload_1, ...]
+    server -> robot (ROUTER):   [identity, b"", envelope, payload_0, ...]
+
+The logical payload is the concatenation of the payload frames; a tensor's
+``byte_offset``/``byte_length`` address that concatenation and must lie inside a
+single frame. Version-1.x peers send and expect exactly one payload frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from inferential._proto import inferential_pb2 as pb
+
+PROTOCOL_VERSION = 2
+
+# Frames of at most this many bytes are joined into one frame when sending: a
+# frame costs more than copying a few hundred bytes, a large array is sent as is.
+SMALL_TENSOR_BYTES = 2048
+
+
+class WireError(ValueError):
+    """A message that breaks the protocol. ``field`` names the offending part."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a receiver enforces on every message (docs/protocol.md, Limits)."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_tensors: int = 64
+    max_dims: int = 8
+    max_key_bytes: int = 256
+    max_metadata_entries: int = 64
+    max_metadata_value_bytes: int = 4096
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# --- dtype table, derived from the proto enum ---------------------------------
+
+
+def _bfloat16_numpy() -> np.dtype | None:
+    try:  # optional: ml_dtypes gives numpy a real bfloat16
+        import ml_dtypes  # type: ignore[import-not-found]
+
+        return np.dtype(ml_dtypes.bfloat16)
+    except ImportError:
+        return None
+
+
+_BF16 = _bfloat16_numpy()
+
+
+def _build_dtype_table() -> tuple[dict[int, np.dtype], dict[str, int]]:
+    to_numpy: dict[int, np.dtype] = {}
+    from_numpy: dict[str, int] = {}
+    for name, number in pb.DType.items():
+        if number == pb.DTYPE_UNSPECIFIED:
+            continue
+        if number == pb.BFLOAT16:
+            # Without ml_dtypes a bfloat16 tensor is exposed as its raw uint16 bits.
+            dt = _BF16 if _BF16 is not None else np.dtype("<u2")
+            to_numpy[number] = dt
+            from_numpy["bfloat16"] = number
+            continue
+        dt = np.dtype(name.lower()).newbyteorder("<")
+        to_numpy[number] = dt
+        from_numpy[np.dtype(name.lower()).name] = number
+    return to_numpy, from_numpy
+
+
+DTYPE_TO_NUMPY, _NUMPY_NAME_TO_DTYPE = _build_dtype_table()
+
+
+def dtype_name(dtype: int) -> str:
+    return pb.DType.Name(dtype) if dtype in pb.DType.values() else f"DType({dtype})"
+
+
+def itemsize(dtype: int) -> int:
+    return DTYPE_TO_NUMPY[dtype].itemsize
+
+
+class BFloat16:
+    """A tensor to send as BFLOAT16, holding its raw bits as little-endian uint16.
+
+    ``BFloat16.from_float32(x)`` rounds float32 values to nearest-even; with the
+    optional ``ml_dtypes`` package, arrays of its bfloat16 dtype are sent directly.
+    """
+
+    __slots__ = ("bits",)
+
+    def __init__(self, bits: np.ndarray) -> None:
+        if bits.dtype != np.uint16:
+            raise TypeError(f"BFloat16 holds uint16 bit patterns, got {bits.dtype}")
+        self.bits = bits
+
+    @classmethod
+    def from_float32(cls, values: np.ndarray) -> "BFloat16":
+        f = np.ascontiguousarray(values, dtype="<f4")
+        u = f.view("<u4").astype(np.uint64)
+        rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        nan = np.isnan(f)
+        bits = np.where(nan, 0x7FC0, rounded).astype("<u2")
+        return cls(bits)
+
+    def to_float32(self) -> np.ndarray:
+        return (self.bits.astype("<u4") << 16).view("<f4")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.bits.shape
+
+
+def wire_dtype(array: np.ndarray) -> int:
+    """The DType number for a numpy array; raises TypeError when there is none."""
+    name = array.dtype.name
+    number = _NUMPY_NAME_TO_DTYPE.get(name)
+    if number is None or (number == pb.BFLOAT16 and _BF16 is None):
+        supported = ", ".join(sorted(_NUMPY_NAME_TO_DTYPE))
+        raise TypeError(f"numpy dtype {array.dtype} has no wire dtype (supported: {supported})")
+    return number
+
+
+# --- encoding -----------------------------------------------------------------
+
+
+def _wire_array(value: np.ndarray | BFloat16) -> tuple[int, np.ndarray]:
+    if isinstance(value, BFloat16):
+        arr, dtype = value.bits, pb.BFLOAT16
+    else:
+        arr, dtype = value, wire_dtype(value)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return dtype, arr
+
+
+def pack_tensors(
+    tensors: Iterable[tuple[str, np.ndarray | BFloat16]],
+    add_tensor: Any,
+    timestamp_ns: int = 0,
+) -> list[Any]:
+    """Describe ``tensors`` with ``add_tensor()`` (a repeated Tensor field's ``add``)
+    and return the payload frames: large arrays as zero-copy buffers, small ones joined.
+    """
+    frames: list[Any] = []
+    small: list[bytes] = []
+    offset = 0
+    for key, value in tensors:
+        dtype, arr = _wire_array(value)
+        nbytes = arr.nbytes
+        t = add_tensor()
+        t.key = key
+        t.dtype = dtype
+        t.shape.extend(arr.shape)
+        t.byte_offset = offset
+        t.byte_length = nbytes
+        t.encoding = pb.RAW
+        if timestamp_ns:
+            t.timestamp_ns = timestamp_ns
+        if nbytes <= SMALL_TENSOR_BYTES:
+            small.append(arr.tobytes())
+        else:
+            if small:
+                frames.append(b"".join(small))
+                small = []
+            frames.append(arr.data if arr.ndim else arr.tobytes())
+        offset += nbytes
+    if small:
+        frames.append(b"".join(small))
+    return frames
+
+
+def join_payload(frames: Sequence[Any]) -> bytes:
+    """One payload frame, for 1.x peers that read exactly one."""
+    if len(frames) == 1 and isinstance(frames[0], bytes):
+        return frames[0]
+    return b"".join(bytes(f) if not isinstance(f, (bytes, memoryview)) else f for f in frames)
+
+
+# --- decoding -----------------------------------------------------------------
+
+
+def decode_tensors(
+    descriptors: Sequence[Any],
+    segments: Sequence[memoryview | bytes],
+    limits: Limits = DEFAULT_LIMITS,
+    what: str = "tensors",
+) -> dict[str, np.ndarray]:
+    """Numpy views over ``segments`` for each descriptor, after checking every rule.
+
+    Raises WireError naming the tensor and the rule it breaks.
+    """
+    if len(descriptors) > limits.max_tensors:
+        raise WireError(what, f"{len(descriptors)} tensors, limit is {limits.max_tensors}")
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for seg in segments:
+        n = len(seg) if not isinstance(seg, memoryview) else seg.nbytes
+        bounds.append((start, start + n))
+        start += n
+    total = start
+
+    out: dict[str, np.ndarray] = {}
+    for i, t in enumerate(descriptors):
+        key = t.key
+        where = f"{what}[{i}]" + (f" '{key}'" if key else "")
+        if not key:
+            raise WireError(where, "empty key")
+        if len(key.encode()) > limits.max_key_bytes:
+            raise WireError(where, f"key longer than {limits.max_key_bytes} bytes")
+        if key in out:
+            raise WireError(where, "duplicate key")
+        dt = DTYPE_TO_NUMPY.get(t.dtype)
+        if dt is None:
+            raise WireError(where, f"unknown or unspecified dtype {dtype_name(t.dtype)}")
+        if t.encoding not in (pb.RAW, pb.ENCODING_UNSPECIFIED):
+            enc = pb.Encoding.Name(t.encoding) if t.encoding in pb.Encoding.values() else str(t.encoding)
+            raise WireError(where, f"encoding {enc} is not supported; send RAW tensors")
+        shape = tuple(t.shape)
+        if len(shape) > limits.max_dims:
+            raise WireError(where, f"{len(shape)} dimensions, limit is {limits.max_dims}")
+        if any(d < 0 for d in shape):
+            raise WireError(where, f"negative dimension in shape {list(shape)}")
+        expected = math.prod(shape) * dt.itemsize  # Python ints: no overflow
+        if expected != t.byte_length:
+            raise WireError(
+                where,
+                f"shape {list(shape)} of {dtype_name(t.dtype)} needs {expected} bytes "
+                f"but byte_length is {t.byte_length}",
+            )
+        begin, length = t.byte_offset, t.byte_length
+        if begin + length > total:
+            raise WireError(
+                where, f"bytes [{begin}, {begin + length}) lie outside the {total}-byte payload"
+            )
+        seg_index = _segment_of(bounds, begin, length)
+        if seg_index is None:
+            raise WireError(where, f"bytes [{begin}, {begin + length}) span two payload frames")
+        seg_start = bounds[seg_index][0]
+        arr = np.frombuffer(
+            segments[seg_index], dtype=dt, count=math.prod(shape), offset=begin - seg_start
+        )
+        out[key] = arr.reshape(shape)
+    return out
+
+
+def _segment_of(bounds: list[tuple[int, int]], begin: int, length: int) -> int | None:
+    for i, (lo, hi) in enumerate(bounds):
+        if lo <= begin < hi or (length == 0 and lo <= begin <= hi):
+            return i if begin + length <= hi else None
+    if length == 0:  # an empty tensor with no payload at all
+        return 0 if bounds else None
+    return None
+
+
+def check_metadata(metadata: Mapping[str, str], limits: Limits = DEFAULT_LIMITS) -> None:
+    if len(metadata) > limits.max_metadata_entries:
+        raise WireError(
+            "metadata", f"{len(metadata)} entries, limit is {limits.max_metadata_entries}"
+        )
+    for k, v in metadata.items():
+        if len(k.encode()) > limits.max_key_bytes:
+            raise WireError(f"metadata '{k[:40]}'", f"key longer than {limits.max_key_bytes} bytes")
+        if len(v.encode()) > limits.max_metadata_value_bytes:
+            raise WireError(
+                f"metadata '{k}'", f"value longer than {limits.max_metadata_value_bytes} bytes"
+            )
+
+
+# --- statuses -----------------------------------------------------------------
+
+STATUS_NAMES = {number: name for name, number in pb.Status.items()}
+
+# Whether sending again (a fresh observation) can succeed with nothing else changed.
+# The proto comments are the normative table; servers also send it in `retryable`.
+RETRYABLE = frozenset(
+    {
+        pb.MODEL_ERROR,
+        pb.EXPIRED,
+        pb.QUEUE_FULL,
+        pb.DEADLINE_UNMEETABLE,
+        pb.SHUTTING_DOWN,
+        pb.CANCELLED,
+    }
+)
+
+
+def status_name(status: int) -> str:
+    return STATUS_NAMES.get(status, f"Status({status})")

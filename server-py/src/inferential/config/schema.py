@@ -1,0 +1,169 @@
+"""Server configuration: one pydantic model per section, unknown keys rejected by name.
+
+The sections and defaults follow the published README; everything added is optional.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TransportConfig(_Section):
+    # Loopback by default: a production bind address is a deliberate choice (docs/security.md).
+    bind: str = "tcp://127.0.0.1:5555"
+    recv_hwm: int = Field(2000, ge=1)
+    send_hwm: int = Field(2000, ge=1)
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    heartbeat_ivl_ms: int = Field(1000, ge=0)
+    heartbeat_timeout_ms: int = Field(5000, ge=0)
+
+
+class SchedulingConfig(_Section):
+    strategy: str = "deadline_aware"
+    max_queue_size: int = Field(1000, ge=1)
+    request_ttl_ms: float = Field(5000.0, gt=0)
+    overflow_policy: Literal["drop_oldest", "reject_newest"] = "drop_oldest"
+    max_retries: int = Field(0, ge=0)
+    max_batch_size: int = Field(8, ge=1)
+    max_wait_ms: float = Field(10.0, ge=0)
+    # deadline_aware weights (README: 45/25/15/15/10)
+    cadence_weight: float = 45.0
+    urgency_weight: float = 25.0
+    age_weight: float = 15.0
+    steps_weight: float = 15.0
+    priority_weight: float = 10.0
+    policy: Optional[str] = None
+    # Largest priority number accepted (0 is highest); larger values are clamped.
+    max_priority: int = Field(10, ge=0)
+    # Per-robot cap on queued requests (fair share); None = max_queue_size.
+    per_client_queue_cap: Optional[int] = Field(None, ge=1)
+    # A newer observation from the same robot for the same model supersedes its
+    # queued one. None = the strategy's default (on for edf, off otherwise).
+    coalesce: Optional[bool] = None
+    # Requests that cannot meet their deadline: "reject" answers DEADLINE_UNMEETABLE
+    # at once, "deprioritize" runs them after everything else, "off" ignores deadlines.
+    admission: Literal["reject", "deprioritize", "off"] = "off"
+
+
+class ClientDefaults(_Section):
+    latency_budget_ms: float = Field(50.0, gt=0)
+    priority: int = Field(1, ge=0)
+
+
+class KnownClient(_Section):
+    id: str
+    model: Optional[str] = None
+    latency_budget_ms: Optional[float] = Field(None, gt=0)
+    priority: Optional[int] = Field(None, ge=0)
+    # When true the configured priority wins over what the robot sends.
+    pin_priority: bool = False
+    auth_token: Optional[str] = None
+
+
+class ClientsConfig(_Section):
+    defaults: ClientDefaults = ClientDefaults()
+    known: list[KnownClient] = []
+    accept_unknown: bool = True
+
+    def get(self, client_id: str) -> Optional[KnownClient]:
+        for c in self.known:
+            if c.id == client_id:
+                return c
+        return None
+
+
+class ResponseTrackingConfig(_Section):
+    cadence_alpha: float = Field(0.3, gt=0, le=1)
+    disconnect_timeout_s: float = Field(10.0, gt=0)
+
+
+class MetricsConfig(_Section):
+    ring_buffer_size: int = Field(10000, ge=10)
+    # HTTP endpoint serving /metrics (Prometheus), /healthz and /readyz; None = off.
+    http_port: Optional[int] = Field(None, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+
+
+class AuthConfig(_Section):
+    # A token every robot must send (auth_token); per-robot tokens in clients.known win.
+    token: Optional[str] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+class ModelConfig(_Section):
+    name: str
+    # "package.module:Attr": a Model subclass, a factory, or a plain callable.
+    target: str
+    max_batch_size: Optional[int] = Field(None, ge=1)
+    # Batches of this model that may run at once (local backend: worker threads).
+    concurrency: int = Field(1, ge=1)
+    # Keyword arguments for the model's constructor.
+    options: dict[str, Any] = {}
+    # Ray backend (deploy mode)
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_ongoing_requests: Optional[int] = Field(None, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class RayConfig(_Section):
+    # None: start an embedded local Ray (and stop it on shutdown);
+    # "auto" or "ray://host:port": use an existing cluster and leave it running.
+    address: Optional[str] = None
+    namespace: str = "inferential"
+    num_cpus: Optional[int] = Field(None, ge=1)
+    # Applications to attach to by name, in addition to models deployed from `models`.
+    attach: list[str] = []
+    call_timeout_s: float = Field(10.0, gt=0)
+
+
+class LoggingConfig(_Section):
+    level: str = "INFO"
+    json_format: bool = Field(False, alias="json")
+
+
+class InferentialConfig(_Section):
+    transport: TransportConfig = TransportConfig()
+    scheduling: SchedulingConfig = SchedulingConfig()
+    clients: ClientsConfig = ClientsConfig()
+    response_tracking: ResponseTrackingConfig = ResponseTrackingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    auth: AuthConfig = AuthConfig()
+    backend: Literal["local", "ray"] = "local"
+    models: list[ModelConfig] = []
+    ray: RayConfig = RayConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for m in models:
+            if m.name in seen:
+                raise ValueError(f"model '{m.name}' is listed twice")
+            seen.add(m.name)
+        return models
+
+    @model_validator(mode="after")
+    def _known_ids_unique(self) -> "InferentialConfig":
+        ids = [c.id for c in self.clients.known]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"clients.known lists {sorted(dup)} more than once")
+        return self
+
+    def get_client_budget(self, client_id: str) -> float:
+        known = self.clients.get(client_id)
+        if known is not None and known.latency_budget_ms is not None:
+            return known.latency_budget_ms
+        return self.clients.defaults.latency_budget_ms

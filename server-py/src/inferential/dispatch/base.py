@@ -1,0 +1,165 @@
+"""The model contract and the backend interface every dispatcher implements.
+
+A model is loaded once and then executes batches::
+
+    class Policy(inferential.Model):
+        def load(self):                       # once, before any robot is admitted
+            self.w = np.load(...)
+        def execute(self, batch):              # batch: list of input dicts
+            return [{"actions": ...} for obs in batch]   # one result per request
+
+A result is a dict of arrays and strings, a bare array (sent as ``actions``), or
+an Exception instance, which fails that one request with MODEL_ERROR while the
+rest of the batch is answered normally. A plain function ``fn(inputs) -> result``
+is accepted too and called once per request.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+Inputs = dict[str, Any]
+Outcome = Any  # dict[str, ndarray|str] on success, or an Exception instance
+
+
+class Model:
+    """Base class for models served by Inferential (local or Ray Serve)."""
+
+    #: Largest batch this model accepts; the server never sends more.
+    max_batch_size: int = 8
+
+    def load(self) -> None:
+        """Load weights and warm up. Called once before the first batch."""
+
+    def execute(self, batch: list[Inputs]) -> list[Outcome]:
+        raise NotImplementedError
+
+
+class FunctionModel(Model):
+    """Adapts ``fn(inputs) -> result`` to the batch contract."""
+
+    def __init__(self, fn: Callable[[Inputs], Any], max_batch_size: int = 8) -> None:
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+
+    def execute(self, batch: list[Inputs]) -> list[Outcome]:
+        out: list[Outcome] = []
+        for inputs in batch:
+            try:
+                out.append(self.fn(inputs))
+            except Exception as err:  # one request's failure stays its own
+                out.append(err)
+        return out
+
+
+def load_target(target: str) -> Any:
+    """Import ``"package.module:Attr"`` (``Attr`` may be dotted)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model target {target!r} must look like 'package.module:Attr'")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def instantiate(obj: Any, options: Mapping[str, Any] | None = None, max_batch_size: int | None = None) -> Model:
+    """A Model from a Model subclass, a Model instance, a factory or a plain callable."""
+    options = dict(options or {})
+    if inspect.isclass(obj) and issubclass(obj, Model):
+        model = obj(**options)
+    elif isinstance(obj, Model):
+        model = obj
+    elif callable(obj):
+        model = FunctionModel(obj)
+    else:
+        raise TypeError(f"{obj!r} is neither a Model nor a callable")
+    if max_batch_size is not None:
+        model.max_batch_size = max_batch_size
+    return model
+
+
+def normalize_outcome(raw: Any) -> Outcome:
+    """A model's per-request result as a dict of outputs, or the Exception it is.
+
+    Raises TypeError for a result that cannot be sent (it becomes MODEL_ERROR).
+    """
+    if isinstance(raw, BaseException):
+        return raw
+    if isinstance(raw, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in raw.items():
+            if not isinstance(k, str):
+                raise TypeError(f"output key {k!r} is not a string")
+            if isinstance(v, str):
+                out[k] = v
+            else:
+                out[k] = np.asarray(v)
+        return out
+    if raw is None:
+        raise TypeError("model returned None for a request")
+    return {"actions": np.asarray(raw)}
+
+
+def check_outcomes(outcomes: Any, batch_len: int) -> list[Outcome]:
+    """Validate a model's return value against the batch contract."""
+    if not isinstance(outcomes, Sequence) or isinstance(outcomes, (str, bytes, Mapping)):
+        if isinstance(outcomes, np.ndarray) and len(outcomes) == batch_len:
+            outcomes = list(outcomes)
+        else:
+            raise TypeError(
+                f"execute() must return a list with one result per request, got {type(outcomes).__name__}"
+            )
+    if len(outcomes) != batch_len:
+        raise TypeError(f"execute() returned {len(outcomes)} results for a batch of {batch_len}")
+    result: list[Outcome] = []
+    for raw in outcomes:
+        try:
+            result.append(normalize_outcome(raw))
+        except TypeError as err:
+            result.append(err)
+    return result
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    max_batch_size: int
+    concurrency: int
+
+
+class BackendError(RuntimeError):
+    """The backend could not run a batch at all (retryable per max_retries)."""
+
+
+class Backend(ABC):
+    """Runs batches of one model. Implementations: local threads, Ray Serve."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load every model and warm it up. Robots are admitted only after this."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Release everything start() acquired."""
+
+    @abstractmethod
+    def models(self) -> dict[str, ModelInfo]:
+        """The models served, by name."""
+
+    @abstractmethod
+    async def execute(self, model_id: str, batch: list[Inputs]) -> list[Outcome]:
+        """Run one batch; one outcome (dict or Exception) per request, in order.
+
+        Raises BackendError (or any exception) when the whole batch failed.
+        """
+
+    def health(self) -> dict[str, Any]:
+        """Backend-specific health (replicas alive, etc.) for metrics and /readyz."""
+        return {}

@@ -1,0 +1,85 @@
+"""The scheduler's stable view of one queued observation."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+_seq = itertools.count(1)
+
+
+@dataclass(eq=False)
+class InferenceRequest:
+    """One observation waiting for (or going through) inference.
+
+    Times ending in ``_ns`` without "wall" are on the server's monotonic clock
+    (the scheduler's injected clock); ``observation_timestamp_ns`` is the robot's
+    wall clock. The ``age_ms``/``slack_ms``/``cadence_lateness`` fields are live:
+    schedulers refresh them (``refresh(now_ns)``) before scoring, so a scoring
+    policy always sees current values.
+    """
+
+    client_id: str
+    model_id: str
+    # The model's inputs: numpy views over the received frames, plus metadata strings.
+    inputs: dict[str, Any] = field(default_factory=dict)
+    request_id: int = 0
+    client_type: str = ""
+    urgency: float = 0.0
+    priority: int = 1
+    steps_remaining: Optional[int] = None
+    arrival_ns: int = 0
+    # Absolute deadline on the monotonic clock (from the robot's deadline, its
+    # budget, or the configured budget); None when nothing gives one.
+    deadline_ns: Optional[int] = None
+    latency_budget_ms: float = 50.0
+    observation_timestamp_ns: int = 0
+    actions_remaining: Optional[int] = None
+    control_rate_hz: float = 0.0
+    # Cadence, measured when the request arrived: the robot's EMA interval for
+    # this model *before* this arrival, and the gap since its previous arrival.
+    expected_interval_ms: Optional[float] = None
+    since_previous_ms: Optional[float] = None
+    retries: int = 0
+    # Set by the server: routing identity, protocol version of the sender, payload bytes.
+    identity: bytes = b""
+    protocol_version: int = 0
+    payload_bytes: int = 0
+    # Unique within the process; ties in scores break on it (older first).
+    seq: int = field(default_factory=lambda: next(_seq))
+    # Live fields, refreshed by the scheduler.
+    age_ms: float = 0.0
+    slack_ms: Optional[float] = None
+    cadence_lateness: float = 0.0
+    # Set when admission control lets an unmeetable request run at lowest priority.
+    deprioritized: bool = False
+
+    def refresh(self, now_ns: int) -> None:
+        """Recompute the live fields for ``now_ns``."""
+        self.age_ms = max(0.0, (now_ns - self.arrival_ns) / 1e6)
+        self.slack_ms = None if self.deadline_ns is None else (self.deadline_ns - now_ns) / 1e6
+        self.cadence_lateness = cadence_lateness(
+            self.expected_interval_ms, self.since_previous_ms, self.age_ms
+        )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity of the stream this request belongs to (robot, model)."""
+        return (self.client_id, self.model_id)
+
+
+def cadence_lateness(
+    expected_interval_ms: Optional[float], since_previous_ms: Optional[float], age_ms: float
+) -> float:
+    """How far past its usual cadence this robot is, in units of its interval, in [0, 1].
+
+    At arrival a robot that shows up exactly on cadence is at 0; one that arrived
+    late by half an interval starts at 0.5. Waiting in the queue adds to it, and
+    at one full interval past the expected time the robot's next control tick is
+    due without an answer: the factor saturates at 1.
+    """
+    if not expected_interval_ms or since_previous_ms is None or expected_interval_ms <= 0:
+        return 0.0
+    late = (since_previous_ms + age_ms) / expected_interval_ms - 1.0
+    return min(1.0, max(0.0, late))
