@@ -55,7 +55,7 @@ test-py: $(VENV)/.stamp
 	$(PY) -m pytest client-py/tests server-py/tests -q
 
 demo: setup
-	$(PY) -m inferential.cli demo
+	$(PY) -m inferential.cli demo $(DEMO_ARGS)
 
 bench: setup
 	$(PY) bench/roundtrip.py

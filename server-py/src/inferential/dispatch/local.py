@@ -1,0 +1,107 @@
+"""Local backend: models run in this process, off the event loop, on worker threads.
+
+Each model gets its own thread pool of ``concurrency`` workers, so a slow model
+never blocks the event loop or another model; numpy/ONNX kernels release the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping
+
+from inferential.config.schema import ModelConfig
+from inferential.dispatch.base import (
+    Backend,
+    BackendError,
+    Inputs,
+    Model,
+    ModelInfo,
+    Outcome,
+    check_outcomes,
+    instantiate,
+    load_target,
+)
+
+logger = logging.getLogger("inferential.dispatch.local")
+
+
+class _Loaded:
+    __slots__ = ("model", "info", "pool", "last_ms", "errors", "calls")
+
+    def __init__(self, model: Model, info: ModelInfo) -> None:
+        self.model = model
+        self.info = info
+        self.pool = ThreadPoolExecutor(max_workers=info.concurrency, thread_name_prefix=f"model-{info.name}")
+        self.last_ms = 0.0
+        self.errors = 0
+        self.calls = 0
+
+
+class LocalBackend(Backend):
+    """Serves models given as ModelConfig entries or as ready objects.
+
+    ``objects`` maps a model name to a Model instance or subclass, a plain
+    callable, or a "module:Attr" target string.
+    """
+
+    def __init__(
+        self,
+        configs: list[ModelConfig] | None = None,
+        objects: Mapping[str, Any] | None = None,
+        default_max_batch_size: int = 8,
+    ) -> None:
+        self._pending: list[tuple[str, Any, dict, int | None, int]] = []
+        for cfg in configs or []:
+            self._pending.append((cfg.name, cfg.target, cfg.options, cfg.max_batch_size, cfg.concurrency))
+        for name, obj in (objects or {}).items():
+            self._pending.append((name, obj, {}, None, 1))
+        self._default_batch = default_max_batch_size
+        self._models: dict[str, _Loaded] = {}
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for name, target, options, max_batch, concurrency in self._pending:
+            obj = load_target(target) if isinstance(target, str) else target
+            model = instantiate(obj, options, max_batch)
+            if max_batch is None and type(model).max_batch_size == Model.max_batch_size:
+                model.max_batch_size = self._default_batch
+            info = ModelInfo(name=name, max_batch_size=model.max_batch_size, concurrency=concurrency)
+            loaded = _Loaded(model, info)
+            # load() may be slow (weights, warm-up): keep the loop free meanwhile.
+            await loop.run_in_executor(loaded.pool, model.load)
+            self._models[name] = loaded
+            logger.info("model %s loaded (max batch %d, concurrency %d)", name, info.max_batch_size, concurrency)
+
+    async def stop(self) -> None:
+        for loaded in self._models.values():
+            loaded.pool.shutdown(wait=True, cancel_futures=True)
+        self._models.clear()
+
+    def models(self) -> dict[str, ModelInfo]:
+        return {name: m.info for name, m in self._models.items()}
+
+    async def execute(self, model_id: str, batch: list[Inputs]) -> list[Outcome]:
+        loaded = self._models.get(model_id)
+        if loaded is None:
+            raise BackendError(f"model {model_id!r} is not loaded")
+        loop = asyncio.get_running_loop()
+        loaded.calls += 1
+        try:
+            outcomes = await loop.run_in_executor(loaded.pool, _run, loaded.model, batch)
+        except Exception as err:
+            loaded.errors += 1
+            raise BackendError(f"{type(err).__name__}: {err}") from err
+        return outcomes
+
+    def health(self) -> dict[str, Any]:
+        return {
+            name: {"healthy": True, "replicas": m.info.concurrency, "calls": m.calls, "errors": m.errors}
+            for name, m in self._models.items()
+        }
+
+
+def _run(model: Model, batch: list[Inputs]) -> list[Outcome]:
+    return check_outcomes(model.execute(batch), len(batch))

@@ -1,0 +1,165 @@
+"""In-memory metrics: ring buffers of recent points, counters, and callbacks.
+
+Recording is a deque append and, when callbacks exist, a queue put: user
+callbacks (``@server.on_metric``) run on a separate thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+logger = logging.getLogger("inferential.metrics")
+
+Labels = Mapping[str, str]
+Callback = Callable[[str, float, dict], Any]
+
+
+@dataclass(frozen=True)
+class Stats:
+    count: int
+    mean: float
+    min: float
+    max: float
+    p50: float
+    p95: float
+    p99: float
+
+    @classmethod
+    def empty(cls) -> "Stats":
+        nan = float("nan")
+        return cls(0, nan, nan, nan, nan, nan, nan)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted values (q in [0, 100])."""
+    if not sorted_values:
+        return float("nan")
+    k = (len(sorted_values) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    if lo == hi:
+        return sorted_values[lo]
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def _matches(point_labels: Labels, wanted: Optional[Labels]) -> bool:
+    return not wanted or all(point_labels.get(k) == v for k, v in wanted.items())
+
+
+class MetricsStore:
+    """Ring buffer per metric (``ring_buffer_size`` points) plus monotonic counters."""
+
+    def __init__(self, ring_buffer_size: int = 10_000, clock: Callable[[], float] = time.time) -> None:
+        self._size = ring_buffer_size
+        self._clock = clock
+        self._series: dict[str, deque[tuple[float, float, dict]]] = defaultdict(lambda: deque(maxlen=self._size))
+        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self._callbacks: list[Callback] = []
+        self._queue: "queue.SimpleQueue[tuple[str, float, dict] | None]" = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    # -- recording (hot path) -----------------------------------------------------
+
+    def record(self, name: str, value: float, labels: Optional[dict] = None) -> None:
+        labels = labels or {}
+        self._series[name].append((self._clock(), float(value), labels))
+        if self._callbacks:
+            self._queue.put((name, float(value), labels))
+
+    def increment(self, name: str, labels: Optional[dict] = None, amount: float = 1.0) -> None:
+        key = (name, tuple(sorted((labels or {}).items())))
+        self._counters[key] += amount
+        self.record(name, amount, labels)
+
+    # -- callbacks --------------------------------------------------------------
+
+    def on_metric(self, callback: Callback) -> Callback:
+        with self._lock:
+            self._callbacks.append(callback)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._deliver, name="metric-callbacks", daemon=True)
+                self._thread.start()
+        return callback
+
+    def _deliver(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            name, value, labels = item
+            for cb in list(self._callbacks):
+                try:
+                    cb(name, value, labels)
+                except Exception:
+                    logger.exception("metric callback %r failed", cb)
+
+    def flush(self, timeout_s: float = 1.0) -> None:
+        """Wait until queued callback deliveries are done (tests, shutdown)."""
+        end = time.monotonic() + timeout_s
+        while not self._queue.empty() and time.monotonic() < end:
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=1.0)
+            self._thread = None
+
+    # -- queries ----------------------------------------------------------------
+
+    def values(self, name: str, window_seconds: Optional[float] = None, labels: Optional[Labels] = None) -> list[float]:
+        points = list(self._series.get(name, ()))
+        since = self._clock() - window_seconds if window_seconds is not None else -math.inf
+        return [v for t, v, lb in points if t >= since and _matches(lb, labels)]
+
+    def get_stats(self, name: str, window_seconds: Optional[float] = None, labels: Optional[Labels] = None) -> Stats:
+        vals = sorted(self.values(name, window_seconds, labels))
+        if not vals:
+            return Stats.empty()
+        return Stats(
+            count=len(vals),
+            mean=sum(vals) / len(vals),
+            min=vals[0],
+            max=vals[-1],
+            p50=percentile(vals, 50),
+            p95=percentile(vals, 95),
+            p99=percentile(vals, 99),
+        )
+
+    def get_latest(self, name: str, labels: Optional[Labels] = None) -> Optional[float]:
+        for _, v, lb in reversed(self._series.get(name, ())):
+            if _matches(lb, labels):
+                return v
+        return None
+
+    def counter(self, name: str, labels: Optional[Labels] = None) -> float:
+        """Sum of a counter over every label set matching ``labels``."""
+        return sum(
+            v for (n, lbs), v in list(self._counters.items()) if n == name and _matches(dict(lbs), labels)
+        )
+
+    def counters(self) -> dict[str, list[tuple[dict, float]]]:
+        out: dict[str, list[tuple[dict, float]]] = defaultdict(list)
+        for (n, lbs), v in list(self._counters.items()):
+            out[n].append((dict(lbs), v))
+        return dict(out)
+
+    def names(self) -> list[str]:
+        return sorted(self._series)
+
+    def snapshot(self, window_seconds: Optional[float] = None) -> dict[str, dict[str, Any]]:
+        """Every metric's latest value and stats; counters' totals."""
+        snap: dict[str, dict[str, Any]] = {}
+        for name in self.names():
+            s = self.get_stats(name, window_seconds)
+            snap[name] = {"latest": self.get_latest(name), **s.__dict__}
+        for name, series in self.counters().items():
+            snap.setdefault(name, {})["total"] = sum(v for _, v in series)
+        return snap

@@ -1,0 +1,117 @@
+"""Who is connected: robots, their cadence per model, and when they went quiet."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Optional
+
+from inferential.config.schema import ClientsConfig, AuthConfig
+
+
+@dataclass
+class Cadence:
+    """EMA of the interval between a robot's observations for one model."""
+
+    alpha: float
+    last_arrival_ns: Optional[int] = None
+    ema_interval_ms: Optional[float] = None
+
+    def observe(self, now_ns: int) -> tuple[Optional[float], Optional[float]]:
+        """Record an arrival; return (EMA interval before it, gap since the previous one).
+
+        The EMA is read *before* it absorbs this arrival, so a late observation
+        is measured against the robot's usual rhythm, not against itself.
+        """
+        before = self.ema_interval_ms
+        gap = None if self.last_arrival_ns is None else (now_ns - self.last_arrival_ns) / 1e6
+        if gap is not None:
+            self.ema_interval_ms = gap if before is None else self.alpha * gap + (1 - self.alpha) * before
+        self.last_arrival_ns = now_ns
+        return before, gap
+
+
+@dataclass
+class Robot:
+    client_id: str
+    client_type: str
+    first_seen_ns: int
+    last_seen_ns: int
+    identities: set[bytes] = field(default_factory=set)
+    cadences: dict[str, Cadence] = field(default_factory=dict)
+    requests: int = 0
+    last_status: str = ""
+
+
+class ClientRegistry:
+    """Robots by client_id. A robot is registered by its first observation and
+    unregistered after ``disconnect_timeout_s`` of silence or when its replies
+    become undeliverable."""
+
+    def __init__(self, clients: ClientsConfig, auth: AuthConfig, cadence_alpha: float, disconnect_timeout_s: float) -> None:
+        self.clients = clients
+        self.auth = auth
+        self.alpha = cadence_alpha
+        self.timeout_ns = int(disconnect_timeout_s * 1e9)
+        self.robots: dict[str, Robot] = {}
+
+    def reconfigure(self, clients: ClientsConfig, auth: AuthConfig) -> None:
+        self.clients = clients
+        self.auth = auth
+
+    def check_access(self, client_id: str, token: str) -> Optional[str]:
+        """None if this robot may send, else why not."""
+        known = self.clients.get(client_id)
+        if known is None and not self.clients.accept_unknown:
+            return f"client '{client_id}' is not in clients.known and accept_unknown is false"
+        expected = known.auth_token if known is not None and known.auth_token is not None else self.auth.token
+        if expected is not None and not hmac.compare_digest(expected.encode(), token.encode()):
+            return "missing or wrong auth_token" if token else "this server requires an auth_token"
+        return None
+
+    def on_observation(
+        self, client_id: str, client_type: str, model_id: str, identity: bytes, now_ns: int
+    ) -> tuple[Robot, bool, Optional[float], Optional[float]]:
+        """(robot, is_new, EMA interval before this arrival, gap since the previous one)."""
+        robot = self.robots.get(client_id)
+        is_new = robot is None
+        if robot is None:
+            robot = Robot(client_id, client_type, now_ns, now_ns)
+            self.robots[client_id] = robot
+        robot.last_seen_ns = now_ns
+        robot.identities.add(identity)
+        robot.requests += 1
+        cadence = robot.cadences.get(model_id)
+        if cadence is None:
+            cadence = robot.cadences[model_id] = Cadence(self.alpha)
+        expected, gap = cadence.observe(now_ns)
+        return robot, is_new, expected, gap
+
+    def priority_for(self, client_id: str, sent: int, max_priority: int) -> int:
+        """The priority a request runs at: the configured one when pinned, else the robot's."""
+        known = self.clients.get(client_id)
+        if known is not None and known.priority is not None and known.pin_priority:
+            return min(known.priority, max_priority)
+        return min(sent, max_priority)
+
+    def budget_for(self, client_id: str, sent_ms: float) -> float:
+        if sent_ms > 0:
+            return sent_ms
+        known = self.clients.get(client_id)
+        if known is not None and known.latency_budget_ms is not None:
+            return known.latency_budget_ms
+        return self.clients.defaults.latency_budget_ms
+
+    def silent(self, now_ns: int) -> list[str]:
+        return [cid for cid, r in self.robots.items() if now_ns - r.last_seen_ns > self.timeout_ns]
+
+    def next_silence_ns(self) -> Optional[int]:
+        if not self.robots:
+            return None
+        return min(r.last_seen_ns for r in self.robots.values()) + self.timeout_ns
+
+    def unregister(self, client_id: str) -> Optional[Robot]:
+        return self.robots.pop(client_id, None)
+
+    def by_identity(self, identity: bytes) -> list[str]:
+        return [cid for cid, r in self.robots.items() if identity in r.identities]

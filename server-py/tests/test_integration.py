@@ -1,0 +1,318 @@
+"""The real server on loopback with real clients: replies, errors, queue rules, shutdown, 1.x compatibility."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+import inferential
+from inferential import Connection
+from inferential._proto import inferential_pb2 as pb
+from inferential.wire import pack_tensors
+
+from conftest import PUBLISHED_PYTHON, running_server
+
+
+class RawPeer:
+    """A hand-driven DEALER, to send exactly the frames a test wants."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def send(self, obs: pb.Observation, payload: list) -> None:
+        self.sock.send_multipart([b"", obs.SerializeToString(), *payload])
+
+    def send_raw(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def replies(self, count: int, timeout_s: float = 5.0) -> list[tuple[pb.ModelResponse, list[bytes]]]:
+        out = []
+        end = time.monotonic() + timeout_s
+        while len(out) < count and time.monotonic() < end:
+            if self.sock.poll(50):
+                frames = self.sock.recv_multipart()
+                out.append((pb.ModelResponse.FromString(frames[1]), frames[2:]))
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def make_obs(request_id: int, model: str = "noop", client: str = "raw-1", **tensors) -> tuple[pb.Observation, list]:
+    obs = pb.Observation(model_id=model, request_id=request_id, protocol_version=2)
+    obs.client.id = client
+    payload = pack_tensors(tensors.items(), obs.tensors.add)
+    return obs, payload
+
+
+def test_round_trip_of_every_dtype_through_a_model(shared_server):
+    _, endpoint = shared_server
+    inputs = {
+        name: (np.arange(6) % 2).astype(name).reshape(2, 3)
+        for name in ["float16", "float32", "float64", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "bool"]
+    }
+    inputs["bf16"] = inferential.BFloat16.from_float32(np.array([1.5, -2.0], np.float32))
+    with Connection(server=endpoint, client_id="dtypes") as conn:
+        echo = conn.model("echo")
+        result = echo.request(timeout_ms=5000, note="hello", **inputs)
+    assert result.ok and result.metadata["note"] == "hello"
+    for name, arr in inputs.items():
+        if name == "bf16":
+            assert result[name].view(np.uint16).tolist() == arr.bits.tolist()
+        else:
+            assert result[name].dtype == arr.dtype and np.array_equal(result[name], arr)
+    assert result.timing.batch_size >= 1 and result.timing.total_ms >= result.timing.queue_wait_ms
+
+
+def test_bad_input_gets_a_typed_reply_and_the_server_keeps_serving(shared_server):
+    _, endpoint = shared_server
+    peer = RawPeer(endpoint)
+    try:
+        obs, payload = make_obs(1, x=np.zeros((4, 4), np.float32))
+        obs.tensors[0].shape[0] = 1000  # shape disagrees with byte length: killed the 1.x server
+        peer.send(obs, payload)
+        peer.send_raw([b"", b"\x00garbage\xff"])  # not an Observation
+        good, good_payload = make_obs(3, x=np.zeros(3, np.float32))
+        peer.send(good, good_payload)
+        replies = peer.replies(3)
+    finally:
+        peer.close()
+    by_id = {r.request_id: r for r, _ in replies}
+    assert len(replies) == 3
+    assert by_id[1].status == pb.INVALID_REQUEST and "byte_length" in by_id[1].error and not by_id[1].retryable
+    garbage = [r for r, _ in replies if r.request_id == 0][0]
+    assert garbage.status == pb.INVALID_REQUEST and "not a valid Observation" in garbage.error
+    assert by_id[3].status == pb.OK
+
+
+def test_unknown_models_are_answered_and_create_no_work(shared_server):
+    server, endpoint = shared_server
+    peer = RawPeer(endpoint)
+    try:
+        for i in range(300):
+            obs, payload = make_obs(i + 1, model=f"model-{i}", x=np.zeros(1, np.float32))
+            peer.send(obs, payload)
+        replies = peer.replies(300)
+    finally:
+        peer.close()
+    assert len(replies) == 300
+    assert {r.status for r, _ in replies} == {pb.UNKNOWN_MODEL}
+    assert set(server.status()["models"]) == {"noop", "echo", "failing"}
+
+
+def test_model_errors_fail_only_their_own_request(shared_server):
+    _, endpoint = shared_server
+    with Connection(server=endpoint, client_id="errors") as conn:
+        model = conn.model("failing")
+        with pytest.raises(inferential.ModelError) as info:
+            model.request(timeout_ms=5000, fail="yes")
+        assert info.value.retryable and "failure requested" in str(info.value)
+        assert model.request(timeout_ms=5000, fail="no").ok
+
+
+def test_every_observation_gets_exactly_one_reply_under_overflow():
+    with running_server(
+        models={"slow": _sleep_model(5.0)},
+        scheduling={"max_queue_size": 4, "overflow_policy": "reject_newest", "strategy": "fifo", "max_batch_size": 1},
+    ) as (server, endpoint):
+        peer = RawPeer(endpoint)
+        try:
+            for i in range(40):
+                obs, payload = make_obs(i + 1, model="slow", x=np.zeros(1, np.float32))
+                peer.send(obs, payload)
+            replies = peer.replies(40, timeout_s=10)
+            time.sleep(0.2)
+            extra = peer.replies(1, timeout_s=0.3)
+        finally:
+            peer.close()
+    ids = sorted(r.request_id for r, _ in replies)
+    assert ids == list(range(1, 41)) and not extra  # one reply each, none twice
+    statuses = {r.status for r, _ in replies}
+    assert statuses == {pb.OK, pb.QUEUE_FULL}
+    assert all(r.retryable for r, _ in replies if r.status == pb.QUEUE_FULL)
+
+
+def _sleep_model(ms: float):
+    from inferential.models.testing import Sleep
+
+    return Sleep(base_ms=ms)
+
+
+def test_requests_past_their_ttl_are_answered_expired():
+    with running_server(
+        models={"slow": _sleep_model(80.0)},
+        scheduling={"request_ttl_ms": 50, "strategy": "fifo", "max_batch_size": 1},
+    ) as (_, endpoint):
+        peer = RawPeer(endpoint)
+        try:
+            for i in range(3):
+                obs, payload = make_obs(i + 1, model="slow", x=np.zeros(1, np.float32))
+                peer.send(obs, payload)
+            replies = {r.request_id: r for r, _ in peer.replies(3)}
+        finally:
+            peer.close()
+    assert replies[1].status == pb.OK  # running when its TTL passed: it finishes
+    for i in (2, 3):
+        assert replies[i].status == pb.EXPIRED and "TTL" in replies[i].error
+        assert replies[i].timing.total_ms < 80  # answered on the timer, not when the model freed up
+
+
+def test_failed_batches_are_retried_then_answered_model_error():
+    from inferential.models.testing import Flaky
+
+    with running_server(models={"flaky": Flaky(failures=1)}, scheduling={"max_retries": 1}) as (_, endpoint):
+        with Connection(server=endpoint, client_id="retry") as conn:
+            assert conn.model("flaky").request(timeout_ms=5000, x=np.zeros(1, np.float32)).ok
+    with running_server(models={"flaky": Flaky(failures=5)}, scheduling={"max_retries": 1}) as (server, endpoint):
+        with Connection(server=endpoint, client_id="retry") as conn:
+            with pytest.raises(inferential.ModelError, match="failed on all 2 attempts"):
+                conn.model("flaky").request(timeout_ms=5000, x=np.zeros(1, np.float32))
+        assert server.metrics.counter("dispatch_retries") == 1
+
+
+def test_shutdown_answers_queued_requests_and_finishes_running_ones():
+    ctx = running_server(models={"slow": _sleep_model(300.0)}, scheduling={"strategy": "fifo", "max_batch_size": 1})
+    server, endpoint = ctx.__enter__()
+    peer = RawPeer(endpoint)
+    try:
+        for i in range(4):
+            obs, payload = make_obs(i + 1, model="slow", x=np.zeros(1, np.float32))
+            peer.send(obs, payload)
+        time.sleep(0.1)  # the first is running, three are queued
+        ctx.__exit__(None, None, None)
+        replies = peer.replies(4, timeout_s=5)
+    finally:
+        peer.close()
+    statuses = {r.request_id: r.status for r, _ in replies}
+    assert statuses[1] == pb.OK
+    assert [statuses[i] for i in (2, 3, 4)] == [pb.SHUTTING_DOWN] * 3
+
+
+def test_auth_token_is_required_when_configured():
+    with running_server(auth={"token": "s3cret"}) as (_, endpoint):
+        with Connection(server=endpoint, client_id="no-token") as conn:
+            with pytest.raises(inferential.Unauthenticated):
+                conn.model("noop").request(timeout_ms=5000, x=np.zeros(1, np.float32))
+        opts = inferential.ClientOptions(auth_token="s3cret")
+        with Connection(server=endpoint, client_id="with-token", options=opts) as conn:
+            assert conn.model("noop").request(timeout_ms=5000, x=np.zeros(1, np.float32)).ok
+
+
+def test_pinned_priority_and_known_client_budget_apply():
+    with running_server(
+        clients={"known": [{"id": "weld-1", "priority": 4, "pin_priority": True, "latency_budget_ms": 33.0}]},
+    ) as (server, endpoint):
+        seen = []
+        original = server.scheduler.submit
+
+        def spy(req):
+            seen.append((req.priority, req.latency_budget_ms))
+            return original(req)
+
+        server.scheduler.submit = spy
+        peer = RawPeer(endpoint)
+        obs, payload = make_obs(1, client="weld-1", x=np.zeros(1, np.float32))
+        obs.priority = 0  # asks for the highest priority; the config pins 4
+        peer.send(obs, payload)
+        assert peer.replies(1)[0][0].status == pb.OK
+        peer.close()
+    assert seen == [(4, 33.0)]
+
+
+def test_a_disconnected_robot_is_unregistered_once(shared_server):
+    server, endpoint = shared_server
+    with Connection(server=endpoint, client_id="leaver") as conn:
+        assert conn.model("noop").request(timeout_ms=5000, x=np.zeros(1, np.float32)).ok
+    assert "leaver" in server.registry.robots
+    # A reply to a closed connection is undeliverable: the robot is unregistered.
+    with running_server(models={"slow": _sleep_model(200.0)}) as (srv, ep):
+        peer = RawPeer(ep)
+        obs, payload = make_obs(1, model="slow", client="gone", x=np.zeros(1, np.float32))
+        peer.send(obs, payload)
+        time.sleep(0.05)
+        peer.close()
+        end = time.monotonic() + 5
+        while "gone" in srv.registry.robots and time.monotonic() < end:
+            time.sleep(0.05)
+        assert "gone" not in srv.registry.robots
+        assert srv.metrics.counter("replies_undeliverable") == 1
+
+
+def test_silent_robots_are_unregistered_after_the_timeout():
+    with running_server(response_tracking={"disconnect_timeout_s": 0.3}) as (server, endpoint):
+        with Connection(server=endpoint, client_id="quiet") as conn:
+            assert conn.model("noop").request(timeout_ms=5000, x=np.zeros(1, np.float32)).ok
+            assert "quiet" in server.registry.robots
+            time.sleep(0.8)
+            assert "quiet" not in server.registry.robots
+            # and it comes back with its next observation
+            assert conn.model("noop").request(timeout_ms=5000, x=np.zeros(1, np.float32)).ok
+            assert "quiet" in server.registry.robots
+
+
+def test_use_scheduler_at_run_time_keeps_queued_work():
+    with running_server(models={"slow": _sleep_model(100.0)}, scheduling={"strategy": "fifo", "max_batch_size": 1}) as (server, endpoint):
+        peer = RawPeer(endpoint)
+        for i in range(4):
+            obs, payload = make_obs(i + 1, model="slow", x=np.zeros(1, np.float32))
+            peer.send(obs, payload)
+        time.sleep(0.05)
+        server.use_scheduler("deadline_aware", cadence_weight=50.0)
+        replies = peer.replies(4, timeout_s=5)
+        peer.close()
+        assert server.config.scheduling.strategy == "deadline_aware"
+    assert sorted(r.request_id for r, _ in replies) == [1, 2, 3, 4]
+    assert {r.status for r, _ in replies} == {pb.OK}
+
+
+def test_metrics_of_the_readme_are_recorded(shared_server):
+    server, endpoint = shared_server
+    with Connection(server=endpoint, client_id="metrics") as conn:
+        for _ in range(5):
+            conn.model("noop").request(timeout_ms=5000, x=np.zeros(1, np.float32))
+    for name in ["inference_latency_ms", "scheduling_wait_ms", "e2e_latency_ms", "observation_staleness_ms", "payload_size_bytes", "queue_depth", "batch_size", "active_clients"]:
+        assert server.metrics.get_stats(name).count > 0, name
+    assert server.metrics.get_stats("e2e_latency_ms", window_seconds=60, labels={"client": "metrics"}).count == 5
+    assert server.metrics.counter("replies", {"status": "OK"}) >= 5
+
+
+@pytest.mark.skipif(not PUBLISHED_PYTHON.exists(), reason="published 1.4.0 venv missing: run make setup")
+def test_published_1_4_0_client_works_unchanged(shared_server):
+    _, endpoint = shared_server
+    script = textwrap.dedent(f"""
+        import json, numpy as np
+        from inferential import Connection
+        conn = Connection(server={endpoint!r}, client_id="legacy-arm", client_type="sensor")
+        echo = conn.model("echo", latency_budget_ms=30.0)
+        readings = np.array([0.0, -0.78, 0.0, -2.35, 0.0, 1.57, 0.78], dtype=np.float32)
+        echo.observe(urgency=0.8, sensor_readings=readings, prompt="classify anomaly")
+        r = echo.get_result(timeout_ms=5000)
+        noop = conn.model("noop")
+        noop.observe(image=np.zeros((3, 224, 224), dtype=np.uint8))
+        a = noop.get_result(timeout_ms=5000)
+        bad = conn.model("missing")
+        bad.observe(x=np.zeros(2, dtype=np.float32))
+        e = bad.get_result(timeout_ms=5000)
+        print(json.dumps({{
+            "readings": r["sensor_readings"].tolist(), "prompt": r["prompt"],
+            "actions": a["actions"].tolist(), "error_status": e.get("status"), "error": e.get("error"),
+        }}))
+        conn.close()
+    """)
+    out = subprocess.run([str(PUBLISHED_PYTHON), "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    assert data["readings"] == pytest.approx([0.0, -0.78, 0.0, -2.35, 0.0, 1.57, 0.78])
+    assert data["prompt"] == "classify anomaly"
+    assert data["actions"] == [0.0] * 7
+    assert data["error_status"] == "UNKNOWN_MODEL" and "missing" in data["error"]
