@@ -11,9 +11,65 @@ from pkgutil import extend_path
 
 __path__ = extend_path(__path__, __name__)  # the server's half may live in another folder
 
-from inferential.wire import PROTOCOL_VERSION, BFloat16  # noqa: E402
+# The client SDK. (The client's model handle is inferential.client.Model, returned by
+# Connection.model(); the name inferential.Model is the server's model contract.)
+from inferential._codec import ConnectionStats  # noqa: E402
+from inferential.aio import AsyncConnection  # noqa: E402
+from inferential.client import Connection, default_client_id  # noqa: E402
+from inferential.errors import (  # noqa: E402
+    Cancelled,
+    ConnectionClosed,
+    DeadlineUnmeetable,
+    Expired,
+    InferentialError,
+    InvalidRequest,
+    ModelError,
+    ProtocolError,
+    QueueFull,
+    RequestFailed,
+    RequestTimeout,
+    ServerUnavailable,
+    ShuttingDown,
+    Superseded,
+    Unauthenticated,
+    UnknownModel,
+)
+from inferential.options import ClientOptions  # noqa: E402
+from inferential.result import Result, Timing  # noqa: E402
+from inferential.wire import PROTOCOL_VERSION, BFloat16, Limits, Status, WireError  # noqa: E402
 
 __version__ = "2.0.0.dev0"
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AsyncConnection",
+    "BFloat16",
+    "Cancelled",
+    "ClientOptions",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionStats",
+    "DeadlineUnmeetable",
+    "Expired",
+    "InferentialError",
+    "InvalidRequest",
+    "Limits",
+    "ModelError",
+    "ProtocolError",
+    "QueueFull",
+    "RequestFailed",
+    "RequestTimeout",
+    "Result",
+    "ServerUnavailable",
+    "ShuttingDown",
+    "Status",
+    "Superseded",
+    "Timing",
+    "Unauthenticated",
+    "UnknownModel",
+    "WireError",
+    "default_client_id",
+]
 
 # Names provided by the server distribution, resolved on first use.
 _SERVER_NAMES = {

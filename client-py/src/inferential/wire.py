@@ -12,6 +12,7 @@ single frame. Version-1.x peers send and expect exactly one payload frame.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from inferential._proto import inferential_pb2 as pb
+from inferential.errors import ProtocolError
 
 PROTOCOL_VERSION = 2
 
@@ -27,7 +29,7 @@ PROTOCOL_VERSION = 2
 SMALL_TENSOR_BYTES = 2048
 
 
-class WireError(ValueError):
+class WireError(ProtocolError, ValueError):
     """A message that breaks the protocol. ``field`` names the offending part."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -126,13 +128,20 @@ class BFloat16:
         return self.bits.shape
 
 
+_WIRE_DTYPE_CACHE: dict[np.dtype, int] = {}  # dtype.name is slow; dtype objects hash fast
+
+
 def wire_dtype(array: np.ndarray) -> int:
     """The DType number for a numpy array; raises TypeError when there is none."""
+    cached = _WIRE_DTYPE_CACHE.get(array.dtype)
+    if cached is not None:
+        return cached
     name = array.dtype.name
     number = _NUMPY_NAME_TO_DTYPE.get(name)
     if number is None or (number == pb.BFLOAT16 and _BF16 is None):
         supported = ", ".join(sorted(_NUMPY_NAME_TO_DTYPE))
         raise TypeError(f"numpy dtype {array.dtype} has no wire dtype (supported: {supported})")
+    _WIRE_DTYPE_CACHE[array.dtype] = number
     return number
 
 
@@ -287,6 +296,9 @@ def check_metadata(metadata: Mapping[str, str], limits: Limits = DEFAULT_LIMITS)
 # --- statuses -----------------------------------------------------------------
 
 STATUS_NAMES = {number: name for name, number in pb.Status.items()}
+
+# The proto's Status enum as a Python IntEnum (derived, never pasted).
+Status = enum.IntEnum("Status", dict(pb.Status.items()), module=__name__)
 
 # Whether sending again (a fresh observation) can succeed with nothing else changed.
 # The proto comments are the normative table; servers also send it in `retryable`.

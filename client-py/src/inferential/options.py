@@ -1,0 +1,95 @@
+"""Connection options: one frozen dataclass, shared by the sync and async clients."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from inferential.wire import DEFAULT_LIMITS, Limits
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How a Connection talks to the server. Every time is in milliseconds.
+
+    Reconnection (docs/protocol.md, "Connection management"): after a failed or
+    lost connection libzmq waits ``reconnect_ivl_ms``, doubling the wait after each
+    failed attempt up to ``reconnect_ivl_max_ms``.
+
+    Attributes:
+        reconnect_ivl_ms: first reconnection delay (ZMQ_RECONNECT_IVL).
+        reconnect_ivl_max_ms: cap of the doubling delay (ZMQ_RECONNECT_IVL_MAX);
+            0 means no doubling, every attempt after ``reconnect_ivl_ms``.
+        heartbeat_ivl_ms: ZMTP ping interval (ZMQ_HEARTBEAT_IVL); 0 disables heartbeats.
+        heartbeat_timeout_ms: a server silent this long after a ping is treated as
+            gone and the connection is re-established (ZMQ_HEARTBEAT_TIMEOUT).
+        send_timeout_ms: longest ``observe()`` waits for a connected server with
+            room in its queue before raising ServerUnavailable (ZMQ_SNDTIMEO).
+        default_timeout_ms: ``get_result()`` wait when no timeout is given.
+        request_timeout_ms: ``request()`` wait when no timeout is given.
+        send_hwm / recv_hwm: messages queued per direction (ZMQ_SNDHWM / ZMQ_RCVHWM).
+        auth_token: shared secret sent in every observation, when the server wants one.
+        zero_copy_min_bytes: payload frames at least this large are handed to libzmq
+            without a copy; do not write into such an array until its reply has
+            arrived. None copies every frame.
+        single_payload_frame: join the tensor bytes into exactly one payload frame,
+            as 1.x servers (which read only one) require.
+        limits: the bounds checked on outgoing observations and incoming replies;
+            keep them equal to the server's.
+    """
+
+    reconnect_ivl_ms: int = 100
+    reconnect_ivl_max_ms: int = 5000
+    heartbeat_ivl_ms: int = 1000
+    heartbeat_timeout_ms: int = 5000
+    send_timeout_ms: int = 1000
+    default_timeout_ms: int = 100
+    request_timeout_ms: int = 1000
+    send_hwm: int = 100
+    recv_hwm: int = 100
+    auth_token: Optional[str] = None
+    zero_copy_min_bytes: Optional[int] = 1 << 20
+    single_payload_frame: bool = False
+    limits: Limits = field(default=DEFAULT_LIMITS)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("auth_token", "single_payload_frame", "limits"):
+                continue
+            if value is None and f.name == "zero_copy_min_bytes":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"ClientOptions.{f.name} must be an int >= 0, got {value!r}")
+        if self.reconnect_ivl_max_ms and self.reconnect_ivl_max_ms < self.reconnect_ivl_ms:
+            raise ValueError(
+                "ClientOptions.reconnect_ivl_max_ms must be 0 or >= reconnect_ivl_ms "
+                f"({self.reconnect_ivl_max_ms} < {self.reconnect_ivl_ms})"
+            )
+        if self.auth_token is not None and not isinstance(self.auth_token, str):
+            raise TypeError("ClientOptions.auth_token must be a str or None")
+        if not isinstance(self.limits, Limits):
+            raise TypeError("ClientOptions.limits must be an inferential.wire.Limits")
+
+    def replace(self, **changes: Any) -> "ClientOptions":
+        """A copy with ``changes`` applied (unknown names raise TypeError)."""
+        return dataclasses.replace(self, **changes)
+
+
+# Keyword names the 1.x Connection accepted, mapped to their ClientOptions field.
+_LEGACY_NAMES = {"reconnect_max_ms": "reconnect_ivl_max_ms"}
+
+
+def resolve_options(options: Optional[ClientOptions], overrides: dict[str, Any]) -> ClientOptions:
+    base = options if options is not None else ClientOptions()
+    if not isinstance(base, ClientOptions):
+        raise TypeError(f"options must be a ClientOptions, got {type(base).__name__}")
+    if not overrides:
+        return base
+    changes = {_LEGACY_NAMES.get(k, k): v for k, v in overrides.items()}
+    names = {f.name for f in dataclasses.fields(ClientOptions)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise TypeError(f"unknown connection option(s): {', '.join(unknown)}")
+    return dataclasses.replace(base, **changes)

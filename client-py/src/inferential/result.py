@@ -1,0 +1,130 @@
+"""The answer to one observation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Optional, Union
+
+import numpy as np
+
+from inferential.errors import error_for_status
+from inferential.wire import Status
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Server-side timing of one request, milliseconds (proto ServerTiming)."""
+
+    queue_wait_ms: float
+    inference_ms: float
+    total_ms: float
+    batch_size: int
+
+
+class Result(Mapping[str, np.ndarray]):
+    """One reply: a read-only mapping from output name to numpy array, plus its envelope.
+
+    ``result["actions"]`` is a numpy view over the received frame, made without a
+    copy; it stays valid as long as you hold it. ``metadata`` holds the string
+    outputs. ``status`` is a :class:`inferential.wire.Status` (1.x replies, which
+    carry none, read as OK); ``timing`` is None when the server sent none (1.x).
+    ``round_trip_ms`` is measured by this client, from ``observe()`` to receipt.
+    """
+
+    __slots__ = (
+        "model_id",
+        "request_id",
+        "status",
+        "error",
+        "retryable",
+        "metadata",
+        "timing",
+        "inference_latency_ms",
+        "response_id",
+        "timestamp_ns",
+        "observation_timestamp_ns",
+        "protocol_version",
+        "round_trip_ms",
+        "_tensors",
+    )
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        request_id: int,
+        status: Union[Status, int],
+        tensors: Mapping[str, np.ndarray],
+        metadata: Mapping[str, str],
+        error: str = "",
+        retryable: bool = False,
+        timing: Optional[Timing] = None,
+        inference_latency_ms: float = 0.0,
+        response_id: str = "",
+        timestamp_ns: int = 0,
+        observation_timestamp_ns: int = 0,
+        protocol_version: int = 0,
+        round_trip_ms: Optional[float] = None,
+    ) -> None:
+        self.model_id = model_id
+        self.request_id = request_id
+        self.status = status
+        self.error = error
+        self.retryable = retryable
+        self.metadata = dict(metadata)
+        self.timing = timing
+        self.inference_latency_ms = inference_latency_ms
+        self.response_id = response_id
+        self.timestamp_ns = timestamp_ns
+        self.observation_timestamp_ns = observation_timestamp_ns
+        self.protocol_version = protocol_version
+        self.round_trip_ms = round_trip_ms
+        self._tensors = dict(tensors)
+
+    # Mapping over the output tensors.
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self._tensors[key]
+        except KeyError:
+            hint = " (it is a metadata string: result.metadata[...])" if key in self.metadata else ""
+            raise KeyError(f"{key!r}: no such output tensor{hint}; outputs: {sorted(self._tensors)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    @property
+    def tensors(self) -> dict[str, np.ndarray]:
+        return dict(self._tensors)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+    @property
+    def status_name(self) -> str:
+        return self.status.name if isinstance(self.status, Status) else f"Status({self.status})"
+
+    def raise_for_status(self) -> "Result":
+        """Return self when OK, else raise the RequestFailed subclass for the status."""
+        if self.ok:
+            return self
+        cls = error_for_status(int(self.status))
+        raise cls(
+            int(self.status),
+            self.error,
+            request_id=self.request_id,
+            model_id=self.model_id,
+            retryable=self.retryable,
+            result=self,
+        )
+
+    def __repr__(self) -> str:
+        outputs = ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in self._tensors.items())
+        err = f", error={self.error!r}" if self.error else ""
+        return (
+            f"Result(model_id={self.model_id!r}, request_id={self.request_id}, "
+            f"status={self.status_name}{err}, outputs={{{outputs}}})"
+        )

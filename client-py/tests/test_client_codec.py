@@ -1,0 +1,298 @@
+"""The client's sans-I/O core: observation encoding, reply decoding and matching. No sockets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client_peer import reply_frames
+from inferential import errors
+from inferential._codec import ReplyRouter, decode_reply, encode_observation
+from inferential._proto import inferential_pb2 as pb
+from inferential.result import Result
+from inferential.wire import RETRYABLE, BFloat16, Limits, Status, WireError, decode_tensors
+
+LIMITS = Limits()
+
+
+def encode(inputs=None, limits=LIMITS, **fields):
+    base = dict(client_id="robot-7", client_type="arm", model_id="policy", request_id=5, timestamp_ns=123)
+    base.update(fields)
+    return encode_observation(inputs=inputs or {}, limits=limits, **base)
+
+
+def parse(frames):
+    assert frames[0] == b""
+    obs = pb.Observation.FromString(frames[1])
+    return obs, decode_tensors(obs.tensors, [bytes(f) for f in frames[2:]])
+
+
+# --- encoding -------------------------------------------------------------------
+
+
+def test_observation_carries_every_v2_field():
+    frames = encode(
+        {"state": np.arange(3, dtype=np.float32), "prompt": "pick"},
+        urgency=0.8,
+        steps_remaining=12,
+        priority=0,
+        latency_budget_ms=30.0,
+        deadline_ns=2**62,
+        actions_remaining=4,
+        control_rate_hz=50.0,
+        auth_token="s3cret",
+    )
+    obs, tensors = parse(frames)
+    assert (obs.client.id, obs.client.type, obs.model_id) == ("robot-7", "arm", "policy")
+    assert obs.request_id == 5 and obs.protocol_version == 2 and obs.timestamp_ns == 123
+    assert obs.urgency == pytest.approx(0.8) and obs.steps_remaining == 12 and obs.priority == 0
+    assert obs.latency_budget_ms == 30.0 and obs.deadline_ns == 2**62
+    assert obs.actions_remaining == 4 and obs.control_rate_hz == 50.0 and obs.auth_token == "s3cret"
+    assert dict(obs.metadata) == {"prompt": "pick"}
+    np.testing.assert_array_equal(tensors["state"], [0, 1, 2])
+    assert obs.tensors[0].timestamp_ns == 123 and obs.tensors[0].encoding == pb.RAW
+
+
+def test_optional_fields_stay_unset_when_not_given():
+    obs, _ = parse(encode())
+    assert not obs.HasField("steps_remaining") and not obs.HasField("actions_remaining")
+    assert obs.deadline_ns == 0 and obs.auth_token == "" and len(encode()) == 2  # no payload frame
+
+
+@pytest.mark.parametrize(
+    "value, hint",
+    [(1.5, "wrap numbers"), ([1, 2], "wrap numbers"), (np.float32(1), "wrap numbers"), (None, "NoneType"), (b"x", "bytes")],
+)
+def test_a_value_that_is_neither_array_nor_str_raises_type_error_naming_it(value, hint):
+    with pytest.raises(TypeError, match="'speed'") as info:
+        encode({"ok": np.zeros(1), "speed": value})
+    assert hint in str(info.value)
+
+
+def test_an_array_dtype_with_no_wire_type_raises_type_error_naming_it():
+    with pytest.raises(TypeError, match="tensor 'z'.*complex128"):
+        encode({"z": np.zeros(2, np.complex128)})
+
+
+def test_bfloat16_wrapper_is_sent_as_bfloat16():
+    obs, tensors = parse(encode({"w": BFloat16.from_float32(np.ones(4, np.float32))}))
+    assert obs.tensors[0].dtype == pb.BFLOAT16 and obs.tensors[0].byte_length == 8
+
+
+@pytest.mark.parametrize(
+    "inputs, limits, match",
+    [
+        ({f"t{i}": np.zeros(1) for i in range(3)}, Limits(max_tensors=2), "3 tensors, limit is 2"),
+        ({"deep": np.zeros((1,) * 9)}, LIMITS, "tensor 'deep': 9 dimensions"),
+        ({"k" * 300: np.zeros(1)}, LIMITS, "key longer than 256"),
+        ({"note": "x" * 5000}, LIMITS, "metadata 'note'"),
+        ({"img": np.zeros(2000, np.uint8)}, Limits(max_message_bytes=1000), "observation: .* limit is 1000"),
+    ],
+)
+def test_observations_over_the_limits_are_refused_before_sending(inputs, limits, match):
+    with pytest.raises(WireError, match=match):
+        encode(inputs, limits=limits)
+
+
+@pytest.mark.parametrize(
+    "field, value, exc",
+    [
+        ("urgency", float("nan"), ValueError),
+        ("urgency", -0.1, ValueError),
+        ("priority", -1, ValueError),
+        ("priority", 1.5, TypeError),
+        ("steps_remaining", 2**32, ValueError),
+        ("deadline_ns", -5, ValueError),
+        ("control_rate_hz", float("inf"), ValueError),
+    ],
+)
+def test_out_of_range_fields_raise_naming_the_field(field, value, exc):
+    with pytest.raises(exc, match=field):
+        encode(**{field: value})
+
+
+def test_single_payload_frame_joins_the_tensors_for_1x_servers():
+    big = np.arange(4096, dtype=np.float32)
+    inputs = {"a": np.ones(2, np.float32), "big": big}
+    assert len(encode(inputs)) == 4
+    frames = encode(inputs, single_payload_frame=True)
+    assert len(frames) == 3
+    _, tensors = parse(frames)
+    np.testing.assert_array_equal(tensors["big"], big)
+    assert encode(single_payload_frame=True)[2:] == [b""]
+
+
+# --- decoding -------------------------------------------------------------------
+
+
+def test_reply_decodes_into_a_result_with_views_timing_and_status():
+    actions = np.arange(14, dtype=np.float32).reshape(2, 7)
+    frames = reply_frames("policy", 9, tensors={"actions": actions}, metadata={"note": "hi"})
+    res = decode_reply(frames, LIMITS)
+    assert isinstance(res, Result) and res.ok and res.status is Status.OK
+    np.testing.assert_array_equal(res["actions"], actions)
+    assert list(res) == ["actions"] and len(res) == 1 and res.metadata == {"note": "hi"}
+    assert (res.model_id, res.request_id, res.protocol_version) == ("policy", 9, 2)
+    assert res.timing.batch_size == 1 and res.timing.inference_ms == 2.0
+    assert res.inference_latency_ms == 2.0
+    with pytest.raises(KeyError, match="metadata"):
+        res["note"]
+
+
+def test_a_1x_reply_reads_as_ok_without_timing():
+    res = decode_reply(reply_frames("m", 0, status=0, protocol_version=0, timing=None), LIMITS)
+    assert res.ok and res.status == Status.OK and res.timing is None
+
+
+@pytest.mark.parametrize("status", [s for _, s in pb.Status.items() if s not in (pb.OK, pb.STATUS_UNSPECIFIED)])
+def test_every_error_status_raises_its_own_subclass_with_the_table_retryable(status):
+    res = decode_reply(reply_frames("m", 3, status=status, error="why"), LIMITS)
+    assert not res.ok
+    with pytest.raises(errors.RequestFailed) as info:
+        res.raise_for_status()
+    err = info.value
+    cls = errors.STATUS_ERRORS[status]
+    assert type(err) is cls and cls.__name__.upper() == pb.Status.Name(status).replace("_", "")
+    assert (err.status, err.request_id, err.model_id, err.message) == (status, 3, "m", "why")
+    assert err.retryable == (status in RETRYABLE) and err.result is res
+    assert isinstance(err, errors.InferentialError)
+
+
+def test_retryable_comes_from_the_server_when_it_speaks_v2():
+    res = decode_reply(reply_frames("m", 3, status=pb.MODEL_ERROR, retryable=False), LIMITS)
+    with pytest.raises(errors.ModelError) as info:
+        res.raise_for_status()
+    assert info.value.retryable is False
+
+
+def test_an_unknown_future_status_raises_the_base_class():
+    res = decode_reply(reply_frames("m", 3, status=77), LIMITS)
+    with pytest.raises(errors.RequestFailed, match="Status\\(77\\)") as info:
+        res.raise_for_status()
+    assert type(info.value) is errors.RequestFailed
+
+
+# --- matching -------------------------------------------------------------------
+
+
+def sent(router, model, awaited=False):
+    rid = router.next_request_id()
+    router.track(rid, model, awaited)
+    router.sent()
+    return rid
+
+
+def test_request_ids_start_at_one_and_increase():
+    router = ReplyRouter(LIMITS)
+    assert [router.next_request_id() for _ in range(3)] == [1, 2, 3]
+
+
+def test_replies_are_kept_per_model():
+    router = ReplyRouter(LIMITS)
+    a, b = sent(router, "a"), sent(router, "b")
+    assert router.on_reply(reply_frames("b", b)) == ("b", b, False)
+    assert router.on_reply(reply_frames("a", a)) == ("a", a, False)
+    assert router.take_latest("a").request_id == a and router.take_latest("b").request_id == b
+    assert router.take_latest("a") is None
+
+
+def test_a_reply_older_than_a_delivered_one_is_stale():
+    router = ReplyRouter(LIMITS)
+    r1, r2 = sent(router, "m"), sent(router, "m")
+    router.on_reply(reply_frames("m", r2))
+    assert router.take_latest("m").request_id == r2
+    assert router.on_reply(reply_frames("m", r1)) is None
+    assert router.take_latest("m") is None and router.stats.stale_dropped == 1
+
+
+def test_an_unread_reply_is_replaced_by_a_newer_one_and_counted_stale():
+    router = ReplyRouter(LIMITS)
+    r1, r2 = sent(router, "m"), sent(router, "m")
+    router.on_reply(reply_frames("m", r1))
+    router.on_reply(reply_frames("m", r2))
+    assert router.take_latest("m").request_id == r2
+    assert router.stats.stale_dropped == 1 and router.stats.by_status == {"OK": 2}
+
+
+def test_unknown_duplicate_and_mismatched_replies_are_counted_and_dropped():
+    router = ReplyRouter(LIMITS)
+    r1 = sent(router, "m")
+    assert router.on_reply(reply_frames("m", 42)) is None  # never sent
+    assert router.on_reply(reply_frames("other", r1)) is None  # wrong model
+    assert router.on_reply(reply_frames("m", r1)) is not None
+    assert router.on_reply(reply_frames("m", r1)) is None  # duplicate
+    assert router.stats.unknown_dropped == 3 and router.stats.received == 4
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [],
+        [b""],
+        [b"not-empty", b""],
+        [b"", b"\xff\xff\xff"],
+    ],
+)
+def test_malformed_frames_are_counted_and_dropped(frames):
+    router = ReplyRouter(LIMITS)
+    sent(router, "m")
+    assert router.on_reply(frames) is None
+    assert router.stats.malformed_dropped == 1
+
+
+def test_a_malformed_tensor_is_dropped_but_fails_the_request_waiting_for_it():
+    router = ReplyRouter(LIMITS)
+    r1 = sent(router, "m")
+    r2 = sent(router, "m", awaited=True)
+    for rid in (r1, r2):
+        frames = reply_frames("m", rid, tensors={"a": np.zeros(4, np.float32)})
+        assert router.on_reply(frames[:2] + [b"short"]) == (None if rid == r1 else ("m", r2, True))
+    assert router.take_latest("m") is None
+    assert isinstance(router.take_awaited(r2), WireError)
+    assert router.stats.malformed_dropped == 2
+
+
+def test_a_superseded_reply_is_skipped_by_latest_but_given_to_its_waiter():
+    router = ReplyRouter(LIMITS)
+    r1, r2 = sent(router, "m"), sent(router, "m", awaited=True)
+    assert router.on_reply(reply_frames("m", r1, status=pb.SUPERSEDED)) is None
+    assert router.take_latest("m") is None
+    router.on_reply(reply_frames("m", r2, status=pb.SUPERSEDED))
+    assert router.take_awaited(r2).status == Status.SUPERSEDED
+    assert router.stats.by_status == {"SUPERSEDED": 2}
+
+
+def test_a_late_reply_to_an_abandoned_request_is_stale():
+    router = ReplyRouter(LIMITS)
+    rid = sent(router, "m", awaited=True)
+    router.abandon(rid)
+    assert router.on_reply(reply_frames("m", rid)) is None
+    assert router.take_latest("m") is None and router.stats.stale_dropped == 1
+
+
+def test_1x_replies_without_request_id_match_the_oldest_outstanding_request():
+    router = ReplyRouter(LIMITS)
+    r1, r2 = sent(router, "m"), sent(router, "m")
+    legacy = reply_frames("m", 0, status=0, protocol_version=0, timing=None)
+    router.on_reply(legacy)
+    assert router.take_latest("m").request_id == r1
+    router.on_reply(legacy)
+    assert router.take_latest("m").request_id == r2
+    assert router.on_reply(legacy) is None and router.stats.unknown_dropped == 1
+
+
+def test_outstanding_requests_are_bounded():
+    router = ReplyRouter(LIMITS)
+    first = sent(router, "m")
+    for _ in range(ReplyRouter.MAX_PENDING):
+        sent(router, "m")
+    assert router.outstanding() == ReplyRouter.MAX_PENDING
+    assert router.on_reply(reply_frames("m", first)) is None and router.stats.unknown_dropped == 1
+
+
+def test_a_failed_send_is_forgotten_and_counted():
+    router = ReplyRouter(LIMITS)
+    rid = router.next_request_id()
+    router.track(rid, "m", False)
+    router.untrack(rid)
+    assert router.outstanding() == 0 and router.stats.send_failed == 1 and router.stats.sent == 0
