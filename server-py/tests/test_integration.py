@@ -16,7 +16,7 @@ from inferential import Connection
 from inferential._proto import inferential_pb2 as pb
 from inferential.wire import pack_tensors
 
-from conftest import PUBLISHED_PYTHON, running_server
+from server_helpers import PUBLISHED_PYTHON, running_server
 
 
 class RawPeer:

@@ -15,7 +15,7 @@ import pytest
 
 from inferential import InferenceRequest, Server
 
-from conftest import running_server
+from server_helpers import running_server
 
 CLIENT_QUICKSTART = '''
 import numpy as np

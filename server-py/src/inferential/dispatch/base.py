@@ -16,16 +16,18 @@ is accepted too and called once per request.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 Inputs = dict[str, Any]
 Outcome = Any  # dict[str, ndarray|str] on success, or an Exception instance
+Done = Callable[[Optional[list[Any]], Optional[BaseException]], None]
 
 
 class Model:
@@ -159,6 +161,25 @@ class Backend(ABC):
 
         Raises BackendError (or any exception) when the whole batch failed.
         """
+
+    def submit(self, model_id: str, batch: list[Inputs], done: Done) -> None:
+        """Start one batch; ``done(outcomes, None)`` or ``done(None, error)`` runs on the loop later.
+
+        The server uses this rather than awaiting execute(), so a batch costs no
+        task of its own; backends with a cheaper completion path override it.
+        Must be called on the event loop.
+        """
+        task = asyncio.get_running_loop().create_task(self.execute(model_id, batch))
+
+        def finished(t: "asyncio.Task[list[Outcome]]") -> None:
+            if t.cancelled():
+                done(None, BackendError("batch cancelled"))
+            elif t.exception() is not None:
+                done(None, t.exception())
+            else:
+                done(t.result(), None)
+
+        task.add_done_callback(finished)
 
     def health(self) -> dict[str, Any]:
         """Backend-specific health (replicas alive, etc.) for metrics and /readyz."""

@@ -95,6 +95,9 @@ class Server:
         self._inflight: dict[str, int] = defaultdict(int)
         self._held: dict[str, deque[list[InferenceRequest]]] = defaultdict(deque)
         self._tasks: set[asyncio.Task] = set()
+        self._batches_running = 0
+        self._batches_idle: Optional[asyncio.Event] = None
+        self._timer_at: Optional[int] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
         self._timer: Optional[asyncio.TimerHandle] = None
@@ -176,6 +179,8 @@ class Server:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._batches_idle = asyncio.Event()
+        self._batches_idle.set()
         await self._backend.start()
         self._models = self._backend.models()
         for name, info in self._models.items():
@@ -183,7 +188,7 @@ class Server:
                 self._scheduler.set_model_limits(name, max_batch_size=min(info.max_batch_size, self.config.scheduling.max_batch_size))
         self._transport = RouterTransport(self.config.transport)
         self._transport.bind()
-        self._spawn(self._receive_loop())
+        self._transport.attach(self._loop, self._on_frames, self._after_change)
         self._spawn(self._dispatch_loop())
         self._ready.set()
         logger.info("serving models %s on %s", sorted(self._models), self.endpoint)
@@ -204,9 +209,12 @@ class Server:
                 for req in batch:
                     self._answer(req, pb.SHUTTING_DOWN, "server is shutting down")
         self._held.clear()
-        running = [t for t in self._tasks if getattr(t, "_inferential_batch", False)]
-        if running:
-            await asyncio.wait(running, timeout=drain_timeout_s)
+        if self._batches_running:
+            assert self._batches_idle is not None
+            try:
+                await asyncio.wait_for(self._batches_idle.wait(), timeout=drain_timeout_s)
+            except asyncio.TimeoutError:
+                logger.warning("%d batches still running after %.0f s", self._batches_running, drain_timeout_s)
         for req in list(self._pending.values()):
             self._answer(req, pb.SHUTTING_DOWN, "server is shutting down")
         for task in list(self._tasks):
@@ -266,6 +274,8 @@ class Server:
 
     def _new_scheduler(self, cfg: SchedulingConfig) -> Scheduler:
         sched = create_scheduler(cfg, clock=self._clock)
+        # Built-ins take the set of models with a free executor; README-style custom ones do not.
+        self._takes_ready = "ready_models" in inspect.signature(sched.next_batch).parameters
         if hasattr(sched, "on_shed"):
             sched.on_shed = self._on_shed
         for name, info in self._models.items():
@@ -331,23 +341,11 @@ class Server:
 
     # -- receiving ---------------------------------------------------------------
 
-    def _spawn(self, coro: Any, batch: bool = False) -> asyncio.Task:
+    def _spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
-        if batch:
-            task._inferential_batch = True  # type: ignore[attr-defined]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    async def _receive_loop(self) -> None:
-        assert self._transport is not None
-        while True:
-            frames = await self._transport.recv()
-            try:
-                self._on_frames(frames)
-            except Exception:  # the server never dies on input
-                logger.exception("unexpected error handling a message")
-                self.metrics.increment("observation_errors", {"reason": "internal"})
 
     def _on_frames(self, frames: list[Any]) -> None:
         now = self._clock()
@@ -419,8 +417,6 @@ class Server:
             if req.seq in self._pending:
                 status = pb.QUEUE_FULL if type(err).__name__ == "QueueFullError" else pb.INVALID_REQUEST
                 self._answer(req, status, str(err) or "queue is full")
-            return
-        self._poke()
 
     def _reject(self, identity: bytes, rej: Rejection, wall_ns: int) -> None:
         obs = rej.obs
@@ -449,6 +445,13 @@ class Server:
         if self._wake is not None:
             self._wake.set()
 
+    def _after_change(self) -> None:
+        """Something arrived or finished: dispatch what can run, re-arm the timer."""
+        if self._stopping:
+            return
+        self._launch_ready()
+        self._arm_timer()
+
     async def _dispatch_loop(self) -> None:
         assert self._wake is not None and self._loop is not None
         while True:
@@ -474,12 +477,21 @@ class Server:
         silence = self._registry.next_silence_ns()
         if silence is not None:
             candidates.append(silence + 1)
+        at = min(candidates) if candidates else None
+        if at == self._timer_at and self._timer is not None:
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if candidates:
-            delay = max(0.0, (min(candidates) - self._clock()) / 1e9)
-            self._timer = self._loop.call_later(delay, self._wake.set)  # type: ignore[union-attr]
+        self._timer_at = at
+        if at is not None:
+            delay = max(0.0, (at - self._clock()) / 1e9)
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._poke()
 
     def _expire_stragglers(self) -> None:
         """The server's own TTL guarantee, whatever the scheduler does."""
@@ -517,7 +529,7 @@ class Server:
                 self._answer(r, pb.CANCELLED, f"robot unregistered: {why}")
 
     def _launch_ready(self) -> None:
-        takes_ready = "ready_models" in inspect.signature(self._scheduler.next_batch).parameters
+        takes_ready = self._takes_ready
         while True:
             free = {m for m, info in self._models.items() if self._inflight[m] < info.concurrency}
             if not free:
@@ -551,23 +563,39 @@ class Server:
         self._inflight[model] += 1
         for r in batch:
             r._running = True  # type: ignore[attr-defined]
-        self._spawn(self._run_batch(model, batch), batch=True)
-
-    async def _run_batch(self, model: str, batch: list[InferenceRequest]) -> None:
-        start = self._clock()
         labels = {"model": model}
         self.metrics.record("batch_size", len(batch), labels)
         self.metrics.record("queue_depth", self._scheduler.queue_len(), labels)
-        error: Optional[BaseException] = None
-        outcomes: list[Any] = []
+        start = self._clock()
+        self._batches_running += 1
+        assert self._batches_idle is not None
+        self._batches_idle.clear()
+
+        def done(outcomes: Optional[list[Any]], error: Optional[BaseException]) -> None:
+            self._finish_batch(model, batch, start, outcomes, error)
+
         try:
-            outcomes = await self._backend.execute(model, [r.inputs for r in batch])
-        except Exception as err:
-            error = err
-        finally:
-            self._inflight[model] -= 1
+            self._backend.submit(model, [r.inputs for r in batch], done)
+        except Exception as err:  # a backend that fails to even start the batch
+            asyncio.get_running_loop().call_soon(done, None, err)
+
+    def _finish_batch(
+        self,
+        model: str,
+        batch: list[InferenceRequest],
+        start: int,
+        outcomes: Optional[list[Any]],
+        error: Optional[BaseException],
+    ) -> None:
+        self._inflight[model] -= 1
+        self._batches_running -= 1
+        if self._batches_running == 0 and self._batches_idle is not None:
+            self._batches_idle.set()
         end = self._clock()
         infer_ms = (end - start) / 1e6
+        labels = {"model": model}
+        if error is None and outcomes is None:
+            error = RuntimeError("backend returned no outcomes")
         if error is not None:
             self.metrics.increment("dispatch_errors", labels)
             logger.warning("batch of %d for %s failed: %s", len(batch), model, error)
@@ -575,13 +603,14 @@ class Server:
                 r._running = False  # type: ignore[attr-defined]
                 if r.seq not in self._pending:
                     continue
-                if self._requeue(r):
-                    self.metrics.increment("dispatch_retries", labels)
-                else:
+                if self._stopping or not self._requeue(r):
                     attempts = self.config.scheduling.max_retries + 1
                     self._answer(r, pb.MODEL_ERROR, f"backend failed on all {attempts} attempts: {error}")
-            self._poke()
+                else:
+                    self.metrics.increment("dispatch_retries", labels)
+            self._after_batch()
             return
+        assert outcomes is not None
         if hasattr(self._scheduler, "record_service_time"):
             self._scheduler.record_service_time(model, len(batch), infer_ms)
         self.metrics.record("inference_latency_ms", infer_ms, labels)
@@ -595,7 +624,12 @@ class Server:
                 self._answer(r, pb.MODEL_ERROR, f"{type(out).__name__}: {out}", timing=timing)
             else:
                 self._answer(r, pb.OK, outputs=out, timing=timing)
-        self._poke()
+        self._after_batch()
+
+    def _after_batch(self) -> None:
+        self._after_change()
+        if self._transport is not None:
+            self._transport.drain()  # sends can hide readable input from an edge-triggered fd
 
     def _requeue(self, req: InferenceRequest) -> bool:
         max_retries = self.config.scheduling.max_retries

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+import asyncio
 
 import zmq
-import zmq.asyncio
 
 from inferential.config.schema import TransportConfig
 
@@ -16,16 +17,26 @@ logger = logging.getLogger("inferential.transport")
 class RouterTransport:
     """Receives ``[identity, b"", envelope, *payload]`` and sends replies without blocking.
 
-    Sends never wait: a reply to a robot that is gone (EHOSTUNREACH, thanks to
+    Receiving is driven by the event loop watching the socket's file descriptor:
+    when it signals, every waiting message is handed to ``on_message`` in one
+    go, with no future or task per message. ZMQ's descriptor is edge-triggered,
+    so ``drain()`` must also run after sends (the server does so after each
+    burst of replies). Sends never wait: a reply to a robot that is gone (EHOSTUNREACH, thanks to
     ROUTER_MANDATORY) or that stopped reading (its send queue at SNDHWM) is
     reported as undeliverable instead of growing memory or stalling everyone.
     """
 
-    def __init__(self, config: TransportConfig, context: Optional[zmq.asyncio.Context] = None) -> None:
+    #: messages handled per drain before yielding to other callbacks on the loop
+    BURST = 256
+
+    def __init__(self, config: TransportConfig, context: Optional[zmq.Context] = None) -> None:
         self.config = config
-        self._ctx = context or zmq.asyncio.Context.instance()
-        self._sock: Optional[zmq.asyncio.Socket] = None
-        self._sync: Optional[zmq.Socket] = None
+        self._ctx = context or zmq.Context.instance()
+        self._sock: Optional[zmq.Socket] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._on_message: Optional[Callable[[list[Any]], None]] = None
+        self._on_burst_end: Optional[Callable[[], None]] = None
+        self._draining = False
         self.endpoint: str = ""
 
     def bind(self) -> str:
@@ -46,20 +57,54 @@ class RouterTransport:
             sock.setsockopt(zmq.HEARTBEAT_TTL, c.heartbeat_timeout_ms)
         sock.bind(c.bind)
         self._sock = sock
-        self._sync = zmq.Socket.shadow(sock.underlying)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         logger.info("listening on %s", self.endpoint)
         return self.endpoint
 
-    async def recv(self) -> list[Any]:
+    def attach(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_message: Callable[[list[Any]], None],
+        on_burst_end: Callable[[], None],
+    ) -> None:
+        """Start delivering messages on ``loop``."""
         assert self._sock is not None
-        return await self._sock.recv_multipart(copy=False)
+        self._loop = loop
+        self._on_message = on_message
+        self._on_burst_end = on_burst_end
+        loop.add_reader(self._sock.getsockopt(zmq.FD), self.drain)
+        loop.call_soon(self.drain)  # anything that arrived before we watched
+
+    def drain(self) -> None:
+        """Hand every waiting message to ``on_message``, then call ``on_burst_end``."""
+        sock = self._sock
+        if sock is None or self._draining:
+            return
+        self._draining = True
+        handled = 0
+        try:
+            while handled < self.BURST and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                try:
+                    frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                handled += 1
+                try:
+                    self._on_message(frames)  # type: ignore[misc]
+                except Exception:  # the server never dies on input
+                    logger.exception("unexpected error handling a message")
+        finally:
+            self._draining = False
+        if handled:
+            self._on_burst_end()  # type: ignore[misc]
+            if handled >= self.BURST and self._loop is not None:
+                self._loop.call_soon(self.drain)  # more waiting: continue after other callbacks
 
     def send(self, frames: list[Any]) -> Optional[str]:
         """Send now or never: None when handed to ZMQ, else why it could not be."""
-        assert self._sync is not None
+        assert self._sock is not None
         try:
-            self._sync.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             return None
         except zmq.ZMQError as err:
             if err.errno == zmq.EHOSTUNREACH:
@@ -70,6 +115,7 @@ class RouterTransport:
 
     def close(self) -> None:
         if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
             self._sock.close(linger=200)  # let replies already queued go out
             self._sock = None
-            self._sync = None
