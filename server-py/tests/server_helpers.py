@@ -20,15 +20,21 @@ TEST_MODELS = {
 
 
 @contextlib.contextmanager
-def running_server(models: dict[str, Any] | None = None, **sections: Any) -> Iterator[tuple[Server, str]]:
-    """A real server on a random loopback port, on its own thread."""
-    data = {"transport": {"bind": "tcp://127.0.0.1:0"}}
+def running_server(
+    models: dict[str, Any] | None = None, model_configs: list[dict] | None = None, **sections: Any
+) -> Iterator[tuple[Server, str]]:
+    """A real server on a random loopback port, on its own thread.
+
+    ``models`` are objects or targets served as they are; ``model_configs`` are
+    config entries (concurrency, options, ...); with neither, the test models.
+    """
+    data: dict[str, Any] = {"transport": {"bind": "tcp://127.0.0.1:0"}, "models": model_configs or []}
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
         else:
             data[key] = value
-    server = Server(config=InferentialConfig.model_validate(data), models=models if models is not None else TEST_MODELS)
+    server = Server(config=InferentialConfig.model_validate(data), models=models if models is not None else ({} if model_configs else TEST_MODELS))
     background = BackgroundServer(server)
     endpoint = background.start()
     try:

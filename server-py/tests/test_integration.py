@@ -316,3 +316,46 @@ def test_published_1_4_0_client_works_unchanged(shared_server):
     assert data["prompt"] == "classify anomaly"
     assert data["actions"] == [0.0] * 7
     assert data["error_status"] == "UNKNOWN_MODEL" and "missing" in data["error"]
+
+
+def test_a_model_runs_batches_concurrently_up_to_its_configured_concurrency():
+    models = [{"name": "slow", "target": "inferential.models.testing:Sleep", "options": {"base_ms": 300.0}, "concurrency": 2, "max_batch_size": 1}]
+    with running_server(model_configs=models) as (server, endpoint):
+        peer = RawPeer(endpoint)
+        try:
+            for i in range(4):
+                obs, payload = make_obs(i + 1, model="slow", client=f"robot-{i}", x=np.zeros(1, np.float32))
+                peer.send(obs, payload)
+            time.sleep(0.15)
+            in_flight = server.status_threadsafe()["models"]["slow"]["in_flight"]
+            replies = peer.replies(4, timeout_s=5)
+        finally:
+            peer.close()
+    assert in_flight == 2  # two batches at once; the event loop stays free meanwhile
+    assert {r.status for r, _ in replies} == {pb.OK}
+
+
+def test_a_robot_that_never_reads_does_not_stall_the_others():
+    with running_server(transport={"send_hwm": 4}) as (server, endpoint):
+        ctx = zmq.Context()
+        greedy = ctx.socket(zmq.DEALER)
+        greedy.setsockopt(zmq.RCVHWM, 1)
+        greedy.setsockopt(zmq.RCVBUF, 4096)
+        greedy.setsockopt(zmq.LINGER, 0)
+        greedy.connect(endpoint)
+        big = np.zeros(256 * 1024, np.uint8)
+        try:
+            for i in range(120):  # ~30 MB of echoed replies it will never read
+                obs, payload = make_obs(i + 1, model="echo", client="greedy", x=big)
+                greedy.send_multipart([b"", obs.SerializeToString(), *payload])
+            with Connection(server=endpoint, client_id="polite") as conn:
+                for _ in range(20):
+                    assert conn.model("noop").request(timeout_ms=5000, x=np.zeros(1, np.float32)).ok
+            end = time.monotonic() + 10
+            while server.metrics.counter("replies", {"model": "echo"}) < 120 and time.monotonic() < end:
+                time.sleep(0.05)
+        finally:
+            greedy.close()
+            ctx.term()
+    assert server.metrics.counter("replies", {"model": "echo"}) == 120
+    assert server.metrics.counter("replies_undeliverable", {"reason": "peer is not reading (send queue full)"}) > 0
