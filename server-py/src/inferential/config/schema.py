@@ -41,13 +41,17 @@ class SchedulingConfig(_Section):
     policy: Optional[str] = None
     # Largest priority number accepted (0 is highest); larger values are clamped.
     max_priority: int = Field(10, ge=0)
-    # Per-robot cap on queued requests (fair share); None = max_queue_size.
+    # Per-robot cap on queued requests (fair share); None = max_queue_size. Over it,
+    # overflow_policy decides: drop_oldest sheds that robot's own oldest request,
+    # reject_newest refuses the new one (both answered QUEUE_FULL).
     per_client_queue_cap: Optional[int] = Field(None, ge=1)
     # A newer observation from the same robot for the same model supersedes its
     # queued one. None = the strategy's default (on for edf, off otherwise).
     coalesce: Optional[bool] = None
     # Requests that cannot meet their deadline: "reject" answers DEADLINE_UNMEETABLE
     # at once, "deprioritize" runs them after everything else, "off" ignores deadlines.
+    # Judged from measured service times (nothing is judged before the first batch);
+    # under overload the lowest priority gives way first. See inferential.scheduler.queued.
     admission: Literal["reject", "deprioritize", "off"] = "off"
 
 
@@ -104,7 +108,8 @@ class ModelConfig(_Section):
     # "package.module:Attr": a Model subclass, a factory, or a plain callable.
     target: str
     max_batch_size: Optional[int] = Field(None, ge=1)
-    # Batches of this model that may run at once (local backend: worker threads).
+    # Batches of this model that may run at once (local backend: worker threads;
+    # Ray backend: per replica, so num_replicas * concurrency in all).
     concurrency: int = Field(1, ge=1)
     # Keyword arguments for the model's constructor.
     options: dict[str, Any] = {}
@@ -112,8 +117,13 @@ class ModelConfig(_Section):
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    # Serve's per-replica cap on calls in flight. Each call carries a whole batch,
+    # so this counts batches; None = concurrency.
     max_ongoing_requests: Optional[int] = Field(None, ge=1)
     timeout_s: float = Field(10.0, gt=0)
+    # A replica whose batch has run this long fails Serve's health check and is
+    # replaced; None = 3 * timeout_s.
+    hung_after_s: Optional[float] = Field(None, gt=0)
 
 
 class RayConfig(_Section):
@@ -124,7 +134,18 @@ class RayConfig(_Section):
     num_cpus: Optional[int] = Field(None, ge=1)
     # Applications to attach to by name, in addition to models deployed from `models`.
     attach: list[str] = []
+    # Deadline of one call to an attached application (deployed models: timeout_s).
     call_timeout_s: float = Field(10.0, gt=0)
+    # Embedded cluster only: keep Ray's token authentication on, with a token held
+    # in this process's environment when none is configured (RAY_AUTH_MODE wins).
+    token_auth: bool = True
+    # Batches with at most this many tensor bytes use Serve's direct gRPC transport
+    # (faster for small payloads); larger ones go through the object store. 0 = never.
+    grpc_max_bytes: int = Field(512 * 1024, ge=0)
+    # Calls that lose their replica (node or actor death) are sent again this many times.
+    replica_failure_retries: int = Field(1, ge=0)
+    # How often health() is refreshed from serve.status().
+    health_interval_s: float = Field(2.0, gt=0)
 
 
 class LoggingConfig(_Section):

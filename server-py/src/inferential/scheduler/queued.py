@@ -1,0 +1,509 @@
+"""Queue mechanics shared by every built-in strategy.
+
+:class:`QueuedScheduler` owns the queue: bounds and overflow, the per-robot cap,
+TTL, coalescing, admission control, retries, the service-time estimate and the
+shed reports. A strategy is a subclass that only chooses the next batch
+(:meth:`QueuedScheduler._select`) from a stable view of what is queued.
+
+Rules, in the order ``submit`` applies them:
+
+1. Sanitising. ``arrival_ns`` 0 means "now". ``urgency`` is clamped to [0, 1]
+   (NaN or non-numbers become 0: a bad hint must not outrank honest ones);
+   ``priority`` is clamped to [0, ``max_priority``].
+2. TTL. A request ``request_ttl_ms`` or more past its arrival is shed EXPIRED:
+   at submit, by ``tick()``, and before every ``next_batch()``, so none is ever
+   returned late. ``next_wakeup_ns()`` gives the exact time of the next expiry.
+3. Coalescing (``coalesce``; None = the strategy's default, on for ``edf`` only).
+   A newer observation for the same (robot, model) supersedes the queued one,
+   which is shed SUPERSEDED.
+4. Admission control (``admission``). The request is placed among the queued
+   requests of its model in deadline order and the batches ahead of it are
+   costed with the service-time estimate, starting when the model's executor is
+   expected to be free. Batches are planned full (a tight request of a busy
+   model is not admitted on the hope of a small batch), except one led by a
+   request that outranks others in it, which is cut for it as ``edf`` does.
+   For strategies that do not serve in deadline order this underestimates the
+   wait. When some request in that plan would finish after its
+   ``deadline_ns``, the least important request up to that point (largest
+   priority number, then the newest) is taken out, and so on until the plan
+   fits: under overload the lowest priority gives way first, and among equals
+   the newcomer. What is taken out is shed DEADLINE_UNMEETABLE (``"reject"``)
+   or deprioritized (``"deprioritize"``). ``next_batch`` applies the same test
+   at dispatch to each request of the batch (could it still finish if run
+   alone, now?). Both tests use the mean service time, not the planning margin
+   (:class:`~inferential.scheduler.service_time.ServiceTimeModel`): a rejection
+   is final, so only what will almost surely be late is rejected. Without a
+   service-time estimate for the model yet, nothing is judged unmeetable.
+   Requests without ``deadline_ns`` are never judged.
+5. Per-robot cap (``per_client_queue_cap``). A robot already holding that many
+   requests loses its own oldest one (``drop_oldest``) or has the new one
+   refused (``reject_newest``): one robot's burst cannot push out the others.
+6. Queue bound (``max_queue_size``). ``drop_oldest`` evicts the oldest queued
+   request, deprioritized ones first; ``reject_newest`` refuses the new one.
+   Both are shed QUEUE_FULL.
+
+Deprioritized requests of a model are served only when none of its other
+requests is queued (per model: each model has its own executor).
+
+Every shed goes through ``on_shed(request, status, reason)``; the server
+replaces it to answer the robot. ``submit``/``requeue``/``adopt`` never raise
+for a shed. Not thread-safe: one event loop drives it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import Counter, deque
+from typing import ClassVar, Iterable, Mapping, Optional
+
+from inferential.config.schema import SchedulingConfig
+from inferential.scheduler.base import (
+    DEADLINE_UNMEETABLE,
+    EXPIRED,
+    QUEUE_FULL,
+    SHED_STATUSES,
+    SUPERSEDED,
+    Clock,
+    Scheduler,
+)
+from inferential.scheduler.request import InferenceRequest
+from inferential.scheduler.service_time import ServiceTimeModel
+
+View = Mapping[str, Mapping[int, InferenceRequest]]
+"""Per model, its queued requests by ``seq``. Only models with something to serve."""
+
+
+def arrival_order(request: InferenceRequest) -> tuple[int, int]:
+    return (request.arrival_ns, request.seq)
+
+
+class QueuedScheduler(Scheduler):
+    """Base of the built-in strategies; subclasses implement :meth:`_select`."""
+
+    strategy_name: ClassVar[str] = "queued"
+    #: Whether a newer observation of a (robot, model) replaces the queued one
+    #: when the config leaves ``coalesce`` unset.
+    coalesce_by_default: ClassVar[bool] = False
+    #: Refresh the live fields of every candidate before ``_select`` (scoring strategies).
+    scores_requests: ClassVar[bool] = False
+
+    def __init__(self, config: Optional[SchedulingConfig] = None, *, clock: Optional[Clock] = None) -> None:
+        self.config = config if config is not None else SchedulingConfig()
+        self.clock: Clock = clock or time.monotonic_ns
+        self.shed_log: deque = deque(maxlen=self.shed_log_size)
+        self.shed_counts: Counter[str] = Counter()
+        self.coalesce = self.config.coalesce if self.config.coalesce is not None else self.coalesce_by_default
+        self._ttl_ns = int(self.config.request_ttl_ms * 1e6)
+        self._queued: dict[int, InferenceRequest] = {}
+        self._normal: dict[str, dict[int, InferenceRequest]] = {}
+        self._late: dict[str, dict[int, InferenceRequest]] = {}
+        self._by_client: dict[str, dict[int, InferenceRequest]] = {}
+        self._latest: dict[tuple[str, str], InferenceRequest] = {}
+        self._expiry: list[tuple[int, int, InferenceRequest]] = []
+        self._batch_limits: dict[str, int] = {}
+        self._concurrency: dict[str, int] = {}
+        self._service: dict[str, ServiceTimeModel] = {}
+        # Per model, when the batches handed out are expected to finish.
+        self._busy_until: dict[str, list[int]] = {}
+
+    # --- the strategy's part ----------------------------------------------------
+
+    def _select(self, view: View, now_ns: int) -> list[InferenceRequest]:
+        """The next batch: requests of one model from ``view``, best first, or []
+        to wait. The base trims it to the model's batch limit."""
+        raise NotImplementedError
+
+    def _wakeup_after(self, now_ns: int) -> Optional[int]:
+        """A strategy's own timer: the earliest time after ``now_ns`` at which
+        ``_select`` would return something it does not return now."""
+        return None
+
+    def _dispatched(self, batch: list[InferenceRequest], now_ns: int) -> None:
+        """Called with each batch handed out."""
+
+    def _arrived(self, request: InferenceRequest) -> None:
+        """Called with each new observation (``submit``), before the queue rules."""
+
+    # --- submitting ---------------------------------------------------------------
+
+    def submit(self, request: InferenceRequest) -> bool:  # type: ignore[override]
+        """Queue ``request``. False when it was shed instead (already reported)."""
+        now = self.clock()
+        self._sanitize(request, now)
+        request.deprioritized = False
+        self._arrived(request)
+        return self._admit(request, now)
+
+    def requeue(self, request: InferenceRequest) -> bool:
+        """Put back a request whose dispatch failed, counting a retry.
+
+        False when it has used up ``max_retries``: the caller answers it
+        (MODEL_ERROR). True when it is queued again or was shed (and reported)
+        by the usual rules.
+        """
+        request.retries += 1
+        if request.retries > self.config.max_retries:
+            return False
+        request.deprioritized = False
+        self._admit(request, self.clock())
+        return True
+
+    def adopt(self, requests: Iterable[InferenceRequest]) -> int:  # type: ignore[override]
+        """Queue requests drained from another scheduler; returns how many were
+        kept (the others were shed and reported under this scheduler's rules)."""
+        now = self.clock()
+        requests = list(requests)
+        for request in requests:
+            self._sanitize(request, now)
+            request.deprioritized = False
+            self._admit(request, now)
+        return sum(1 for r in requests if self._queued.get(r.seq) is r)
+
+    def _sanitize(self, request: InferenceRequest, now: int) -> None:
+        if request.arrival_ns <= 0:
+            request.arrival_ns = now
+        try:
+            urgency = float(request.urgency)
+        except (TypeError, ValueError):
+            urgency = 0.0
+        request.urgency = 0.0 if math.isnan(urgency) else min(1.0, max(0.0, urgency))
+        try:
+            priority = int(request.priority)
+        except (TypeError, ValueError, OverflowError):
+            priority = self.config.max_priority
+        request.priority = min(self.config.max_priority, max(0, priority))
+
+    def _admit(self, request: InferenceRequest, now: int) -> bool:
+        waited_ns = now - request.arrival_ns
+        if waited_ns >= self._ttl_ns:
+            self._shed(request, EXPIRED, f"waited {waited_ns / 1e6:.1f} ms, TTL {self.config.request_ttl_ms:g} ms", now)
+            return False
+        if self.coalesce:
+            queued = self._latest.get(request.key)
+            if queued is not None and queued is not request:
+                if arrival_order(queued) > arrival_order(request):
+                    self._shed(request, SUPERSEDED, "a newer observation of this robot and model is queued", now)
+                    return False
+                self._shed(queued, SUPERSEDED, "replaced by a newer observation of this robot and model", now)
+        late = self._admission(request, now)
+        if late is None:
+            return False
+        cap = self.config.per_client_queue_cap
+        mine = self._by_client.get(request.client_id)
+        if cap is not None and mine is not None and len(mine) >= cap:
+            reason = f"robot {request.client_id!r} already has {len(mine)} queued (per_client_queue_cap {cap})"
+            if not self._make_room(request, late, mine.values(), reason, now):
+                return False
+        if len(self._queued) >= self.config.max_queue_size:
+            reason = f"queue full ({len(self._queued)} queued, max_queue_size {self.config.max_queue_size})"
+            if not self._make_room(request, late, self._queued.values(), reason, now):
+                return False
+        self._insert(request, late)
+        return True
+
+    def _make_room(
+        self, request: InferenceRequest, late: bool, queued: Iterable[InferenceRequest], reason: str, now: int
+    ) -> bool:
+        """Apply the overflow policy; True when ``request`` may go in."""
+        if self.config.overflow_policy == "reject_newest":
+            self._shed(request, QUEUE_FULL, reason, now)
+            return False
+        candidates = list(queued) + [request]
+        deprioritized = [r for r in candidates if r.deprioritized or (r is request and late)]
+        victim = min(deprioritized or candidates, key=arrival_order)
+        self._shed(victim, QUEUE_FULL, reason + "; the oldest is dropped", now)
+        return victim is not request
+
+    # --- admission control --------------------------------------------------------
+
+    def _admission(self, request: InferenceRequest, now: int) -> Optional[bool]:
+        """None: shed; True: queue deprioritized; False: queue normally."""
+        mode = self.config.admission
+        if mode == "off" or request.deadline_ns is None:
+            return False
+        model = request.model_id
+        if self.estimate_service_ms(model, 1) is None:
+            return False
+        ahead = [r for r in self._normal.get(model, {}).values() if r.deadline_ns is not None]
+        plan = sorted(ahead + [request], key=lambda r: (r.deadline_ns, r.seq))
+        start = self._free_at(model, now)
+        out: list[InferenceRequest] = []
+        while True:
+            miss = self._first_miss(plan, model, start)
+            if miss is None:
+                break
+            victim = max(plan[: miss + 1], key=lambda r: (r.priority, r.seq))
+            plan.remove(victim)
+            out.append(victim)
+        for victim in out:
+            if victim is request:
+                continue
+            if mode == "reject":
+                reason = "cannot finish before its deadline once more urgent work is served"
+                self._shed(victim, DEADLINE_UNMEETABLE, reason, now)
+            else:
+                self._deprioritize(victim)
+        if request in out:
+            if mode == "reject":
+                finish = "cannot finish before its deadline given the work queued ahead"
+                self._shed(request, DEADLINE_UNMEETABLE, finish, now)
+                return None
+            return True
+        return False
+
+    def _first_miss(self, plan: list[InferenceRequest], model: str, start: int) -> Optional[int]:
+        """Index of the first request in ``plan`` that finishes after its deadline
+        when ``plan`` runs in order from ``start`` in full batches (the model's
+        limit), except that a batch led by a request that outranks others in it
+        is cut so that request makes it, as ``edf`` does."""
+        limit = self.max_batch_size(model)
+        concurrency = self._concurrency.get(model, 1)
+        before = 0.0  # executor time used by earlier batches, spread over the concurrent slots
+        first = 0
+        while first < len(plan):
+            chunk = plan[first : first + limit]
+            size = len(chunk)
+            head = chunk[0]
+            if any(r.priority > head.priority for r in chunk):
+                while size > 1 and start + before + self._cost_ns(model, size) > head.deadline_ns:  # type: ignore
+                    size -= 1
+            cost_ns = self._cost_ns(model, size)
+            done = start + before + cost_ns
+            for offset in range(size):
+                if plan[first + offset].deadline_ns < done:  # type: ignore[operator]
+                    return first + offset
+            first += size
+            before += cost_ns / concurrency
+        return None
+
+    def _cost_ns(self, model: str, size: int) -> float:
+        # The mean: rejecting is final, so admission only rejects what will almost surely be late.
+        return self.estimate_service_ms(model, size, margin=False) * 1e6  # type: ignore[operator]
+
+    def _unmeetable_now(self, batch: list[InferenceRequest], now: int) -> bool:
+        """Dispatch-time admission: take out of ``batch`` what could not finish
+        even alone, starting now. True when anything was taken out."""
+        if self.config.admission == "off":
+            return False
+        alone_ms = self.estimate_service_ms(batch[0].model_id, 1, margin=False)
+        if alone_ms is None:
+            return False
+        finish = now + alone_ms * 1e6
+        changed = False
+        for r in batch:
+            if r.deprioritized or r.deadline_ns is None or r.deadline_ns >= finish:
+                continue
+            changed = True
+            if self.config.admission == "reject":
+                late_by = (finish - r.deadline_ns) / 1e6
+                reason = f"would finish {late_by:.1f} ms after its deadline even if run now"
+                self._shed(r, DEADLINE_UNMEETABLE, reason, now)
+            else:
+                self._deprioritize(r)
+        return changed
+
+    # --- dispatching --------------------------------------------------------------
+
+    def next_batch(  # type: ignore[override]
+        self, ready_models: Optional[Iterable[str]] = None
+    ) -> list[InferenceRequest]:
+        """The next batch: requests of one model, at most its batch limit, from
+        ``ready_models`` when given (models whose executor is free). [] when
+        nothing is ready."""
+        now = self.clock()
+        self._expire(now)
+        ready = None if ready_models is None else set(ready_models)
+        while True:
+            view = self._view(ready)
+            if not view:
+                return []
+            if self.scores_requests:
+                for queue in view.values():
+                    for r in queue.values():
+                        r.refresh(now)
+            batch = self._select(view, now)
+            if not batch:
+                return []
+            model = batch[0].model_id
+            batch = [r for r in batch if r.model_id == model][: self.max_batch_size(model)]
+            if self._unmeetable_now(batch, now):
+                continue
+            for r in batch:
+                self._remove(r)
+                r.refresh(now)
+            self._mark_busy(model, len(batch), now)
+            self._dispatched(batch, now)
+            return batch
+
+    def _view(self, ready: Optional[set[str]]) -> dict[str, Mapping[int, InferenceRequest]]:
+        models = self._normal.keys() | self._late.keys() if ready is None else ready
+        view: dict[str, Mapping[int, InferenceRequest]] = {}
+        for model in models:
+            queue = self._normal.get(model) or self._late.get(model)
+            if queue:
+                view[model] = queue
+        return view
+
+    # --- time ---------------------------------------------------------------------
+
+    def tick(self) -> int:  # type: ignore[override]
+        """Shed what has outlived the TTL; returns how many."""
+        return self._expire(self.clock())
+
+    def next_wakeup_ns(self) -> Optional[int]:
+        """When ``tick``/``next_batch`` next has something to do without a new
+        submit: the next TTL expiry (may be <= now: call ``tick`` at once) or the
+        strategy's own timer (always > now). None: sleep until the next event."""
+        now = self.clock()
+        self._drop_stale_expiry()
+        times = [t for t in (self._expiry[0][0] if self._expiry else None, self._wakeup_after(now)) if t is not None]
+        return min(times) if times else None
+
+    def _expire(self, now: int) -> int:
+        expired = 0
+        while self._expiry and self._expiry[0][0] <= now:
+            _, seq, request = heapq.heappop(self._expiry)
+            if self._queued.get(seq) is request:
+                waited = (now - request.arrival_ns) / 1e6
+                self._shed(request, EXPIRED, f"waited {waited:.1f} ms, TTL {self.config.request_ttl_ms:g} ms", now)
+                expired += 1
+        return expired
+
+    def _drop_stale_expiry(self) -> None:
+        while self._expiry and self._queued.get(self._expiry[0][1]) is not self._expiry[0][2]:
+            heapq.heappop(self._expiry)
+
+    # --- service-time model -------------------------------------------------------
+
+    def record_service_time(self, model_id: str, batch_size: int, ms: float) -> None:
+        model = self._service.get(model_id)
+        if model is None:
+            model = self._service[model_id] = ServiceTimeModel()
+        model.record(batch_size, ms)
+        busy = self._busy_until.get(model_id)
+        if busy:
+            heapq.heappop(busy)
+
+    def estimate_service_ms(self, model_id: str, batch_size: int, *, margin: bool = True) -> Optional[float]:
+        """Estimated run time of a batch, with a safety margin for planning unless
+        ``margin=False`` (the mean); None before any measurement."""
+        model = self._service.get(model_id)
+        return None if model is None else model.estimate(batch_size, margin=margin)
+
+    def _mark_busy(self, model: str, size: int, now: int) -> None:
+        cost = self.estimate_service_ms(model, size, margin=False)
+        if cost is not None:
+            heapq.heappush(self._busy_until.setdefault(model, []), now + int(cost * 1e6))
+
+    def _free_at(self, model: str, now: int) -> int:
+        """When the model's executor is expected to take a new batch."""
+        busy = self._busy_until.get(model)
+        if not busy:
+            return now
+        while busy and busy[0] <= now:
+            heapq.heappop(busy)
+        if len(busy) < self._concurrency.get(model, 1):
+            return now
+        return busy[0]
+
+    # --- limits -------------------------------------------------------------------
+
+    def set_model_limits(
+        self, model_id: str, max_batch_size: Optional[int] = None, concurrency: Optional[int] = None
+    ) -> None:
+        if max_batch_size is not None:
+            if max_batch_size < 1:
+                raise ValueError("max_batch_size must be >= 1")
+            self._batch_limits[model_id] = int(max_batch_size)
+        if concurrency is not None:
+            if concurrency < 1:
+                raise ValueError("concurrency must be >= 1")
+            self._concurrency[model_id] = int(concurrency)
+
+    def max_batch_size(self, model_id: str) -> int:
+        return self._batch_limits.get(model_id, self.config.max_batch_size)
+
+    # --- inspection and hand-over -------------------------------------------------
+
+    def queue_len(self) -> int:
+        return len(self._queued)
+
+    def status(self) -> dict:
+        depth: Counter[str] = Counter()
+        for pools in (self._normal, self._late):
+            for model, queue in pools.items():
+                depth[model] += len(queue)
+        return {
+            "strategy": self.strategy_name,
+            "queue_len": len(self._queued),
+            "max_queue_size": self.config.max_queue_size,
+            "models": dict(depth),
+            "deprioritized": sum(len(q) for q in self._late.values()),
+            "clients": len(self._by_client),
+            "shed": {status: self.shed_counts[status] for status in SHED_STATUSES},
+            "coalesce": self.coalesce,
+            "admission": self.config.admission,
+        }
+
+    def drain(self) -> list[InferenceRequest]:
+        """Remove and return everything queued, oldest first (nothing is shed)."""
+        out = sorted(self._queued.values(), key=arrival_order)
+        for pools in (self._queued, self._normal, self._late, self._by_client, self._latest):
+            pools.clear()
+        self._expiry.clear()
+        return out
+
+    def cancel_client(self, client_id: str) -> list[InferenceRequest]:
+        """Remove and return a robot's queued requests, oldest first (the server
+        answers them CANCELLED)."""
+        out = sorted(self._by_client.get(client_id, {}).values(), key=arrival_order)
+        for r in out:
+            self._remove(r)
+        return out
+
+    # --- bookkeeping --------------------------------------------------------------
+
+    def _insert(self, request: InferenceRequest, late: bool) -> None:
+        seq = request.seq
+        request.deprioritized = late
+        self._queued[seq] = request
+        (self._late if late else self._normal).setdefault(request.model_id, {})[seq] = request
+        self._by_client.setdefault(request.client_id, {})[seq] = request
+        if self.coalesce:
+            self._latest[request.key] = request
+        heapq.heappush(self._expiry, (request.arrival_ns + self._ttl_ns, seq, request))
+        if len(self._expiry) > 2 * len(self._queued) + 64:
+            self._expiry = [e for e in self._expiry if self._queued.get(e[1]) is e[2]]
+            heapq.heapify(self._expiry)
+
+    def _remove(self, request: InferenceRequest) -> None:
+        seq = request.seq
+        if self._queued.pop(seq, None) is None:
+            return
+        _discard(self._late if request.deprioritized else self._normal, request.model_id, seq)
+        _discard(self._by_client, request.client_id, seq)
+        if self._latest.get(request.key) is request:
+            del self._latest[request.key]
+
+    def _deprioritize(self, request: InferenceRequest) -> None:
+        if request.deprioritized:
+            return
+        _discard(self._normal, request.model_id, request.seq)
+        request.deprioritized = True
+        self._late.setdefault(request.model_id, {})[request.seq] = request
+
+    def _shed(self, request: InferenceRequest, status: str, reason: str, now: int) -> None:
+        self._remove(request)
+        request.refresh(now)
+        self.shed_counts[status] += 1
+        self.on_shed(request, status, reason)
+
+
+def _discard(index: dict[str, dict[int, InferenceRequest]], key: str, seq: int) -> None:
+    bucket = index.get(key)
+    if bucket is not None:
+        bucket.pop(seq, None)
+        if not bucket:
+            del index[key]

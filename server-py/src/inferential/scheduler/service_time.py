@@ -1,0 +1,64 @@
+"""Per-model service-time estimate: ``a + b * batch_size`` milliseconds."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Optional
+
+MARGIN_SIGMAS = 2.0
+
+
+class ServiceTimeModel:
+    """Least-squares line through the last ``window`` (batch size, ms) points.
+
+    The estimate adds ``MARGIN_SIGMAS`` times the fit's root-mean-square
+    residual, so ``edf``'s batch sizing plans for a bad case (about the 95th
+    percentile for normal noise): planning on the mean would miss about half of
+    the tight deadlines it aims for. Admission control, whose rejections are
+    final, uses the mean (``margin=False``). Before any point it knows nothing
+    (``estimate`` returns None, and admission control admits). Until two batch
+    sizes have been seen the slope is unknown and the line is flat at the mean,
+    which underestimates larger batches: early decisions err towards running
+    work rather than shedding it.
+    """
+
+    def __init__(self, window: int = 64) -> None:
+        self._points: deque[tuple[int, float]] = deque(maxlen=window)
+        self._a = 0.0
+        self._b = 0.0
+        self._margin = 0.0
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def record(self, batch_size: int, ms: float) -> None:
+        if batch_size < 1 or not math.isfinite(ms) or ms < 0:
+            return
+        self._points.append((batch_size, ms))
+        self._fit()
+
+    def estimate(self, batch_size: int, *, margin: bool = True) -> Optional[float]:
+        """Planning estimate of a batch's run time (ms); ``margin=False``: the fitted mean."""
+        if not self._points:
+            return None
+        return self._a + self._b * batch_size + (self._margin if margin else 0.0)
+
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        """(a, b) of the fitted line, without the margin."""
+        return self._a, self._b
+
+    def _fit(self) -> None:
+        n = len(self._points)
+        mean_x = sum(x for x, _ in self._points) / n
+        mean_y = sum(y for _, y in self._points) / n
+        var_x = sum((x - mean_x) ** 2 for x, _ in self._points)
+        b = 0.0
+        if var_x > 0:
+            b = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in self._points) / var_x)
+        a = mean_y - b * mean_x
+        if a < 0:  # a negative fixed cost is noise: keep the line through the mean
+            a, b = 0.0, mean_y / mean_x
+        self._a, self._b = a, b
+        self._margin = MARGIN_SIGMAS * math.sqrt(sum((y - a - b * x) ** 2 for x, y in self._points) / n)
