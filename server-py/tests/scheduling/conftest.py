@@ -40,6 +40,8 @@ def build(clock: FakeClock):
     collected in ``scheduler.sheds`` as (request, status, reason)."""
 
     def factory(strategy: str = "fifo", **config):
+        # Admission control is off unless a test turns it on: strategy tests check ordering alone.
+        config.setdefault("admission", "off")
         scheduler = create_scheduler(SchedulingConfig(strategy=strategy, **config), clock=clock)
         scheduler.sheds = []
         scheduler.on_shed = lambda request, status, reason: scheduler.sheds.append((request, status, reason))

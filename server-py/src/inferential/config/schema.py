@@ -52,7 +52,9 @@ class SchedulingConfig(_Section):
     # at once, "deprioritize" runs them after everything else, "off" ignores deadlines.
     # Judged from measured service times (nothing is judged before the first batch);
     # under overload the lowest priority gives way first. See inferential.scheduler.queued.
-    admission: Literal["reject", "deprioritize", "off"] = "off"
+    # The default runs such requests anyway, after all others: a model slower than
+    # the default budget stays usable for robots (1.x ones) that cannot send a budget.
+    admission: Literal["reject", "deprioritize", "off"] = "deprioritize"
 
 
 class ClientDefaults(_Section):

@@ -25,6 +25,9 @@ class ServiceTimeModel:
 
     def __init__(self, window: int = 64) -> None:
         self._points: deque[tuple[int, float]] = deque(maxlen=window)
+        # Running sums over the window, so a new point costs O(1), not a refit.
+        self._n = 0
+        self._sx = self._sy = self._sxx = self._sxy = self._syy = 0.0
         self._a = 0.0
         self._b = 0.0
         self._margin = 0.0
@@ -35,8 +38,19 @@ class ServiceTimeModel:
     def record(self, batch_size: int, ms: float) -> None:
         if batch_size < 1 or not math.isfinite(ms) or ms < 0:
             return
+        if len(self._points) == self._points.maxlen:
+            self._add(*self._points[0], sign=-1.0)
         self._points.append((batch_size, ms))
+        self._add(batch_size, ms, sign=1.0)
         self._fit()
+
+    def _add(self, x: float, y: float, sign: float) -> None:
+        self._n += int(sign)
+        self._sx += sign * x
+        self._sy += sign * y
+        self._sxx += sign * x * x
+        self._sxy += sign * x * y
+        self._syy += sign * y * y
 
     def estimate(self, batch_size: int, *, margin: bool = True) -> Optional[float]:
         """Planning estimate of a batch's run time (ms); ``margin=False``: the fitted mean."""
@@ -50,15 +64,19 @@ class ServiceTimeModel:
         return self._a, self._b
 
     def _fit(self) -> None:
-        n = len(self._points)
-        mean_x = sum(x for x, _ in self._points) / n
-        mean_y = sum(y for _, y in self._points) / n
-        var_x = sum((x - mean_x) ** 2 for x, _ in self._points)
+        n = self._n
+        mean_x, mean_y = self._sx / n, self._sy / n
+        var_x = self._sxx - n * mean_x * mean_x
         b = 0.0
-        if var_x > 0:
-            b = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in self._points) / var_x)
+        if var_x > 1e-9:
+            b = max(0.0, (self._sxy - n * mean_x * mean_y) / var_x)
         a = mean_y - b * mean_x
         if a < 0:  # a negative fixed cost is noise: keep the line through the mean
             a, b = 0.0, mean_y / mean_x
         self._a, self._b = a, b
-        self._margin = MARGIN_SIGMAS * math.sqrt(sum((y - a - b * x) ** 2 for x, y in self._points) / n)
+        # Residual sum of squares from the sums: sum (y - a - b x)^2, expanded.
+        ssr = (
+            self._syy - 2 * a * self._sy - 2 * b * self._sxy
+            + n * a * a + 2 * a * b * self._sx + b * b * self._sxx
+        )
+        self._margin = MARGIN_SIGMAS * math.sqrt(max(0.0, ssr) / n)

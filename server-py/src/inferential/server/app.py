@@ -185,7 +185,7 @@ class Server:
         self._models = self._backend.models()
         for name, info in self._models.items():
             if hasattr(self._scheduler, "set_model_limits"):
-                self._scheduler.set_model_limits(name, max_batch_size=min(info.max_batch_size, self.config.scheduling.max_batch_size))
+                self._scheduler.set_model_limits(name, max_batch_size=min(info.max_batch_size, self.config.scheduling.max_batch_size), concurrency=info.concurrency)
         self._transport = RouterTransport(self.config.transport)
         self._transport.bind()
         self._transport.attach(self._loop, self._on_frames, self._after_change)
@@ -280,7 +280,7 @@ class Server:
             sched.on_shed = self._on_shed
         for name, info in self._models.items():
             if hasattr(sched, "set_model_limits"):
-                sched.set_model_limits(name, max_batch_size=min(info.max_batch_size, cfg.max_batch_size))
+                sched.set_model_limits(name, max_batch_size=min(info.max_batch_size, cfg.max_batch_size), concurrency=info.concurrency)
         return sched
 
     def _swap_scheduler(self, cfg: SchedulingConfig) -> None:
@@ -517,16 +517,11 @@ class Server:
             return
         logger.info("robot %s unregistered: %s", client_id, why)
         self.metrics.record("active_clients", len(self._registry.robots))
-        mine = [r for r in self._pending.values() if r.client_id == client_id and not getattr(r, "_running", False)]
-        if mine:
-            keep = [r for r in self._drain_scheduler() if r.client_id != client_id]
-            if hasattr(self._scheduler, "adopt"):
-                self._scheduler.adopt(keep)
-            else:
-                for r in keep:
-                    self._scheduler.submit(r)
-            for r in mine:
-                self._answer(r, pb.CANCELLED, f"robot unregistered: {why}")
+        # Only this robot's queued requests: the others keep their place untouched.
+        for r in self._scheduler.cancel_client(client_id):
+            self._answer(r, pb.CANCELLED, f"robot unregistered: {why}")
+        for r in [r for r in self._pending.values() if r.client_id == client_id and not getattr(r, "_running", False)]:
+            self._answer(r, pb.CANCELLED, f"robot unregistered: {why}")  # held by a custom scheduler
 
     def _launch_ready(self) -> None:
         takes_ready = self._takes_ready
