@@ -137,3 +137,67 @@ def test_local_backend_runs_models_off_the_loop_with_per_request_errors():
 
     asyncio.run(scenario())
     assert isinstance(FunctionModel(lambda x: x), FunctionModel)
+
+
+def test_fast_models_move_inline_and_a_slow_batch_sends_them_back_to_threads():
+    import threading
+
+    from inferential.dispatch.local import INLINE_PROBE
+    from inferential.models.testing import NoOp
+
+    class Switchable(NoOp):
+        slow = False
+
+        def execute(self, batch):
+            if self.slow:
+                time.sleep(0.01)
+            self.thread = threading.current_thread()
+            return super().execute(batch)
+
+    import time
+
+    async def scenario():
+        model = Switchable()
+        backend = LocalBackend(objects={"m": model}, inline_below_ms=1.0)
+        await backend.start()
+        loop_thread = threading.current_thread()
+
+        async def run_once():
+            fut = asyncio.get_running_loop().create_future()
+            backend.submit("m", [{}], lambda out, err: fut.set_result((out, err)))
+            out, err = await fut
+            assert err is None and out[0]["actions"].shape == (7,)
+
+        for _ in range(INLINE_PROBE):
+            await run_once()
+        assert backend.health()["m"]["inline"] and model.thread is not loop_thread
+        await run_once()
+        assert model.thread is loop_thread  # now inline on the event loop
+        model.slow = True
+        await run_once()  # 10 ms > 10 x 1 ms: ejected
+        assert not backend.health()["m"]["inline"]
+        await run_once()
+        assert model.thread is not loop_thread
+        await backend.stop()
+
+    asyncio.run(scenario())
+
+
+def test_models_can_refuse_inline_execution():
+    from inferential.dispatch.local import INLINE_PROBE
+    from inferential.models.testing import NoOp
+
+    class Blocking(NoOp):
+        allow_inline = False
+
+    async def scenario():
+        backend = LocalBackend(objects={"m": Blocking()})
+        await backend.start()
+        for _ in range(INLINE_PROBE + 5):
+            fut = asyncio.get_running_loop().create_future()
+            backend.submit("m", [{}], lambda out, err: fut.set_result(err))
+            assert await fut is None
+        assert not backend.health()["m"]["inline"]
+        await backend.stop()
+
+    asyncio.run(scenario())

@@ -36,6 +36,11 @@ class Model:
     #: Largest batch this model accepts; the server never sends more.
     max_batch_size: int = 8
 
+    #: Local backend: a model measured to finish batches in microseconds may run on
+    #: the event loop instead of its threads. Set False for a model that can block
+    #: unpredictably (I/O, locks).
+    allow_inline: bool = True
+
     def load(self) -> None:
         """Load weights and warm up. Called once before the first batch."""
 
