@@ -64,7 +64,7 @@ bench-scheduling: setup
 	$(PY) bench/scheduling.py
 
 bench-ray: setup
-	$(PY) bench/ray_backend.py
+	$(PY) bench/ray_transfer.py
 
 clean:
 	rm -rf $(VENV) $(PUBLISHED_VENV) .pytest_cache
