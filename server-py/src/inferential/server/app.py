@@ -608,8 +608,9 @@ class Server:
         assert outcomes is not None
         if hasattr(self._scheduler, "record_service_time"):
             self._scheduler.record_service_time(model, len(batch), infer_ms)
-        self.metrics.record("inference_latency_ms", infer_ms, labels)
         for r, out in zip(batch, outcomes):
+            # Per request, labelled by robot as the published README's callbacks expect.
+            self.metrics.record("inference_latency_ms", infer_ms, {"client": r.client_id, "model": model})
             timing = ReplyTiming(
                 queue_wait_ms=(start - r.arrival_ns) / 1e6,
                 inference_ms=infer_ms,
