@@ -98,6 +98,7 @@ class Server:
         self._batches_running = 0
         self._batches_idle: Optional[asyncio.Event] = None
         self._timer_at: Optional[int] = None
+        self._next_sweep_ns = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
         self._timer: Optional[asyncio.TimerHandle] = None
@@ -474,9 +475,8 @@ class Server:
         if self._pending:
             oldest = next(iter(self._pending.values()))
             candidates.append(oldest.arrival_ns + int(self.config.scheduling.request_ttl_ms * 1e6) + 1)
-        silence = self._registry.next_silence_ns()
-        if silence is not None:
-            candidates.append(silence + 1)
+        if self._registry.robots:
+            candidates.append(self._next_sweep_ns)
         at = min(candidates) if candidates else None
         if at == self._timer_at and self._timer is not None:
             return
@@ -508,7 +508,16 @@ class Server:
             self._answer(req, pb.EXPIRED, f"waited {waited:.0f} ms, TTL is {self.config.scheduling.request_ttl_ms:.0f} ms")
 
     def _sweep_silent(self) -> None:
-        for client_id in self._registry.silent(self._clock()):
+        """Unregister robots silent for longer than the timeout.
+
+        Runs on a coarse schedule (a quarter of the timeout), not per request:
+        a robot is unregistered between 1 and 1.25 timeouts after it went quiet.
+        """
+        now = self._clock()
+        if now < self._next_sweep_ns:
+            return
+        self._next_sweep_ns = now + self._registry.timeout_ns // 4
+        for client_id in self._registry.silent(now):
             self._unregister(client_id, "silent for longer than disconnect_timeout_s")
 
     def _unregister(self, client_id: str, why: str) -> None:
