@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from inferential.config import ConfigError, InferentialConfig, ModelConfig, load_config, parse_config
 
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inferential",
         description="Inference orchestration for robot fleets: schedule observations from many robots onto shared models.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -52,7 +54,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=10.0, help="seconds of traffic (default 10)")
     demo.add_argument("--report", default="demo-report", metavar="DIR", help="where to write the report (default demo-report/)")
     demo.add_argument("--scheduler", default="deadline_aware", metavar="NAME", help="scheduling strategy (default deadline_aware)")
+
+    top = sub.add_parser(
+        "top",
+        help="live view of a running server: robots, latency, SLO, queues",
+        description="Show a running server's robots (rate, p50/p99 latency, SLO attainment, last status) and models "
+        "(queue, running batches, batch size, replicas), refreshed every --interval seconds. Reads the "
+        "server's /status over HTTP: start it with `inferential serve --metrics-port PORT`.",
+    )
+    top.add_argument("--server", "-s", default="http://127.0.0.1:9100", metavar="URL", help="the server's metrics HTTP address: URL, HOST:PORT or PORT (default http://127.0.0.1:9100)")
+    top.add_argument("--interval", "-n", type=_positive, default=1.0, metavar="SECONDS", help="refresh period (default 1)")
+    top.add_argument("--window", type=_positive, default=10.0, metavar="SECONDS", help="history behind rates and percentiles (default 10)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit (for scripts); exit 1 if the server cannot be reached")
     return parser
+
+
+EXAMPLES = """examples:
+  inferential serve --model policy=mypkg.policies:Policy --metrics-port 9100
+  inferential serve --config server.yaml          # every key: docs/configuration.md
+  inferential serve --config server.yaml --check  # validate and print the merged configuration
+  kill -HUP <pid>                                 # reload scheduling, clients, auth, logging
+  inferential top --server localhost:9100         # live view of a running server
+  inferential demo --backend local --duration 5   # a simulated fleet against a real policy
+
+`inferential COMMAND --help` describes each command's options."""
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> InferentialConfig:
@@ -101,24 +136,31 @@ def serve(args: argparse.Namespace) -> int:
     if args.check:
         import yaml
 
-        print(yaml.safe_dump(config.model_dump(by_alias=True), sort_keys=False), end="")
+        shown = config.model_dump(by_alias=True)
+        if shown["auth"].get("token"):
+            shown["auth"]["token"] = "<set>"
+        for client in shown["clients"]["known"]:
+            if client.get("auth_token"):
+                client["auth_token"] = "<set>"
+        print(yaml.safe_dump(shown, sort_keys=False), end="")
         return 0
     configure_logging(config.logging.level, config.logging.json_format)
     server = Server(config=config)
     try:
-        asyncio.run(_serve(server, args.config))
+        asyncio.run(_serve(server, args.config, lambda: config_from_args(args)))
     except KeyboardInterrupt:
         pass
     return 0
 
 
-async def _serve(server, config_path: Optional[str]) -> None:
+async def _serve(server, config_path: Optional[str], load: Callable[[], InferentialConfig]) -> None:
     from inferential.server.ops import install_reload, start_http
 
     http = start_http(server)
     try:
-        if config_path:
-            install_reload(server, config_path)
+        # Always installed: SIGHUP without --config is logged instead of killing the server.
+        # The reload re-applies command-line overrides, which keep winning over the file.
+        install_reload(server, config_path, load)
         await server.run()
     finally:
         if http is not None:
@@ -134,6 +176,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from inferential.demo import run_demo
 
         return run_demo(args)
+    if args.command == "top":
+        from inferential.top import run_top
+
+        return run_top(args.server, interval_s=args.interval, once=args.once, window_s=args.window)
     parser.print_help()
     return 0
 

@@ -22,6 +22,8 @@ class TransportConfig(_Section):
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     heartbeat_ivl_ms: int = Field(1000, ge=0)
     heartbeat_timeout_ms: int = Field(5000, ge=0)
+    # On shutdown, how long replies sent during the drain get to be read before the socket closes.
+    close_grace_ms: int = Field(250, ge=0)
 
 
 class SchedulingConfig(_Section):
@@ -55,6 +57,12 @@ class SchedulingConfig(_Section):
     # The default runs such requests anyway, after all others: a model slower than
     # the default budget stays usable for robots (1.x ones) that cannot send a budget.
     admission: Literal["reject", "deprioritize", "off"] = "deprioritize"
+
+    @field_validator("admission", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `off` as the boolean false.
+        return "off" if value is False else value
 
 
 class ClientDefaults(_Section):

@@ -99,6 +99,7 @@ class Server:
         self._batches_idle: Optional[asyncio.Event] = None
         self._timer_at: Optional[int] = None
         self._next_sweep_ns = 0
+        self._replies_while_stopping = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
         self._timer: Optional[asyncio.TimerHandle] = None
@@ -224,6 +225,10 @@ class Server:
         if self._timer is not None:
             self._timer.cancel()
         if self._transport is not None:
+            # Robots drop replies they have received but not yet read when the
+            # connection ends (ZMQ_IMMEDIATE): give the last ones time to be read.
+            if self._replies_while_stopping:
+                await asyncio.sleep(self.config.transport.close_grace_ms / 1000.0)
             self._transport.close()
         await self._backend.stop()
         self.metrics.close()
@@ -694,6 +699,8 @@ class Server:
 
     def _send(self, frames: list[Any], identity: bytes, model_id: str, status: int, client_id: str = "") -> None:
         assert self._transport is not None
+        if self._stopping:
+            self._replies_while_stopping += 1
         name = status_name(status)
         self._status_counts[name] += 1
         self.metrics.increment("replies", {"model": model_id, "status": name})
