@@ -19,6 +19,7 @@ from inferential.client import (
     _ConnectionBase,
     _ModelBase,
     configure_socket,
+    observation_fields,
 )
 from inferential.errors import ConnectionClosed, RequestTimeout
 from inferential.options import ClientOptions
@@ -158,19 +159,9 @@ class AsyncModel(_ModelBase):
         control_rate_hz: Optional[_Num] = None,
         **inputs: Any,
     ) -> int:
-        fields = {
-            "urgency": urgency,
-            "steps_remaining": steps_remaining,
-            "priority": priority,
-            "deadline_ns": deadline_ns,
-            "actions_remaining": actions_remaining,
-            "control_rate_hz": control_rate_hz,
-        }
-        conn = self.connection
-        conn._check_open()
-        rid = conn._router.next_request_id()
-        frames = self._encode(rid, fields, inputs)
-        await conn._send(frames, rid, self.model_id, awaited=False)
+        fields = observation_fields(urgency, steps_remaining, priority, deadline_ns, actions_remaining, control_rate_hz)
+        rid, frames = self._prepare(fields, inputs)
+        await self.connection._send(frames, rid, self.model_id, awaited=False)
         return rid
 
     async def get_result(self, timeout_ms: Optional[_Num] = None) -> Optional[Result]:
@@ -206,20 +197,11 @@ class AsyncModel(_ModelBase):
         control_rate_hz: Optional[_Num] = None,
         **inputs: Any,
     ) -> Result:
-        fields = {
-            "urgency": urgency,
-            "steps_remaining": steps_remaining,
-            "priority": priority,
-            "deadline_ns": deadline_ns,
-            "actions_remaining": actions_remaining,
-            "control_rate_hz": control_rate_hz,
-        }
+        fields = observation_fields(urgency, steps_remaining, priority, deadline_ns, actions_remaining, control_rate_hz)
         conn = self.connection
-        conn._check_open()
         wait = conn.options.request_timeout_ms if timeout_ms is None else timeout_ms
+        rid, frames = self._prepare(fields, inputs)
         router = conn._router
-        rid = router.next_request_id()
-        frames = self._encode(rid, fields, inputs)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         conn._waiters[rid] = fut
         try:

@@ -124,6 +124,25 @@ class _ConnectionBase:
         return f"{type(self).__name__}(server={self.server!r}, client_id={self.client_id!r}, {state})"
 
 
+def observation_fields(
+    urgency: float,
+    steps_remaining: Optional[int],
+    priority: Optional[int],
+    deadline_ns: Optional[int],
+    actions_remaining: Optional[int],
+    control_rate_hz: Optional[float],
+) -> dict[str, Any]:
+    """The per-observation fields of observe()/request(), as the encoder takes them."""
+    return {
+        "urgency": urgency,
+        "steps_remaining": steps_remaining,
+        "priority": priority,
+        "deadline_ns": deadline_ns,
+        "actions_remaining": actions_remaining,
+        "control_rate_hz": control_rate_hz,
+    }
+
+
 class _ModelBase:
     """Per-model defaults and the encoding of one observation."""
 
@@ -139,6 +158,13 @@ class _ModelBase:
             raise ValueError(f"priority must be an int >= 0 (0 is highest), got {priority!r}")
         self.latency_budget_ms = float(latency_budget_ms)
         self.priority = priority
+
+    def _prepare(self, fields: dict[str, Any], inputs: dict[str, Any]) -> tuple[int, list[Any]]:
+        """A new request id and the frames of the observation carrying it."""
+        conn = self.connection
+        conn._check_open()
+        rid = conn._router.next_request_id()
+        return rid, self._encode(rid, fields, inputs)
 
     def _encode(self, request_id: int, fields: dict[str, Any], inputs: dict[str, Any]) -> list[Any]:
         conn = self.connection
@@ -280,22 +306,12 @@ class Model(_ModelBase):
         ``send_timeout_ms``. Arrays of at least ``zero_copy_min_bytes`` are sent
         without a copy: do not write into them until their reply has arrived.
         """
-        fields = {
-            "urgency": urgency,
-            "steps_remaining": steps_remaining,
-            "priority": priority,
-            "deadline_ns": deadline_ns,
-            "actions_remaining": actions_remaining,
-            "control_rate_hz": control_rate_hz,
-        }
+        fields = observation_fields(urgency, steps_remaining, priority, deadline_ns, actions_remaining, control_rate_hz)
         return self._observe(fields, inputs, awaited=False)
 
     def _observe(self, fields: dict[str, Any], inputs: dict[str, Any], awaited: bool) -> int:
-        conn = self.connection
-        conn._check_open()
-        rid = conn._router.next_request_id()
-        frames = self._encode(rid, fields, inputs)
-        conn._send(frames, rid, self.model_id, awaited)
+        rid, frames = self._prepare(fields, inputs)
+        self.connection._send(frames, rid, self.model_id, awaited)
         return rid
 
     def get_result(self, timeout_ms: Optional[_Num] = None) -> Optional[Result]:
@@ -339,14 +355,7 @@ class Model(_ModelBase):
         ``request_timeout_ms``), the RequestFailed subclass for a non-OK reply,
         ProtocolError for a malformed one. Its reply never reaches get_result().
         """
-        fields = {
-            "urgency": urgency,
-            "steps_remaining": steps_remaining,
-            "priority": priority,
-            "deadline_ns": deadline_ns,
-            "actions_remaining": actions_remaining,
-            "control_rate_hz": control_rate_hz,
-        }
+        fields = observation_fields(urgency, steps_remaining, priority, deadline_ns, actions_remaining, control_rate_hz)
         conn = self.connection
         wait = conn.options.request_timeout_ms if timeout_ms is None else timeout_ms
         rid = self._observe(fields, inputs, awaited=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from time import perf_counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
