@@ -438,3 +438,29 @@ def test_derive_deadline_from_the_action_queue_running_dry():
     assert both == 10 * MS
     # No rate: the action count says nothing.
     assert derive_deadline_ns(0, latency_budget_ms=30, actions_remaining=5) == 30 * MS
+
+
+def test_reject_admission_sheds_what_load_makes_late_but_runs_a_budget_shorter_than_the_model(build, make, clock):
+    s = build("fifo", admission="reject", max_batch_size=1)
+    s.record_service_time("m", 1, 10.0)  # 10 ms per request
+    for i in range(5):
+        assert s.submit(make(f"r{i}", deadline_ms=45 if i < 4 else 100))  # 50 ms of work queued, all on time
+    late = make("late", deadline_ms=45)  # meetable on an idle server, not as the fifth of 45 ms deadlines
+    assert not s.submit(late)
+    assert [(r.client_id, status) for r, status, _ in s.sheds] == [("late", "DEADLINE_UNMEETABLE")]
+    mismatch = make("slow-model", deadline_ms=5)  # budget shorter than the model's 10 ms alone
+    assert s.submit(mismatch) and mismatch.deprioritized
+    order = []
+    while s.queue_len():
+        order += [r.client_id for r in s.next_batch()]
+    assert order == ["r0", "r1", "r2", "r3", "r4", "slow-model"]  # after the work that can be on time
+    assert len(s.sheds) == 1
+
+
+def test_dispatch_time_admission_keeps_a_mismatched_request_admitted_before_any_measurement(build, make, clock):
+    s = build("fifo", admission="reject", max_batch_size=1)
+    early = make("early", deadline_ms=5)  # admitted while nothing is known about the model
+    assert s.submit(early)
+    s.record_service_time("m", 1, 10.0)
+    assert s.next_batch() == [early] or early.deprioritized
+    assert not s.sheds

@@ -54,9 +54,9 @@ class SchedulingConfig(_Section):
     # at once, "deprioritize" runs them after everything else, "off" ignores deadlines.
     # Judged from measured service times (nothing is judged before the first batch);
     # under overload the lowest priority gives way first. See inferential.scheduler.queued.
-    # The default runs such requests anyway, after all others: a model slower than
-    # the default budget stays usable for robots (1.x ones) that cannot send a budget.
-    admission: Literal["reject", "deprioritize", "off"] = "deprioritize"
+    # A request whose budget is shorter than the model's run time alone is never
+    # rejected (that is a configuration mismatch, not load): it runs after the others.
+    admission: Literal["reject", "deprioritize", "off"] = "reject"
 
     @field_validator("admission", mode="before")
     @classmethod

@@ -224,8 +224,14 @@ class QueuedScheduler(Scheduler):
         if mode == "off" or request.deadline_ns is None:
             return False
         model = request.model_id
-        if self.estimate_service_ms(model, 1) is None:
+        alone_ms = self.estimate_service_ms(model, 1, margin=False)
+        if alone_ms is None:
             return False
+        if request.deadline_ns < request.arrival_ns + alone_ms * 1e6:
+            # Late even on an idle server: the budget is shorter than the model's run
+            # time, a mismatch of configuration rather than load. Rejecting would make
+            # the model unusable for this robot, so it runs, after work that can be on time.
+            return True
         ahead = [r for r in self._normal.get(model, {}).values() if r.deadline_ns is not None]
         plan = sorted(ahead + [request], key=lambda r: (r.deadline_ns, r.seq))
         start = self._free_at(model, now)
@@ -296,7 +302,8 @@ class QueuedScheduler(Scheduler):
             if r.deprioritized or r.deadline_ns is None or r.deadline_ns >= finish:
                 continue
             changed = True
-            if self.config.admission == "reject":
+            mismatch = r.deadline_ns < r.arrival_ns + alone_ms * 1e6  # late even on an idle server
+            if self.config.admission == "reject" and not mismatch:
                 late_by = (finish - r.deadline_ns) / 1e6
                 reason = f"would finish {late_by:.1f} ms after its deadline even if run now"
                 self._shed(r, DEADLINE_UNMEETABLE, reason, now)
