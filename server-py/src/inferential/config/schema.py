@@ -57,6 +57,9 @@ class SchedulingConfig(_Section):
     # A request whose budget is shorter than the model's run time alone is never
     # rejected (that is a configuration mismatch, not load): it runs after the others.
     admission: Literal["reject", "deprioritize", "off"] = "reject"
+    # Scheduling aims to finish this much before each deadline: the time a reply
+    # takes to reach the robot once the server hands it to its socket.
+    deadline_margin_ms: float = Field(1.0, ge=0)
 
     @field_validator("admission", mode="before")
     @classmethod

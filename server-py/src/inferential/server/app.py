@@ -412,6 +412,9 @@ class Server:
             control_rate_hz=req.control_rate_hz,
             latency_budget_ms=budget_ms,
         )
+        if req.deadline_ns is not None:
+            # The reply still has to cross the network after the server is done with it.
+            req.deadline_ns -= int(sched_cfg.deadline_margin_ms * 1e6)
         labels = {"client": client_id, "model": obs.model_id}
         if obs.timestamp_ns:
             self.metrics.record("observation_staleness_ms", (wall - obs.timestamp_ns) / 1e6, labels)
@@ -622,6 +625,8 @@ class Server:
         assert outcomes is not None
         if hasattr(self._scheduler, "record_service_time"):
             self._scheduler.record_service_time(model, len(batch), infer_ms)
+        if not self._stopping:
+            self._launch_ready()  # keep the executor busy: start the next batch before replying
         for r, out in zip(batch, outcomes):
             # Per request, labelled by robot as the published README's callbacks expect.
             self.metrics.record("inference_latency_ms", infer_ms, {"client": r.client_id, "model": model})
