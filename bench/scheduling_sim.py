@@ -2,14 +2,19 @@
 
 No sockets, no threads, no sleeping: the real scheduler classes run on an
 injected clock that jumps from event to event, so a run is deterministic and
-takes seconds of CPU for many seconds of fleet time.
+takes seconds of CPU for many seconds of fleet time. ``make bench-scheduling``
+(bench/scheduling.py) runs it next to the same fleet against the real server;
+it also runs on its own:
 
-Fleet: 12 robots at 50 Hz with a 20 ms budget, 8 at 20 Hz with a 50 ms budget;
-two robots are critical (priority 0, the others priority 1): two of the 20 Hz
-robots, and in a second, stricter scenario two of the 50 Hz ones. Each robot
-sends on its own period (random phase, +-5% jitter), with a deadline of
-arrival + budget, its cadence EMA (as the server computes it) and a trajectory
-step counter. The arrivals are the same for every strategy.
+    python bench/scheduling_sim.py [--seconds 20] [--seed 1] [--critical-class 20Hz|50Hz|both] [--quick]
+
+Fleet (bench/_fleet.py, shared with the real-server run): 12 robots at 50 Hz
+with a 20 ms budget, 8 at 20 Hz with a 50 ms budget; two robots are critical
+(priority 0, the others priority 1): two of the 20 Hz robots (the issue's
+literal reading), or two of the 50 Hz ones (stricter). Each robot sends on its
+own period (random phase, +-5% jitter), with a deadline of arrival + budget, its
+cadence EMA (as the server computes it) and a trajectory step counter. The
+arrivals are the same for every strategy.
 
 Executor: one model, one batch at a time, service time k * (3 ms + 0.4 ms x batch)
 (+-5% jitter). Capacity is the throughput at the largest batch,
@@ -17,18 +22,17 @@ max_batch_size / service(max_batch_size); the offered load (760 obs/s) is set to
 50%, 90% and 120% of it by scaling the service time (k), which keeps the robots'
 rates and budgets, i.e. the SLOs, as specified.
 
-Rows: fifo and deadline_aware with the default configuration (admission off),
-then every strategy with ``admission="reject"``; max_batch_size 8 throughout,
-max_wait_ms 2 for batch_optimized. SLO attainment counts every observation
-sent: shed ones count as misses.
+Rows (CONFIGS): fifo with admission off (a plain FIFO queue: the baseline),
+every strategy with the default configuration (admission "reject"), and fifo,
+deadline_aware and edf with the other admission mode ("+deprioritize");
+max_batch_size 8 throughout, max_wait_ms 2 for batch_optimized. SLO attainment counts every
+observation sent: shed ones count as misses.
 
 The driver does what the server does: submit on arrival; pull next_batch() when
 the executor is free; record_service_time() on completion; sleep until
 next_wakeup_ns() (then tick()) when it has nothing else to do; on_shed answers
 the robot. Every request must end answered, shed or still queued at the end
 (drained): "silent" counts the rest and must be 0.
-
-    python bench/scheduling_sim.py [--seconds 20] [--seed 1] [--critical-class 20Hz|50Hz|both]
 """
 
 from __future__ import annotations
@@ -37,63 +41,63 @@ import argparse
 import heapq
 import json
 import random
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from inferential.config.schema import SchedulingConfig
-from inferential.scheduler import InferenceRequest, create_scheduler, derive_deadline_ns
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _fleet import BASE_FIXED_MS, BASE_PER_ITEM_MS, FAST, MAX_BATCH, MODEL, SLOW, RobotSpec, fleet as fleet_specs  # noqa: E402
 
-MODEL = "policy"
-BASE_FIXED_MS = 3.0
-BASE_PER_ITEM_MS = 0.4
-MAX_BATCH = 8
+from inferential.config.schema import SchedulingConfig  # noqa: E402
+from inferential.scheduler import InferenceRequest, create_scheduler, derive_deadline_ns  # noqa: E402
+
 LOADS = (0.5, 0.9, 1.2)
 CADENCE_ALPHA = 0.3
 
-# (name, extra SchedulingConfig fields). The first row is the baseline.
+# The rows without a suffix use the default admission; three rows show the other mode.
+DEFAULT_ADMISSION = SchedulingConfig().admission
+OTHER_ADMISSION = "deprioritize" if DEFAULT_ADMISSION == "reject" else "reject"
+
+# (name, extra SchedulingConfig fields), shared with the real-server run. The first row is the baseline.
 CONFIGS: list[tuple[str, dict]] = [
-    ("fifo (defaults)", {"strategy": "fifo"}),
-    ("deadline_aware (defaults)", {"strategy": "deadline_aware"}),
-    ("fifo", {"strategy": "fifo", "admission": "reject"}),
-    ("round_robin", {"strategy": "round_robin", "admission": "reject"}),
-    ("priority_tiered", {"strategy": "priority_tiered", "admission": "reject"}),
-    ("batch_optimized", {"strategy": "batch_optimized", "admission": "reject", "max_wait_ms": 2.0}),
-    ("deadline_aware", {"strategy": "deadline_aware", "admission": "reject"}),
-    ("edf", {"strategy": "edf", "admission": "reject"}),
+    ("fifo, admission off", {"strategy": "fifo", "admission": "off"}),
+    ("fifo", {"strategy": "fifo"}),
+    ("round_robin", {"strategy": "round_robin"}),
+    ("priority_tiered", {"strategy": "priority_tiered"}),
+    ("batch_optimized", {"strategy": "batch_optimized", "max_wait_ms": 2.0}),
+    ("deadline_aware", {"strategy": "deadline_aware"}),
+    ("edf", {"strategy": "edf"}),
+] + [
+    (f"{strategy} +{OTHER_ADMISSION}", {"strategy": strategy, "admission": OTHER_ADMISSION})
+    for strategy in ("fifo", "deadline_aware", "edf")
 ]
+QUICK_CONFIGS = [c for c in CONFIGS if c[0] in ("fifo, admission off", "deadline_aware", "edf", f"edf +{OTHER_ADMISSION}")]
 
 
 @dataclass
 class Robot:
-    name: str
-    rate_hz: float
-    budget_ms: float
-    priority: int
-    klass: str
-    critical: bool
-    phase_ns: int
+    """A robot of the fleet and its state during one simulation."""
+
+    spec: RobotSpec
     last_arrival_ns: Optional[int] = None
     ema_ms: Optional[float] = None
     steps: int = 0
     sent: int = 0
 
+    name = property(lambda self: self.spec.name)
+    rate_hz = property(lambda self: self.spec.rate_hz)
+    budget_ms = property(lambda self: self.spec.budget_ms)
+    priority = property(lambda self: self.spec.priority)
+    klass = property(lambda self: self.spec.klass)
+    critical = property(lambda self: self.spec.critical)
+    phase_ns = property(lambda self: self.spec.phase_ns)
+
 
 def fleet(rng: random.Random, critical_class: str) -> list[Robot]:
-    robots = []
-    for i in range(12):
-        critical = critical_class == "50Hz" and i < 2
-        robots.append(
-            Robot(f"fast-{i:02d}", 50.0, 20.0, 0 if critical else 1, "50Hz/20ms", critical, rng.randrange(20_000_000))
-        )
-    for i in range(8):
-        critical = critical_class == "20Hz" and i < 2
-        robots.append(
-            Robot(f"slow-{i:02d}", 20.0, 50.0, 0 if critical else 1, "20Hz/50ms", critical, rng.randrange(50_000_000))
-        )
-    return robots
+    return [Robot(spec) for spec in fleet_specs(rng, critical_class)]
 
 
 @dataclass
@@ -258,8 +262,8 @@ def summarize(run: Run, seconds: float) -> dict:
         "answered": answered,
         "slo_overall": attainment(outcomes),
         "slo_critical": attainment([o for o in outcomes if o.robot.critical]),
-        "slo_50hz": attainment([o for o in outcomes if o.robot.klass == "50Hz/20ms"]),
-        "slo_20hz": attainment([o for o in outcomes if o.robot.klass == "20Hz/50ms"]),
+        "slo_50hz": attainment([o for o in outcomes if o.robot.klass == FAST]),
+        "slo_20hz": attainment([o for o in outcomes if o.robot.klass == SLOW]),
         "goodput_per_s": within / seconds,
         "p50_ms": percentile(latencies, 0.50),
         "p99_ms": percentile(latencies, 0.99),
@@ -294,6 +298,27 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
+def run_all(
+    configs: list[tuple[str, dict]], loads: tuple[float, ...], seconds: float, seed: int, critical_class: str,
+    echo: bool = True,
+) -> list[dict]:
+    """Every config at every load, for one choice of critical robots; prints a table per load."""
+    results = []
+    for load in loads:
+        rows = [summarize(simulate(name, extra, load, seconds, seed, critical_class), seconds) for name, extra in configs]
+        for row in rows:
+            row["critical_class"] = critical_class
+        if echo:
+            scale = rows[0]["service_scale"]
+            print(
+                f"\nload {load:.0%} of capacity ({seconds:g} s simulated; service time "
+                f"{scale * BASE_FIXED_MS:.2f} ms + {scale * BASE_PER_ITEM_MS:.2f} ms x batch, i.e. x{scale:.2f}):"
+            )
+            print_table(rows)
+        results.extend(rows)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="simulated fleet time per run")
@@ -302,28 +327,17 @@ def main() -> None:
         "--critical-class", choices=("20Hz", "50Hz", "both"), default="both",
         help="the class of the two critical robots: 20Hz (the brief's reading), 50Hz (stricter), or both",
     )
+    parser.add_argument("--quick", action="store_true", help="only " + ", ".join(n for n, _ in QUICK_CONFIGS))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "scheduling_sim.json"))
     args = parser.parse_args()
 
     started = time.perf_counter()
     classes = ("20Hz", "50Hz") if args.critical_class == "both" else (args.critical_class,)
+    configs = QUICK_CONFIGS if args.quick else CONFIGS
     results = []
     for critical_class in classes:
         print(f"\n=== critical robots: two of the {critical_class} robots (priority 0) ===")
-        for load in LOADS:
-            rows = [
-                summarize(simulate(name, extra, load, args.seconds, args.seed, critical_class), args.seconds)
-                for name, extra in CONFIGS
-            ]
-            for row in rows:
-                row["critical_class"] = critical_class
-            scale = rows[0]["service_scale"]
-            print(
-                f"\nload {load:.0%} of capacity ({args.seconds:g} s simulated; service time "
-                f"{scale * BASE_FIXED_MS:.2f} ms + {scale * BASE_PER_ITEM_MS:.2f} ms x batch, i.e. x{scale:.2f}):"
-            )
-            print_table(rows)
-            results.extend(rows)
+        results.extend(run_all(configs, LOADS, args.seconds, args.seed, critical_class))
     lost = sum(r["silent_losses"] for r in results)
     print(f"\nsilent losses across all runs: {lost}; wall time {time.perf_counter() - started:.1f} s")
     out = Path(args.out)
