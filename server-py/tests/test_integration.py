@@ -359,3 +359,20 @@ def test_a_robot_that_never_reads_does_not_stall_the_others():
             ctx.term()
     assert server.metrics.counter("replies", {"model": "echo"}) == 120
     assert server.metrics.counter("replies_undeliverable", {"reason": "peer is not reading (send queue full)"}) > 0
+
+
+def test_an_observation_older_than_the_ttl_on_arrival_is_answered_expired_at_once(shared_server):
+    _, endpoint = shared_server
+    peer = RawPeer(endpoint)
+    try:
+        obs, payload = make_obs(1, x=np.zeros(1, np.float32))
+        obs.timestamp_ns = time.time_ns() - 10_000_000_000  # sat 10 s in buffers somewhere
+        peer.send(obs, payload)
+        fresh, fresh_payload = make_obs(2, x=np.zeros(1, np.float32))
+        fresh.timestamp_ns = time.time_ns()
+        peer.send(fresh, fresh_payload)
+        replies = {r.request_id: r for r, _ in peer.replies(2)}
+    finally:
+        peer.close()
+    assert replies[1].status == pb.EXPIRED and "old on arrival" in replies[1].error and replies[1].retryable
+    assert replies[2].status == pb.OK

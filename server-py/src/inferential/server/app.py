@@ -11,6 +11,7 @@ or the earliest timer (TTL, batching wait, silence) is due.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import signal
@@ -185,6 +186,11 @@ class Server:
         self._batches_idle.set()
         await self._backend.start()
         self._models = self._backend.models()
+        # Everything alive now (libraries, models, Ray) lives as long as the server:
+        # keep it out of the collector's scans, or each full collection walks the
+        # whole heap and stalls every robot for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
         for name, info in self._models.items():
             if hasattr(self._scheduler, "set_model_limits"):
                 self._scheduler.set_model_limits(name, max_batch_size=min(info.max_batch_size, self.config.scheduling.max_batch_size), concurrency=info.concurrency)
@@ -370,6 +376,12 @@ class Server:
         denied = self._registry.check_access(client_id, obs.auth_token)
         if denied is not None:
             self._reject(identity, Rejection(pb.UNAUTHENTICATED, denied, obs), wall)
+            return
+        ttl_ms = self.config.scheduling.request_ttl_ms
+        if obs.timestamp_ns and (wall - obs.timestamp_ns) / 1e6 > ttl_ms:
+            # Waited in socket buffers past the TTL (the server was overloaded): answer at once.
+            age_ms = (wall - obs.timestamp_ns) / 1e6
+            self._reject(identity, Rejection(pb.EXPIRED, f"observation is {age_ms:.0f} ms old on arrival, TTL is {ttl_ms:.0f} ms", obs), wall)
             return
         if obs.model_id not in self._models:
             served = ", ".join(sorted(self._models)) or "none"
