@@ -10,7 +10,7 @@ APT_PACKAGES :=
 PROTO := proto/inferential.proto
 PY_GEN := client-py/src/inferential/_proto
 
-.PHONY: setup apt proto proto-check test test-py demo bench bench-scheduling bench-ray clean
+.PHONY: setup apt proto proto-check test test-py demo bench bench-scheduling bench-scheduling-quick bench-ray clean
 
 setup: apt $(VENV)/.stamp $(PUBLISHED_VENV)/.stamp
 
@@ -57,14 +57,24 @@ test-py: $(VENV)/.stamp
 demo: setup
 	$(PY) -m inferential.cli demo $(DEMO_ARGS)
 
+# Our server vs the raw pyzmq floor, the published 1.4.0 and a gRPC echo: 1 robot, 20 and 100
+# robots x 50 Hz, maximum throughput (~6 min). `make bench BENCH_ARGS=--quick`: ~2 min.
 bench: setup
-	$(PY) bench/roundtrip.py
+	$(PY) bench/compare.py $(BENCH_ARGS)
 
+# Every strategy and the published 1.4.0 server under a simulated fleet, plus the
+# virtual-clock simulation (~9 min; the quick one ~2 min). docs/scheduling.md has the results.
 bench-scheduling: setup
 	$(PY) bench/scheduling.py
 
+bench-scheduling-quick: setup
+	$(PY) bench/scheduling.py --quick
+
+# Local backend vs Ray Serve with batching vs one handle call per request, VisionPolicy,
+# 20 robots x 50 Hz and maximum throughput (~3 min; BENCH_ARGS=--quick ~1.5 min).
+# bench/ray_transfer.py (how a batch should travel to a replica) runs on its own.
 bench-ray: setup
-	$(PY) bench/ray_transfer.py
+	$(PY) bench/ray_backend.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PUBLISHED_VENV) .pytest_cache

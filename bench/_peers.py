@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,9 +20,12 @@ s = ctx.socket(zmq.ROUTER)
 s.setsockopt(zmq.LINGER, 0)
 s.bind(sys.argv[1])
 print("ready", flush=True)
+# argv[2] "envelope": answer with [identity, "", envelope] only, a reply as small
+# as a server's (for fleets); otherwise every frame comes back.
+keep = 3 if len(sys.argv) > 2 and sys.argv[2] == "envelope" else None
 while True:
     frames = s.recv_multipart(copy=False)
-    s.send_multipart(frames, copy=False)
+    s.send_multipart(frames[:keep], copy=False)
 """
 
 
@@ -46,20 +50,37 @@ def wait_ready(proc: subprocess.Popen, endpoint: str, timeout_s: float = 60.0) -
     raise TimeoutError(f"nothing listening on {endpoint}")
 
 
-def start_echo() -> tuple[subprocess.Popen, str]:
+def start_echo(reply: str = "all") -> tuple[subprocess.Popen, str]:
+    """A raw ROUTER echo; ``reply="envelope"`` sends back only the envelope frame."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([PY, "-c", ECHO, endpoint], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([PY, "-c", ECHO, endpoint, reply], stdout=subprocess.DEVNULL)
     wait_ready(proc, endpoint)
     return proc, endpoint
 
 
-def start_server(models: dict[str, str], extra: list[str] | None = None, python: str = PY) -> tuple[subprocess.Popen, str]:
+def start_server(
+    models: dict[str, str],
+    extra: list[str] | None = None,
+    python: str = PY,
+    ready_timeout_s: float = 60.0,
+    log_path: Path | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """Our server in a subprocess; ``log_path``: its stdout and stderr go to that file."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     cmd = [python, "-m", "inferential.cli", "serve", "--bind", endpoint, "--log-level", "WARNING"]
     for name, target in models.items():
         cmd += ["--model", f"{name}={target}"]
-    proc = subprocess.Popen(cmd + (extra or []), env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    wait_ready(proc, endpoint)
+    log = open(log_path, "ab") if log_path else None
+    try:
+        proc = subprocess.Popen(cmd + (extra or []), env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=log)
+    finally:
+        if log:
+            log.close()  # the child holds its own descriptor
+    try:
+        wait_ready(proc, endpoint, ready_timeout_s)
+    except BaseException:
+        stop(proc)
+        raise
     time.sleep(0.3)  # models load before the bind, but let the loop settle
     return proc, endpoint
 
@@ -78,3 +99,44 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of a process (Linux /proc), e.g. an embedded Ray cluster's."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live descendants (processes that exited meanwhile are not counted)."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            total += cpu_seconds(p)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def pause(proc: subprocess.Popen) -> None:
+    """SIGSTOP an idle peer so it takes no CPU while another is measured."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGSTOP)
+
+
+def resume(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)

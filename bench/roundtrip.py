@@ -1,6 +1,7 @@
 """Round trip of one robot sending a 150 KB observation, against the raw ZMQ floor.
 
-    make bench            (or: .venv/bin/python bench/roundtrip.py [--n 2000] [--rounds 5])
+    .venv/bin/python bench/roundtrip.py [--n 2000] [--rounds 5]   (make bench runs bench/compare.py,
+    which measures the same rows and more)
 
 Peers, each in its own process, measured in interleaved rounds in one run:
   floor   raw pyzmq ROUTER echoing the very frames our client sends (DEALER -> ROUTER -> DEALER)
