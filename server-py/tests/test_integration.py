@@ -361,18 +361,33 @@ def test_a_robot_that_never_reads_does_not_stall_the_others():
     assert server.metrics.counter("replies_undeliverable", {"reason": "peer is not reading (send queue full)"}) > 0
 
 
-def test_an_observation_older_than_the_ttl_on_arrival_is_answered_expired_at_once(shared_server):
-    _, endpoint = shared_server
-    peer = RawPeer(endpoint)
-    try:
-        obs, payload = make_obs(1, x=np.zeros(1, np.float32))
-        obs.timestamp_ns = time.time_ns() - 10_000_000_000  # sat 10 s in buffers somewhere
-        peer.send(obs, payload)
-        fresh, fresh_payload = make_obs(2, x=np.zeros(1, np.float32))
-        fresh.timestamp_ns = time.time_ns()
-        peer.send(fresh, fresh_payload)
-        replies = {r.request_id: r for r, _ in peer.replies(2)}
-    finally:
-        peer.close()
-    assert replies[1].status == pb.EXPIRED and "old on arrival" in replies[1].error and replies[1].retryable
-    assert replies[2].status == pb.OK
+def test_observations_that_waited_past_their_ttl_are_answered_at_once_whatever_the_robot_clock():
+    with running_server(scheduling={"request_ttl_ms": 1000}) as (_, endpoint):
+        peer = RawPeer(endpoint)
+        skew = -60_000_000_000  # this robot's clock is a minute behind the server's
+        try:
+            fresh, payload = make_obs(1, client="skewed", x=np.zeros(1, np.float32))
+            fresh.timestamp_ns = time.time_ns() + skew
+            peer.send(fresh, payload)
+            assert peer.replies(1)[0][0].status == pb.OK  # skew alone is not age
+            stale, payload = make_obs(2, client="skewed", x=np.zeros(1, np.float32))
+            stale.timestamp_ns = time.time_ns() + skew - 3_000_000_000  # then 3 s stuck in buffers
+            peer.send(stale, payload)
+            reply = peer.replies(1)[0][0]
+        finally:
+            peer.close()
+    assert reply.status == pb.EXPIRED and "before the server could read it" in reply.error and reply.retryable
+
+
+def test_buffer_wait_follows_the_quickest_transit_and_clock_steps():
+    from inferential.server.registry import BufferWait
+
+    w = BufferWait()
+    ms = 1_000_000
+    assert w.waited_ns(1000 * ms, 990 * ms) == 0  # baseline: 10 ms offset + transit
+    assert w.waited_ns(1100 * ms, 1088 * ms) == 2 * ms
+    assert w.waited_ns(1200 * ms, 1195 * ms) == 0  # a quicker transit lowers the baseline
+    assert w.waited_ns(1300 * ms, 1270 * ms) == 25 * ms
+    later = 1300 * ms + 2 * BufferWait.WINDOW_NS + ms  # the robot's clock stepped back 1 s
+    w.waited_ns(later, later - 1005 * ms)
+    assert w.waited_ns(later + 1 * ms + BufferWait.WINDOW_NS, later + 1 * ms + BufferWait.WINDOW_NS - 1005 * ms) == 0

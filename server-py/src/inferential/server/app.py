@@ -377,25 +377,33 @@ class Server:
         if denied is not None:
             self._reject(identity, Rejection(pb.UNAUTHENTICATED, denied, obs), wall)
             return
-        ttl_ms = self.config.scheduling.request_ttl_ms
-        if obs.timestamp_ns and (wall - obs.timestamp_ns) / 1e6 > ttl_ms:
-            # Waited in socket buffers past the TTL (the server was overloaded): answer at once.
-            age_ms = (wall - obs.timestamp_ns) / 1e6
-            self._reject(identity, Rejection(pb.EXPIRED, f"observation is {age_ms:.0f} ms old on arrival, TTL is {ttl_ms:.0f} ms", obs), wall)
-            return
         if obs.model_id not in self._models:
             served = ", ".join(sorted(self._models)) or "none"
             self._reject(identity, Rejection(pb.UNKNOWN_MODEL, f"model '{obs.model_id}' is not served (served: {served})", obs), wall)
             return
+        sched_cfg = self.config.scheduling
+        budget_ms = self._registry.budget_for(client_id, obs.latency_budget_ms)
+        # Under overload observations queue in socket buffers, unseen by the scheduler:
+        # date them from when they arrived, and answer at once those already too late,
+        # rather than spend the server's time scheduling what cannot be on time.
+        waited_ns = self._registry.buffer_wait_ns(client_id, wall, obs.timestamp_ns)
+        waited_ms = waited_ns / 1e6
+        if waited_ms > sched_cfg.request_ttl_ms:
+            why = f"waited {waited_ms:.0f} ms before the server could read it, TTL is {sched_cfg.request_ttl_ms:.0f} ms"
+            self._reject(identity, Rejection(pb.EXPIRED, why, obs), wall)
+            return
+        if sched_cfg.admission == "reject" and waited_ms > budget_ms:
+            why = f"waited {waited_ms:.0f} ms before the server could read it, budget is {budget_ms:.0f} ms"
+            self._reject(identity, Rejection(pb.DEADLINE_UNMEETABLE, why, obs), wall)
+            return
+        arrival = now - waited_ns
 
         robot, is_new, expected_ms, gap_ms = self._registry.on_observation(
-            client_id, obs.client.type, obs.model_id, identity, now
+            client_id, obs.client.type, obs.model_id, identity, arrival
         )
         if is_new:
             logger.info("robot %s connected (%s)", client_id, obs.client.type or "no type")
             self.metrics.record("active_clients", len(self._registry.robots))
-        sched_cfg = self.config.scheduling
-        budget_ms = self._registry.budget_for(client_id, obs.latency_budget_ms)
         req = InferenceRequest(
             client_id=client_id,
             model_id=obs.model_id,
@@ -405,7 +413,7 @@ class Server:
             urgency=min(1.0, obs.urgency),
             priority=self._registry.priority_for(client_id, obs.priority, sched_cfg.max_priority),
             steps_remaining=obs.steps_remaining if obs.HasField("steps_remaining") else None,
-            arrival_ns=now,
+            arrival_ns=arrival,
             latency_budget_ms=budget_ms,
             observation_timestamp_ns=obs.timestamp_ns,
             actions_remaining=obs.actions_remaining if obs.HasField("actions_remaining") else None,
@@ -417,8 +425,8 @@ class Server:
             payload_bytes=decoded.payload_bytes,
         )
         req.deadline_ns = derive_deadline_ns(
-            arrival_ns=now,
-            wall_now_ns=wall,
+            arrival_ns=arrival,
+            wall_now_ns=wall - waited_ns,
             deadline_wall_ns=obs.deadline_ns,
             actions_remaining=req.actions_remaining,
             control_rate_hz=req.control_rate_hz,

@@ -43,6 +43,34 @@ class Robot:
     last_status: str = ""
 
 
+class BufferWait:
+    """How long observations waited before the server read them, robust to clock skew.
+
+    ``server wall clock - robot timestamp`` is the robot's clock offset plus the
+    time in transit and in socket buffers. Its minimum over a recent window is the
+    offset plus the quickest transit; what exceeds it is time spent waiting. The
+    window (two halves of ``WINDOW_NS``) lets the baseline follow clock steps.
+    """
+
+    WINDOW_NS = 10_000_000_000
+
+    __slots__ = ("current", "previous", "started")
+
+    def __init__(self) -> None:
+        self.current: Optional[int] = None
+        self.previous: Optional[int] = None
+        self.started = 0
+
+    def waited_ns(self, wall_ns: int, timestamp_ns: int) -> int:
+        delta = wall_ns - timestamp_ns
+        if self.current is None or wall_ns - self.started > self.WINDOW_NS:
+            self.previous, self.current, self.started = self.current, delta, wall_ns
+        elif delta < self.current:
+            self.current = delta
+        base = self.current if self.previous is None else min(self.current, self.previous)
+        return max(0, delta - base)
+
+
 class ClientRegistry:
     """Robots by client_id. A robot is registered by its first observation and
     unregistered after ``disconnect_timeout_s`` of silence or when its replies
@@ -54,6 +82,7 @@ class ClientRegistry:
         self.alpha = cadence_alpha
         self.timeout_ns = int(disconnect_timeout_s * 1e9)
         self.robots: dict[str, Robot] = {}
+        self._waits: dict[str, BufferWait] = {}
 
     def reconfigure(self, clients: ClientsConfig, auth: AuthConfig) -> None:
         self.clients = clients
@@ -110,7 +139,17 @@ class ClientRegistry:
             return None
         return min(r.last_seen_ns for r in self.robots.values()) + self.timeout_ns
 
+    def buffer_wait_ns(self, client_id: str, wall_ns: int, timestamp_ns: int) -> int:
+        """Time this observation waited before being read (0 without a timestamp)."""
+        if not timestamp_ns:
+            return 0
+        wait = self._waits.get(client_id)
+        if wait is None:
+            wait = self._waits[client_id] = BufferWait()
+        return wait.waited_ns(wall_ns, timestamp_ns)
+
     def unregister(self, client_id: str) -> Optional[Robot]:
+        self._waits.pop(client_id, None)
         return self.robots.pop(client_id, None)
 
     def by_identity(self, identity: bytes) -> list[str]:
