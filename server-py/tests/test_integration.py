@@ -391,3 +391,50 @@ def test_buffer_wait_follows_the_quickest_transit_and_clock_steps():
     later = 1300 * ms + 2 * BufferWait.WINDOW_NS + ms  # the robot's clock stepped back 1 s
     w.waited_ns(later, later - 1005 * ms)
     assert w.waited_ns(later + 1 * ms + BufferWait.WINDOW_NS, later + 1 * ms + BufferWait.WINDOW_NS - 1005 * ms) == 0
+
+
+def test_a_custom_scheduler_that_holds_requests_back_does_not_stall_the_server():
+    from inferential.scheduler.base import Scheduler, register_scheduler
+
+    @register_scheduler("pairs_only")
+    class PairsOnly(Scheduler):
+        """Releases requests two at a time: a lone request waits for a partner."""
+
+        def __init__(self, config):
+            self._queue = []
+
+        def submit(self, request):
+            self._queue.append(request)
+
+        def next_batch(self):
+            if len(self._queue) < 2:
+                return []
+            batch, self._queue = self._queue[:2], self._queue[2:]
+            return batch
+
+        def tick(self):
+            pass
+
+        def status(self):
+            return {"queue_len": len(self._queue)}
+
+        def queue_len(self):
+            return len(self._queue)
+
+    with running_server(scheduling={"strategy": "pairs_only", "request_ttl_ms": 300}) as (server, endpoint):
+        peer = RawPeer(endpoint)
+        try:
+            obs, payload = make_obs(1, x=np.zeros(1, np.float32))
+            peer.send(obs, payload)
+            assert peer.replies(1, timeout_s=0.1) == []  # held back, and the loop is still free:
+            assert server.loop_alive()
+            obs, payload = make_obs(2, x=np.zeros(1, np.float32))
+            peer.send(obs, payload)
+            replies = {r.request_id: r.status for r, _ in peer.replies(2)}
+            obs, payload = make_obs(3, x=np.zeros(1, np.float32))
+            peer.send(obs, payload)  # alone forever: the server's own TTL answers it
+            late = peer.replies(1, timeout_s=3)
+        finally:
+            peer.close()
+    assert replies == {1: pb.OK, 2: pb.OK}
+    assert late[0][0].request_id == 3 and late[0][0].status == pb.EXPIRED

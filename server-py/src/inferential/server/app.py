@@ -573,12 +573,12 @@ class Server:
                     launched = True
             if launched:
                 continue
-            batch = self._scheduler.next_batch(ready_models=free) if takes_ready else self._scheduler.next_batch()
-            batch = [r for r in batch if r.seq in self._pending]
+            pulled = self._scheduler.next_batch(ready_models=free) if takes_ready else self._scheduler.next_batch()
+            if not pulled:
+                return  # nothing ready (a scheduler may hold requests back, e.g. to fill a batch)
+            batch = [r for r in pulled if r.seq in self._pending]
             if not batch:
-                if takes_ready or not self._scheduler.queue_len():
-                    return
-                continue
+                continue  # all already answered (expired, cancelled): pull again
             by_model: dict[str, list[InferenceRequest]] = defaultdict(list)
             for r in batch:
                 by_model[r.model_id].append(r)
