@@ -140,3 +140,51 @@ def pause(proc: subprocess.Popen) -> None:
 def resume(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGCONT)
+
+
+# --- the 150 KB observation of the sequential benchmarks, and a bare DEALER that times it ---
+
+def _observation_arrays():
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 255, size=(224, 224, 3), dtype=np.uint8)
+    return image, np.zeros(7, dtype=np.float32)
+
+
+IMAGE, JOINTS = _observation_arrays()
+
+
+def time_round_trips(endpoint: str, frames: list, n: int, warmup: int, renumber=None) -> list[float]:
+    """Round trips (ms) of ``frames`` through a bare DEALER, after ``warmup`` untimed ones.
+
+    ``renumber(frames, i)``, when given, rewrites the frames before send ``i`` (a new request id).
+    """
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    out = []
+    for i in range(n + warmup):
+        if renumber is not None:
+            renumber(frames, i)
+        t = time.perf_counter()
+        sock.send_multipart(frames, copy=False)
+        sock.recv_multipart(copy=False)
+        if i >= warmup:
+            out.append((time.perf_counter() - t) * 1e3)
+    sock.close()
+    ctx.term()
+    return out
+
+
+def measure_echo(endpoint: str, n: int, warmup: int) -> list[float]:
+    """The floor: the raw echo peer returning the very frames a robot sends."""
+    from inferential._proto import inferential_pb2 as pb
+    from inferential.wire import pack_tensors
+
+    obs = pb.Observation(model_id="noop", request_id=1, protocol_version=2)
+    obs.client.id = "bench"
+    payload = pack_tensors([("image", IMAGE), ("joints", JOINTS)], obs.tensors.add)
+    return time_round_trips(endpoint, [b"", obs.SerializeToString(), *[bytes(x) for x in payload]], n, warmup)

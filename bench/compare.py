@@ -55,15 +55,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _grpc_echo  # noqa: E402
 from _closed_loop import run_closed_loop, stalled  # noqa: E402
 from _fleet import FAST, RobotSpec, run_fleet, summarize  # noqa: E402
 from _fleet import IMAGE as SMALL_IMAGE  # noqa: E402
-from _peers import PY, REPO, cpu_seconds, free_port, pause, resume, start_echo, start_server, stop, wait_ready  # noqa: E402
-from roundtrip import IMAGE, JOINTS, measure_echo  # noqa: E402
+from _peers import IMAGE, JOINTS, PY, REPO, cpu_seconds, free_port, pause, resume, start_echo, start_server, stop, measure_echo, time_round_trips, wait_ready  # noqa: E402
 
 from inferential import AsyncConnection, Connection  # noqa: E402
 from inferential._codec import encode_observation  # noqa: E402
@@ -202,25 +200,15 @@ def measure_async(endpoint: str, model_id: str, n: int, warmup: int) -> Timed:
 def measure_raw(endpoint: str, model_id: str, n: int, warmup: int) -> list[float]:
     """Our server through a bare DEALER sending the SDK's frames (a new request id each):
     the server's share of the round trip without the client SDK's."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
     frames = encode_observation(client_id="bench-raw", client_type="", model_id=model_id, request_id=1,
                                 inputs={"image": IMAGE, "joints": JOINTS}, limits=DEFAULT_LIMITS)
     obs = pb.Observation.FromString(frames[1])
-    out = []
-    for i in range(n + warmup):
+
+    def renumber(frames: list, i: int) -> None:
         obs.request_id = i + 1
         frames[1] = obs.SerializeToString()
-        t = time.perf_counter()
-        sock.send_multipart(frames, copy=False)
-        sock.recv_multipart(copy=False)
-        if i >= warmup:
-            out.append((time.perf_counter() - t) * 1e3)
-    sock.close()
-    ctx.term()
-    return out
+
+    return time_round_trips(endpoint, frames, n, warmup, renumber)
 
 
 def measure_published(endpoint: str, model_id: str, n: int, warmup: int) -> list[float]:
