@@ -218,56 +218,81 @@ def decode_tensors(
     """
     if len(descriptors) > limits.max_tensors:
         raise WireError(what, f"{len(descriptors)} tensors, limit is {limits.max_tensors}")
-    bounds: list[tuple[int, int]] = []
-    start = 0
-    for seg in segments:
-        n = len(seg) if not isinstance(seg, memoryview) else seg.nbytes
-        bounds.append((start, start + n))
-        start += n
-    total = start
+    if len(segments) == 1:  # the common case: one payload frame
+        seg = segments[0]
+        bounds = [(0, len(seg) if not isinstance(seg, memoryview) else seg.nbytes)]
+    else:
+        bounds = []
+        start = 0
+        for seg in segments:
+            n = len(seg) if not isinstance(seg, memoryview) else seg.nbytes
+            bounds.append((start, start + n))
+            start += n
+    total = bounds[-1][1] if bounds else 0
+    max_key, max_dims = limits.max_key_bytes, limits.max_dims
 
     out: dict[str, np.ndarray] = {}
     for i, t in enumerate(descriptors):
         key = t.key
-        where = f"{what}[{i}]" + (f" '{key}'" if key else "")
-        if not key:
-            raise WireError(where, "empty key")
-        if len(key.encode()) > limits.max_key_bytes:
-            raise WireError(where, f"key longer than {limits.max_key_bytes} bytes")
-        if key in out:
-            raise WireError(where, "duplicate key")
+        # Checked in this order, the first broken rule is reported (_tensor_error words it).
         dt = DTYPE_TO_NUMPY.get(t.dtype)
-        if dt is None:
-            raise WireError(where, f"unknown or unspecified dtype {dtype_name(t.dtype)}")
-        if t.encoding not in (pb.RAW, pb.ENCODING_UNSPECIFIED):
-            enc = pb.Encoding.Name(t.encoding) if t.encoding in pb.Encoding.values() else str(t.encoding)
-            raise WireError(where, f"encoding {enc} is not supported; send RAW tensors")
         shape = tuple(t.shape)
-        if len(shape) > limits.max_dims:
-            raise WireError(where, f"{len(shape)} dimensions, limit is {limits.max_dims}")
-        if any(d < 0 for d in shape):
-            raise WireError(where, f"negative dimension in shape {list(shape)}")
-        expected = math.prod(shape) * dt.itemsize  # Python ints: no overflow
-        if expected != t.byte_length:
+        if (
+            not key
+            or (len(key) * 4 > max_key and len(key.encode()) > max_key)
+            or key in out
+            or dt is None
+            or t.encoding not in _PLAIN_ENCODINGS
+            or len(shape) > max_dims
+            or min(shape, default=0) < 0
+        ):
+            raise _tensor_error(what, i, t, key, out, dt, shape, limits)
+        count = math.prod(shape)  # Python ints: no overflow
+        length = t.byte_length
+        if count * dt.itemsize != length:
             raise WireError(
-                where,
-                f"shape {list(shape)} of {dtype_name(t.dtype)} needs {expected} bytes "
-                f"but byte_length is {t.byte_length}",
+                _where(what, i, key),
+                f"shape {list(shape)} of {dtype_name(t.dtype)} needs {count * dt.itemsize} bytes "
+                f"but byte_length is {length}",
             )
-        begin, length = t.byte_offset, t.byte_length
+        begin = t.byte_offset
         if begin + length > total:
             raise WireError(
-                where, f"bytes [{begin}, {begin + length}) lie outside the {total}-byte payload"
+                _where(what, i, key), f"bytes [{begin}, {begin + length}) lie outside the {total}-byte payload"
             )
         seg_index = _segment_of(bounds, begin, length)
         if seg_index is None:
-            raise WireError(where, f"bytes [{begin}, {begin + length}) span two payload frames")
-        seg_start = bounds[seg_index][0]
-        arr = np.frombuffer(
-            segments[seg_index], dtype=dt, count=math.prod(shape), offset=begin - seg_start
-        )
-        out[key] = arr.reshape(shape)
+            raise WireError(_where(what, i, key), f"bytes [{begin}, {begin + length}) span two payload frames")
+        arr = np.frombuffer(segments[seg_index], dtype=dt, count=count, offset=begin - bounds[seg_index][0])
+        out[key] = arr.reshape(shape) if len(shape) != 1 else arr
     return out
+
+
+_PLAIN_ENCODINGS = frozenset((pb.RAW, pb.ENCODING_UNSPECIFIED))
+
+
+def _where(what: str, i: int, key: str) -> str:
+    return f"{what}[{i}]" + (f" '{key}'" if key else "")
+
+
+def _tensor_error(
+    what: str, i: int, t: Any, key: str, seen: Mapping[str, Any], dt: Any, shape: tuple, limits: Limits
+) -> WireError:
+    where = _where(what, i, key)
+    if not key:
+        return WireError(where, "empty key")
+    if len(key.encode()) > limits.max_key_bytes:
+        return WireError(where, f"key longer than {limits.max_key_bytes} bytes")
+    if key in seen:
+        return WireError(where, "duplicate key")
+    if dt is None:
+        return WireError(where, f"unknown or unspecified dtype {dtype_name(t.dtype)}")
+    if t.encoding not in _PLAIN_ENCODINGS:
+        enc = pb.Encoding.Name(t.encoding) if t.encoding in pb.Encoding.values() else str(t.encoding)
+        return WireError(where, f"encoding {enc} is not supported; send RAW tensors")
+    if len(shape) > limits.max_dims:
+        return WireError(where, f"{len(shape)} dimensions, limit is {limits.max_dims}")
+    return WireError(where, f"negative dimension in shape {list(shape)}")
 
 
 def _segment_of(bounds: list[tuple[int, int]], begin: int, length: int) -> int | None:

@@ -6,7 +6,8 @@ never blocks the event loop or another model; numpy/ONNX kernels release the GIL
 A model whose batches all finish in well under a tenth of a millisecond costs
 less to run than the two thread switches around it. After ``INLINE_PROBE``
 consecutive runs under ``inline_below_ms`` on its threads, such a model runs
-inline on the event loop; a single run over ``INLINE_EJECT`` times that bound
+inline on the event loop (``run_inline``: the server finishes such a batch
+without a trip through the loop); a single run over ``INLINE_EJECT`` times that bound
 sends it back to its threads, and it must prove itself again (for longer each
 time). Models with ``allow_inline = False`` always run on their threads.
 """
@@ -128,6 +129,25 @@ class LocalBackend(Backend):
             raise BackendError(f"{type(err).__name__}: {err}") from err
         return outcomes
 
+    def run_inline(self, model_id: str, batch: list[Inputs]) -> tuple[Any, Any] | None:
+        """Run the batch now, on the caller's thread, if the model runs inline;
+        returns ``(outcomes, None)`` or ``(None, error)``, or None to use ``submit``."""
+        loaded = self._models.get(model_id)
+        if loaded is None or not loaded.inline:
+            return None
+        loaded.calls += 1
+        return self._run(loaded, batch)
+
+    def _run(self, loaded: _Loaded, batch: list[Inputs]) -> tuple[Any, Any]:
+        start = perf_counter()
+        try:
+            outcome = _run(loaded.model, batch), None
+        except Exception as err:
+            loaded.errors += 1
+            outcome = None, BackendError(f"{type(err).__name__}: {err}")
+        loaded.observe_run((perf_counter() - start) * 1e3, self._inline_below_ms)
+        return outcome
+
     def submit(self, model_id: str, batch: list[Inputs], done: Done) -> None:
         loop = asyncio.get_running_loop()
         loaded = self._models.get(model_id)
@@ -135,25 +155,14 @@ class LocalBackend(Backend):
             loop.call_soon(done, None, BackendError(f"model {model_id!r} is not loaded"))
             return
         loaded.calls += 1
-        below = self._inline_below_ms
-
-        def run() -> tuple[Any, Any]:
-            start = perf_counter()
-            try:
-                outcome = _run(loaded.model, batch), None
-            except Exception as err:
-                loaded.errors += 1
-                outcome = None, BackendError(f"{type(err).__name__}: {err}")
-            loaded.observe_run((perf_counter() - start) * 1e3, below)
-            return outcome
 
         if loaded.inline:
-            loop.call_soon(done, *run())  # never re-enter the caller: finish on the next pass
+            loop.call_soon(done, *self._run(loaded, batch))  # never re-enter the caller: finish on the next pass
             return
 
         def work() -> None:
             # The worker hands the outcome straight back: one wake-up of the loop per batch.
-            outcome = run()
+            outcome = self._run(loaded, batch)
             try:
                 loop.call_soon_threadsafe(done, *outcome)
             except RuntimeError:  # the loop closed during shutdown: nobody is waiting

@@ -43,6 +43,14 @@ _SHED_STATUS = {
 _SHED_METRIC = {pb.QUEUE_FULL: "queue_full_drops", pb.EXPIRED: "requests_expired"}
 
 
+def _labels(req: InferenceRequest) -> dict[str, str]:
+    """The (robot, model) labels of a request's metrics, made once per request."""
+    labels = getattr(req, "_labels", None)
+    if labels is None:
+        labels = req._labels = {"client": req.client_id, "model": req.model_id}  # type: ignore[attr-defined]
+    return labels
+
+
 def _build_backend(config: InferentialConfig, local_objects: Mapping[str, Any]) -> Backend:
     if config.backend == "ray":
         from inferential.dispatch.ray_backend import RayBackend
@@ -108,6 +116,13 @@ class Server:
         self._stopped: Optional[asyncio.Event] = None
         self._ready = threading.Event()
         self._status_counts: dict[str, int] = defaultdict(int)
+        # Inline batches (models that run in microseconds on the loop) complete
+        # synchronously; _launch_ready finishes them in a loop instead of recursing.
+        self._launching = False
+        self._completed: deque[tuple[str, list[InferenceRequest], int, Optional[list[Any]], Optional[BaseException]]] = deque()
+        self._run_inline: Optional[Callable[[str, list[Any]], Any]] = None
+        self._model_labels: dict[str, dict[str, str]] = {}
+        self._reply_labels: dict[tuple[str, int], dict[str, str]] = {}
 
     # -- public API ------------------------------------------------------------
 
@@ -186,6 +201,7 @@ class Server:
         self._batches_idle.set()
         await self._backend.start()
         self._models = self._backend.models()
+        self._run_inline = getattr(self._backend, "run_inline", None)
         # Everything alive now (libraries, models, Ray) lives as long as the server:
         # keep it out of the collector's scans, or each full collection walks the
         # whole heap and stalls every robot for tens of milliseconds.
@@ -435,7 +451,7 @@ class Server:
         if req.deadline_ns is not None:
             # The reply still has to cross the network after the server is done with it.
             req.deadline_ns -= int(sched_cfg.deadline_margin_ms * 1e6)
-        labels = {"client": client_id, "model": obs.model_id}
+        labels = _labels(req)
         if obs.timestamp_ns:
             self.metrics.record("observation_staleness_ms", (wall - obs.timestamp_ns) / 1e6, labels)
         self.metrics.record("payload_size_bytes", decoded.payload_bytes, labels)
@@ -506,7 +522,9 @@ class Server:
         if self._registry.robots:
             candidates.append(self._next_sweep_ns)
         at = min(candidates) if candidates else None
-        if at == self._timer_at and self._timer is not None:
+        if self._timer is not None and at is not None and self._timer_at is not None and self._timer_at <= at:
+            # Already due no later: when it fires, the dispatch loop re-arms for what is
+            # then the earliest time. Not re-arming on every arrival saves a timer each.
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -561,6 +579,22 @@ class Server:
             self._answer(r, pb.CANCELLED, f"robot unregistered: {why}")  # held by a custom scheduler
 
     def _launch_ready(self) -> None:
+        """Start every batch that can run; finish those that completed inline."""
+        if self._launching:
+            return  # the call below us loops until nothing more can start
+        self._launching = True
+        try:
+            completed = self._completed
+            while True:
+                self._launch_some()
+                if not completed:
+                    return
+                while completed:
+                    self._finish_batch(*completed.popleft())
+        finally:
+            self._launching = False
+
+    def _launch_some(self) -> None:
         takes_ready = self._takes_ready
         while True:
             free = {m for m, info in self._models.items() if self._inflight[m] < info.concurrency}
@@ -595,19 +629,29 @@ class Server:
         self._inflight[model] += 1
         for r in batch:
             r._running = True  # type: ignore[attr-defined]
-        labels = {"model": model}
+        labels = self._model_labels.get(model)
+        if labels is None:
+            labels = self._model_labels[model] = {"model": model}
         self.metrics.record("batch_size", len(batch), labels)
         self.metrics.record("queue_depth", self._scheduler.queue_len(), labels)
-        start = self._clock()
         self._batches_running += 1
         assert self._batches_idle is not None
-        self._batches_idle.clear()
+        if self._batches_running == 1:
+            self._batches_idle.clear()
+        inputs = [r.inputs for r in batch]
+        if self._run_inline is not None:
+            start = self._clock()
+            outcome = self._run_inline(model, inputs)
+            if outcome is not None:  # ran here and now: finished by _launch_ready's loop
+                self._completed.append((model, batch, start, *outcome))
+                return
+        start = self._clock()
 
         def done(outcomes: Optional[list[Any]], error: Optional[BaseException]) -> None:
             self._finish_batch(model, batch, start, outcomes, error)
 
         try:
-            self._backend.submit(model, [r.inputs for r in batch], done)
+            self._backend.submit(model, inputs, done)
         except Exception as err:  # a backend that fails to even start the batch
             asyncio.get_running_loop().call_soon(done, None, err)
 
@@ -649,7 +693,7 @@ class Server:
             self._launch_ready()  # keep the executor busy: start the next batch before replying
         for r, out in zip(batch, outcomes):
             # Per request, labelled by robot as the published README's callbacks expect.
-            self.metrics.record("inference_latency_ms", infer_ms, {"client": r.client_id, "model": model})
+            self.metrics.record("inference_latency_ms", infer_ms, _labels(r))
             timing = ReplyTiming(
                 queue_wait_ms=(start - r.arrival_ns) / 1e6,
                 inference_ms=infer_ms,
@@ -691,7 +735,6 @@ class Server:
         now = self._clock()
         timing = timing or ReplyTiming()
         timing.total_ms = (now - req.arrival_ns) / 1e6
-        wall = time.time_ns()
         common = dict(
             identity=req.identity,
             client_id=req.client_id,
@@ -700,36 +743,41 @@ class Server:
             protocol_version=req.protocol_version,
             timing=timing,
             observation_timestamp_ns=req.observation_timestamp_ns,
-            now_ns=wall,
+            now_ns=time.time_ns(),
         )
         try:
             frames = encode_reply(status=status, error=error, outputs=outputs, **common)
         except (TypeError, ValueError) as err:  # an output the wire cannot carry
             status, error = pb.MODEL_ERROR, f"model output cannot be sent: {err}"
             frames = encode_reply(status=status, error=error, **common)
-        labels = {"client": req.client_id, "model": req.model_id}
+        self._send(frames, req.identity, req.model_id, status, req.client_id)
+        # Bookkeeping after the reply is on its way.
+        labels = _labels(req)
+        metrics = self.metrics
         metric = _SHED_METRIC.get(status)
         if metric:
-            self.metrics.increment(metric, labels)
+            metrics.increment(metric, labels)
         if status == pb.OK:
-            self.metrics.record("scheduling_wait_ms", timing.queue_wait_ms, labels)
-            self.metrics.record("e2e_latency_ms", timing.total_ms, labels)
+            metrics.record("scheduling_wait_ms", timing.queue_wait_ms, labels)
+            metrics.record("e2e_latency_ms", timing.total_ms, labels)
         if status != pb.SUPERSEDED:  # a superseded request's robot got a fresher answer
             met = status == pb.OK and timing.total_ms <= req.latency_budget_ms
-            self.metrics.record("slo_met", 1.0 if met else 0.0, labels)
+            metrics.record("slo_met", 1.0 if met else 0.0, labels)
         robot = self._registry.robots.get(req.client_id)
         if robot is not None:
             robot.last_status = status_name(status)
-        self._send(frames, req.identity, req.model_id, status, req.client_id)
 
     def _send(self, frames: list[Any], identity: bytes, model_id: str, status: int, client_id: str = "") -> None:
         assert self._transport is not None
         if self._stopping:
             self._replies_while_stopping += 1
+        failure = self._transport.send(frames)
         name = status_name(status)
         self._status_counts[name] += 1
-        self.metrics.increment("replies", {"model": model_id, "status": name})
-        failure = self._transport.send(frames)
+        labels = self._reply_labels.get((model_id, status))
+        if labels is None:
+            labels = self._reply_labels[(model_id, status)] = {"model": model_id, "status": name}
+        self.metrics.increment("replies", labels)
         if failure is None:
             return
         self.metrics.increment("replies_undeliverable", {"model": model_id, "reason": failure})

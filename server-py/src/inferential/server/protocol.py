@@ -62,45 +62,61 @@ def decode_request(frames: Sequence[Any], limits: Limits) -> tuple[bytes, Decode
     """
     if len(frames) < 1:
         raise Rejection(pb.INVALID_REQUEST, "empty message")
-    identity = bytes(_buffer(frames[0]))
-    if len(frames) < 3:
+    buffers = [_buffer(f) for f in frames]
+    identity = bytes(buffers[0])
+    if len(buffers) < 3:
         raise Rejection(pb.INVALID_REQUEST, f"expected [b'', envelope, payload...], got {len(frames) - 1} frames")
-    if _nbytes(_buffer(frames[1])) != 0:
+    if _nbytes(buffers[1]) != 0:
         raise Rejection(pb.INVALID_REQUEST, "the first frame must be the empty delimiter")
-    total = sum(_nbytes(_buffer(f)) for f in frames[2:])
+    segments = buffers[3:]
+    payload_bytes = sum(_nbytes(b) for b in segments)
+    total = payload_bytes + _nbytes(buffers[2])
     if total > limits.max_message_bytes:
         raise Rejection(pb.INVALID_REQUEST, f"message of {total} bytes exceeds the {limits.max_message_bytes}-byte limit")
     obs = pb.Observation()
     try:
-        obs.ParseFromString(bytes(_buffer(frames[2])))
+        obs.ParseFromString(buffers[2])
     except Exception as err:  # DecodeError and friends
         raise Rejection(pb.INVALID_REQUEST, f"envelope is not a valid Observation: {err}") from None
-    segments = [_buffer(f) for f in frames[3:]]
-    return identity, decode_observation(obs, segments, limits)
+    return identity, decode_observation(obs, segments, limits, payload_bytes)
 
 
-def decode_observation(obs: pb.Observation, segments: Sequence[memoryview | bytes], limits: Limits) -> Decoded:
+_HINTS = ("urgency", "latency_budget_ms", "control_rate_hz")
+
+
+def decode_observation(
+    obs: pb.Observation, segments: Sequence[memoryview | bytes], limits: Limits, payload_bytes: Optional[int] = None
+) -> Decoded:
     if not obs.client.id:
         raise Rejection(pb.INVALID_REQUEST, "client.id is empty", obs)
     if not obs.model_id:
         raise Rejection(pb.INVALID_REQUEST, "model_id is empty", obs)
-    for name in ("urgency", "latency_budget_ms", "control_rate_hz"):
-        value = getattr(obs, name)
-        if not math.isfinite(value):
-            raise Rejection(pb.INVALID_REQUEST, f"{name} is {value}", obs)
-        if value < 0:
-            raise Rejection(pb.INVALID_REQUEST, f"{name} is negative ({value})", obs)
+    # One comparison per hint in the common case; NaN fails 0 <= x < inf as it should.
+    if not (0.0 <= obs.urgency < math.inf and 0.0 <= obs.latency_budget_ms < math.inf and 0.0 <= obs.control_rate_hz < math.inf):
+        for name in _HINTS:
+            value = getattr(obs, name)
+            if not math.isfinite(value):
+                raise Rejection(pb.INVALID_REQUEST, f"{name} is {value}", obs)
+            if value < 0:
+                raise Rejection(pb.INVALID_REQUEST, f"{name} is negative ({value})", obs)
+    metadata = obs.metadata
     try:
-        check_metadata(obs.metadata, limits)
+        if metadata:
+            check_metadata(metadata, limits)
         tensors = decode_tensors(obs.tensors, segments, limits)
     except WireError as err:
         raise Rejection(pb.INVALID_REQUEST, str(err), obs) from None
-    inputs: dict[str, Any] = dict(obs.metadata)
-    for key in tensors:
-        if key in inputs:
-            raise Rejection(pb.INVALID_REQUEST, f"'{key}' is both a tensor and a metadata key", obs)
-    inputs.update(tensors)
-    return Decoded(obs=obs, inputs=inputs, payload_bytes=sum(_nbytes(s) for s in segments))
+    if metadata:
+        inputs: dict[str, Any] = dict(metadata)
+        for key in tensors:
+            if key in inputs:
+                raise Rejection(pb.INVALID_REQUEST, f"'{key}' is both a tensor and a metadata key", obs)
+        inputs.update(tensors)
+    else:
+        inputs = tensors
+    if payload_bytes is None:
+        payload_bytes = sum(_nbytes(s) for s in segments)
+    return Decoded(obs=obs, inputs=inputs, payload_bytes=payload_bytes)
 
 
 _boot = os.urandom(4).hex()

@@ -13,6 +13,16 @@ from inferential.config.schema import TransportConfig
 
 logger = logging.getLogger("inferential.transport")
 
+# The hot path calls libzmq through pyzmq's backend methods with plain int flags:
+# the convenience layer (flag enums, option checks per frame) costs more than the
+# system calls themselves for small replies.
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+_EAGAIN, _EHOSTUNREACH = zmq.EAGAIN, zmq.EHOSTUNREACH
+
 
 class RouterTransport:
     """Receives ``[identity, b"", envelope, *payload]`` and sends replies without blocking.
@@ -37,6 +47,8 @@ class RouterTransport:
         self._on_message: Optional[Callable[[list[Any]], None]] = None
         self._on_burst_end: Optional[Callable[[], None]] = None
         self._draining = False
+        self._sent = False
+        self._check_scheduled = False
         self.endpoint: str = ""
 
     def bind(self) -> str:
@@ -76,40 +88,68 @@ class RouterTransport:
         loop.call_soon(self.drain)  # anything that arrived before we watched
 
     def drain(self) -> None:
-        """Hand every waiting message to ``on_message``, then call ``on_burst_end``."""
+        """Hand every waiting message to ``on_message``, then call ``on_burst_end``.
+
+        Replies sent meanwhile can consume the descriptor's edge for input that
+        arrived in the same instant, so after a burst that sent anything the socket
+        is read again until a pass finds nothing.
+        """
         sock = self._sock
         if sock is None or self._draining:
             return
         self._draining = True
-        handled = 0
+        self._check_scheduled = False
+        on_message = self._on_message
+        burst = self.BURST
         try:
-            while handled < self.BURST and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                try:
-                    frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                handled += 1
-                try:
-                    self._on_message(frames)  # type: ignore[misc]
-                except Exception:  # the server never dies on input
-                    logger.exception("unexpected error handling a message")
+            while True:
+                self._sent = False
+                handled = 0
+                while handled < burst and _get(sock, _EVENTS) & _POLLIN:
+                    try:
+                        frame = _recv(sock, _NOBLOCK, False)
+                    except zmq.Again:
+                        break
+                    frames = [frame]
+                    while frame.more:  # the rest of a message is already here: ZMQ delivers whole messages
+                        frame = _recv(sock, 0, False)
+                        frames.append(frame)
+                    handled += 1
+                    try:
+                        on_message(frames)  # type: ignore[misc]
+                    except Exception:  # the server never dies on input
+                        logger.exception("unexpected error handling a message")
+                if handled:
+                    self._on_burst_end()  # type: ignore[misc]
+                if handled >= burst:
+                    if self._loop is not None:
+                        self._loop.call_soon(self.drain)  # more waiting: continue after other callbacks
+                    return
+                if not self._sent:
+                    return
         finally:
             self._draining = False
-        if handled:
-            self._on_burst_end()  # type: ignore[misc]
-            if handled >= self.BURST and self._loop is not None:
-                self._loop.call_soon(self.drain)  # more waiting: continue after other callbacks
 
     def send(self, frames: list[Any]) -> Optional[str]:
         """Send now or never: None when handed to ZMQ, else why it could not be."""
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
+        self._sent = True
+        if not self._draining and not self._check_scheduled and self._loop is not None:
+            # A send outside drain() (a timer, a worker's batch): look for input after it.
+            self._check_scheduled = True
+            self._loop.call_soon(self.drain)
+        last = len(frames) - 1
         try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            # Only the first frame can fail (ROUTER_MANDATORY checks the identity, HWM the
+            # queue); once it is accepted ZMQ takes the rest of the message as a whole.
+            for i, frame in enumerate(frames):
+                _send(sock, frame, _NOBLOCK | _SNDMORE if i < last else _NOBLOCK, False)
             return None
         except zmq.ZMQError as err:
-            if err.errno == zmq.EHOSTUNREACH:
+            if err.errno == _EHOSTUNREACH:
                 return "peer disconnected"
-            if err.errno == zmq.EAGAIN:
+            if err.errno == _EAGAIN:
                 return "peer is not reading (send queue full)"
             raise
 
