@@ -25,6 +25,15 @@ from inferential.result import Result
 
 DEFAULT_SERVER = "tcp://localhost:5555"
 
+# Per request the connection calls libzmq through pyzmq's backend with plain int
+# flags: its convenience layer (flag enums, a Poller per poll) costs more than
+# the system calls themselves.
+_zsend = zmq.backend.Socket.send
+_zrecv = zmq.backend.Socket.recv
+_zpoll = zmq.backend.zmq_poll
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
@@ -255,8 +264,12 @@ class Connection(_ConnectionBase):
         self._drain()
         router = self._router
         router.track(request_id, model_id, awaited)
+        sock, copy, last = self._socket, self._copy, len(frames) - 1
         try:
-            self._socket.send_multipart(frames, copy=self._copy)
+            # Blocks up to send_timeout_ms (SNDTIMEO) on the first frame only: once it is
+            # queued, the rest of the message is too.
+            for i, frame in enumerate(frames):
+                _zsend(sock, frame, _SNDMORE if i < last else 0, copy)
         except zmq.Again:
             router.untrack(request_id)
             raise self._unavailable() from None
@@ -268,11 +281,17 @@ class Connection(_ConnectionBase):
     def _drain(self) -> None:
         sock = self._socket
         on_reply = self._router.on_reply
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            on_reply(sock.recv_multipart(copy=False))
+        watch = [(sock, _POLLIN)]
+        while _zpoll(watch, 0):
+            frame = _zrecv(sock, _NOBLOCK, False)
+            frames = [frame]
+            while frame.more:
+                frame = _zrecv(sock, 0, False)
+                frames.append(frame)
+            on_reply(frames)
 
     def _poll(self, seconds: float) -> None:
-        self._socket.poll(max(1, math.ceil(seconds * 1000)), zmq.POLLIN)
+        _zpoll([(self._socket, _POLLIN)], max(1, math.ceil(seconds * 1000)))
 
 
 _Num = Union[int, float]

@@ -18,8 +18,8 @@ logger = logging.getLogger("inferential.transport")
 # system calls themselves for small replies.
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
-_get = zmq.backend.Socket.get
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_poll = zmq.backend.zmq_poll  # [(socket, POLLIN)], 0: the cheapest "is a message waiting?"
+_POLLIN = int(zmq.POLLIN)
 _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 _EAGAIN, _EHOSTUNREACH = zmq.EAGAIN, zmq.EHOSTUNREACH
 
@@ -101,11 +101,12 @@ class RouterTransport:
         self._check_scheduled = False
         on_message = self._on_message
         burst = self.BURST
+        watch = [(sock, _POLLIN)]
         try:
             while True:
                 self._sent = False
                 handled = 0
-                while handled < burst and _get(sock, _EVENTS) & _POLLIN:
+                while handled < burst and _poll(watch, 0):
                     try:
                         frame = _recv(sock, _NOBLOCK, False)
                     except zmq.Again:
