@@ -1,8 +1,10 @@
 """The asyncio client: same shape as inferential.client, every call awaitable.
 
-One reader task per connection receives every reply and routes it to the model
-it belongs to (or to the request() waiting for it); it starts on first use inside
-the running event loop. A connection belongs to one event loop.
+The connection's socket is watched by the running event loop (a reader on its
+file descriptor, attached on first use): every reply is received as soon as it
+arrives and routed to the model it belongs to, or to the request() waiting for
+it, with no task or future per message. Sends do not block the loop. A
+connection belongs to the event loop it is first used in.
 """
 
 from __future__ import annotations
@@ -11,13 +13,20 @@ import asyncio
 import logging
 from typing import Any, Optional, Union
 
+import time
+
 import zmq
-import zmq.asyncio
 
 from inferential.client import (
+    _NOBLOCK,
+    _POLLIN,
+    _SNDMORE,
     DEFAULT_SERVER,
     _ConnectionBase,
     _ModelBase,
+    _zpoll,
+    _zrecv,
+    _zsend,
     configure_socket,
     observation_fields,
 )
@@ -28,6 +37,7 @@ from inferential.result import Result
 log = logging.getLogger("inferential.client")
 
 _Num = Union[int, float]
+_TIMED_OUT = object()
 
 
 class AsyncConnection(_ConnectionBase):
@@ -45,7 +55,7 @@ class AsyncConnection(_ConnectionBase):
         **overrides: Any,
     ) -> None:
         super().__init__(server, client_id, client_type, options, overrides)
-        self._ctx = zmq.asyncio.Context(io_threads=1)
+        self._ctx = zmq.Context(io_threads=1)
         self._socket = self._ctx.socket(zmq.DEALER)
         try:
             configure_socket(self._socket, self.options)
@@ -54,7 +64,8 @@ class AsyncConnection(_ConnectionBase):
             self._socket.close(linger=0)
             self._ctx.term()
             raise
-        self._reader: Optional[asyncio.Task[None]] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._fd: Optional[int] = None
         self._events: dict[str, asyncio.Event] = {}
         self._waiters: dict[int, asyncio.Future[Any]] = {}
 
@@ -67,8 +78,9 @@ class AsyncConnection(_ConnectionBase):
         if self._closed:
             return
         self._closed = True
-        if self._reader is not None and not self._reader.done():
-            self._reader.cancel()
+        if self._loop is not None and self._fd is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._loop = None
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(ConnectionClosed(f"connection to {self.server} closed"))
@@ -79,13 +91,7 @@ class AsyncConnection(_ConnectionBase):
         self._ctx.term()
 
     async def aclose(self) -> None:
-        reader = self._reader
         self.close()
-        if reader is not None:
-            try:
-                await reader
-            except (asyncio.CancelledError, Exception):
-                pass
 
     async def __aenter__(self) -> "AsyncConnection":
         return self
@@ -96,16 +102,33 @@ class AsyncConnection(_ConnectionBase):
     # --- I/O ---------------------------------------------------------------
 
     def _ensure_reader(self) -> None:
-        if self._reader is None or self._reader.done():
-            if self._reader is not None and not self._reader.cancelled() and self._reader.exception():
-                log.error("reply reader stopped; restarting", exc_info=self._reader.exception())
-            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        """Watch the socket from the running loop (once: a connection keeps its loop)."""
+        if self._loop is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._fd = self._socket.getsockopt(zmq.FD)
+        loop.add_reader(self._fd, self._on_readable)
+        self._loop = loop
 
-    async def _read_loop(self) -> None:
+    def _on_readable(self) -> None:
+        """Receive and route every reply waiting (ZMQ's descriptor is edge-triggered:
+        read until nothing is left, here and after every send)."""
+        if self._closed:
+            return
+        sock = self._socket
+        watch = [(sock, _POLLIN)]
         router = self._router
-        while True:
-            frames = await self._socket.recv_multipart(copy=False)
-            routed = router.on_reply(frames)
+        while _zpoll(watch, 0):
+            frame = _zrecv(sock, _NOBLOCK, False)
+            frames = [frame]
+            while frame.more:
+                frame = _zrecv(sock, 0, False)
+                frames.append(frame)
+            try:
+                routed = router.on_reply(frames)
+            except Exception:  # never lose the reader over one reply
+                log.exception("could not route a reply")
+                continue
             if routed is None:
                 continue
             model_id, rid, awaited = routed
@@ -125,7 +148,7 @@ class AsyncConnection(_ConnectionBase):
         router = self._router
         router.track(request_id, model_id, awaited)
         try:
-            await self._socket.send_multipart(frames, copy=self._copy)
+            await self._send_frames(frames)
         except zmq.Again:
             router.untrack(request_id)
             raise self._unavailable() from None
@@ -133,6 +156,31 @@ class AsyncConnection(_ConnectionBase):
             router.untrack(request_id)
             raise
         router.sent()
+        self._on_readable()  # a send can hide input from the edge-triggered descriptor
+
+    async def _send_frames(self, frames: list[Any]) -> None:
+        """Hand the message to ZMQ without blocking the loop; while no server accepts
+        it (IMMEDIATE: nothing is queued for an absent one), retry until
+        ``send_timeout_ms``, then raise zmq.Again."""
+        sock, copy, last = self._socket, self._copy, len(frames) - 1
+        give_up = None
+        delay = 0.001
+        while True:
+            try:
+                _zsend(sock, frames[0], _NOBLOCK | _SNDMORE if last else _NOBLOCK, copy)
+                break
+            except zmq.Again:
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + self.options.send_timeout_ms / 1000.0
+                if now >= give_up:
+                    raise
+                await asyncio.sleep(min(delay, give_up - now))
+                delay = min(delay * 2, 0.05)
+                self._check_open()
+        # The first frame is queued: the rest of the message goes with it.
+        for i in range(1, last + 1):
+            _zsend(sock, frames[i], _SNDMORE if i < last else 0, copy)
 
     def _event(self, model_id: str) -> asyncio.Event:
         event = self._events.get(model_id)
@@ -209,20 +257,29 @@ class AsyncModel(_ModelBase):
         except BaseException:
             conn._waiters.pop(rid, None)
             raise
+        # A timer rather than asyncio.wait_for: no task per request.
+        timer = asyncio.get_running_loop().call_later(max(0.0, wait) / 1000.0, _time_out, fut)
         try:
-            got = await asyncio.wait_for(fut, max(0.0, wait) / 1000.0)
-        except asyncio.TimeoutError:
+            got = await fut
+        except asyncio.CancelledError:
+            conn._waiters.pop(rid, None)
+            router.abandon(rid)
+            raise
+        finally:
+            timer.cancel()
+        if got is _TIMED_OUT:
             conn._waiters.pop(rid, None)
             router.abandon(rid)
             raise RequestTimeout(
                 f"no reply to request {rid} from model '{self.model_id}' within {wait} ms",
                 request_id=rid,
                 model_id=self.model_id,
-            ) from None
-        except asyncio.CancelledError:
-            conn._waiters.pop(rid, None)
-            router.abandon(rid)
-            raise
+            )
         if isinstance(got, Exception):
             raise got
         return got.raise_for_status()
+
+
+def _time_out(fut: "asyncio.Future[Any]") -> None:
+    if not fut.done():
+        fut.set_result(_TIMED_OUT)
