@@ -10,7 +10,7 @@ APT_PACKAGES :=
 PROTO := proto/inferential.proto
 PY_GEN := client-py/src/inferential/_proto
 
-.PHONY: setup apt proto proto-check test test-py demo bench bench-scheduling bench-scheduling-quick bench-ray clean
+.PHONY: setup apt proto proto-check test test-py demo bench profile bench-scheduling bench-scheduling-quick bench-ray clean
 
 setup: apt $(VENV)/.stamp $(PUBLISHED_VENV)/.stamp
 
@@ -61,6 +61,10 @@ demo: setup
 # robots x 50 Hz, maximum throughput (~6 min). `make bench BENCH_ARGS=--quick`: ~2 min.
 bench: setup
 	$(PY) bench/compare.py $(BENCH_ARGS)
+
+# Where the server's time goes: py-spy samples under 20 robots x 50 Hz (~1 min).
+profile: setup
+	$(PY) bench/profile_server.py $(PROFILE_ARGS)
 
 # Every strategy and the published 1.4.0 server under a simulated fleet, plus the
 # virtual-clock simulation (~9 min; the quick one ~2 min). docs/scheduling.md has the results.
