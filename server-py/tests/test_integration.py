@@ -438,3 +438,31 @@ def test_a_custom_scheduler_that_holds_requests_back_does_not_stall_the_server()
             peer.close()
     assert replies == {1: pb.OK, 2: pb.OK}
     assert late[0][0].request_id == 3 and late[0][0].status == pb.EXPIRED
+
+
+def test_a_burst_to_an_inline_model_gets_exactly_one_reply_each():
+    """Batches of a model that runs in microseconds complete synchronously on the loop
+    (no trip through it per batch); a burst of thousands from several robots is still
+    answered exactly once per observation, and nothing is left pending."""
+    with running_server(scheduling={"max_queue_size": 10_000, "per_client_queue_cap": None}) as (server, endpoint):
+        peers = [RawPeer(endpoint) for _ in range(4)]
+        try:
+            warm = peers[0]
+            for i in range(200):  # long enough for the no-op model to be measured and moved inline
+                warm.send(*make_obs(i + 1, client="warm"))
+                assert len(warm.replies(1)) == 1
+            assert server.backend.health()["noop"]["inline"]
+            per_peer = 1500
+            for p, peer in enumerate(peers):
+                for i in range(per_peer):
+                    peer.send(*make_obs(10_000 + i, client=f"burst-{p}"))
+            for p, peer in enumerate(peers):
+                replies = peer.replies(per_peer, timeout_s=30)
+                assert sorted(r.request_id for r, _ in replies) == list(range(10_000, 10_000 + per_peer))
+                assert {r.status for r, _ in replies} <= {pb.OK, pb.DEADLINE_UNMEETABLE, pb.EXPIRED}
+                assert sum(r.status == pb.OK for r, _ in replies) > 0
+                assert peer.replies(1, timeout_s=0.3) == []  # and nothing twice
+            assert server.status_threadsafe()["pending"] == 0
+        finally:
+            for peer in peers:
+                peer.close()

@@ -168,9 +168,12 @@ def test_fast_models_move_inline_and_a_slow_batch_sends_them_back_to_threads():
             out, err = await fut
             assert err is None and out[0]["actions"].shape == (7,)
 
+        assert backend.run_inline("m", [{}]) is None  # not proven fast yet: use submit()
         for _ in range(INLINE_PROBE):
             await run_once()
         assert backend.health()["m"]["inline"] and model.thread is not loop_thread
+        out, err = backend.run_inline("m", [{}, {}])  # runs here and now, on the caller's thread
+        assert err is None and len(out) == 2 and model.thread is loop_thread
         await run_once()
         assert model.thread is loop_thread  # now inline on the event loop
         model.slow = True
