@@ -19,13 +19,11 @@ import zmq
 
 from inferential.client import (
     _NOBLOCK,
-    _POLLIN,
     _SNDMORE,
     DEFAULT_SERVER,
     _ConnectionBase,
     _ModelBase,
-    _zpoll,
-    _zrecv,
+    _waiting_messages,
     _zsend,
     configure_socket,
     observation_fields,
@@ -115,15 +113,8 @@ class AsyncConnection(_ConnectionBase):
         read until nothing is left, here and after every send)."""
         if self._closed:
             return
-        sock = self._socket
-        watch = [(sock, _POLLIN)]
         router = self._router
-        while _zpoll(watch, 0):
-            frame = _zrecv(sock, _NOBLOCK, False)
-            frames = [frame]
-            while frame.more:
-                frame = _zrecv(sock, 0, False)
-                frames.append(frame)
+        for frames in _waiting_messages(self._socket):
             try:
                 routed = router.on_reply(frames)
             except Exception:  # never lose the reader over one reply

@@ -14,7 +14,7 @@ import re
 import secrets
 import socket as _socket
 import time
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import zmq
 
@@ -33,6 +33,19 @@ _zrecv = zmq.backend.Socket.recv
 _zpoll = zmq.backend.zmq_poll
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+
+
+def _waiting_messages(sock: zmq.Socket) -> Iterator[list[Any]]:
+    """Every message already waiting on ``sock``, each as its list of frames (zero-copy),
+    without blocking. ZMQ's descriptor is edge-triggered: callers read until this ends."""
+    watch = [(sock, _POLLIN)]
+    while _zpoll(watch, 0):
+        frame = _zrecv(sock, _NOBLOCK, False)
+        frames = [frame]
+        while frame.more:  # the rest of a message is already here: ZMQ delivers whole messages
+            frame = _zrecv(sock, 0, False)
+            frames.append(frame)
+        yield frames
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
@@ -281,13 +294,7 @@ class Connection(_ConnectionBase):
     def _drain(self) -> None:
         sock = self._socket
         on_reply = self._router.on_reply
-        watch = [(sock, _POLLIN)]
-        while _zpoll(watch, 0):
-            frame = _zrecv(sock, _NOBLOCK, False)
-            frames = [frame]
-            while frame.more:
-                frame = _zrecv(sock, 0, False)
-                frames.append(frame)
+        for frames in _waiting_messages(sock):
             on_reply(frames)
 
     def _poll(self, seconds: float) -> None:
