@@ -25,7 +25,6 @@ from inferential.client import (
     _ModelBase,
     _waiting_messages,
     _zsend,
-    configure_socket,
     observation_fields,
 )
 from inferential.errors import ConnectionClosed, RequestTimeout
@@ -53,15 +52,6 @@ class AsyncConnection(_ConnectionBase):
         **overrides: Any,
     ) -> None:
         super().__init__(server, client_id, client_type, options, overrides)
-        self._ctx = zmq.Context(io_threads=1)
-        self._socket = self._ctx.socket(zmq.DEALER)
-        try:
-            configure_socket(self._socket, self.options)
-            self._socket.connect(self.server)
-        except Exception:
-            self._socket.close(linger=0)
-            self._ctx.term()
-            raise
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._fd: Optional[int] = None
         self._events: dict[str, asyncio.Event] = {}

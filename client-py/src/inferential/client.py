@@ -121,6 +121,17 @@ class _ConnectionBase:
         self._router = ReplyRouter(self.options.limits)
         self._copy = self.options.zero_copy_min_bytes is None
         self._closed = False
+        # One DEALER per connection, on a context of its own (sync and asyncio alike: the
+        # asyncio connection watches the same socket's descriptor from its loop).
+        self._ctx = zmq.Context(io_threads=1)
+        self._socket = self._ctx.socket(zmq.DEALER)
+        try:
+            configure_socket(self._socket, self.options)
+            self._socket.connect(self.server)
+        except Exception:
+            self._socket.close(linger=0)
+            self._ctx.term()
+            raise
 
     @property
     def stats(self) -> ConnectionStats:
@@ -238,15 +249,6 @@ class Connection(_ConnectionBase):
         **overrides: Any,
     ) -> None:
         super().__init__(server, client_id, client_type, options, overrides)
-        self._ctx = zmq.Context(io_threads=1)
-        self._socket = self._ctx.socket(zmq.DEALER)
-        try:
-            configure_socket(self._socket, self.options)
-            self._socket.connect(self.server)
-        except Exception:
-            self._socket.close(linger=0)
-            self._ctx.term()
-            raise
 
     def model(self, model_id: str, latency_budget_ms: float = 50.0, priority: int = 1) -> "Model":
         """A handle for sending observations to ``model_id`` and reading its replies.
