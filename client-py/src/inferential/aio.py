@@ -27,7 +27,7 @@ from inferential.client import (
     _zsend,
     observation_fields,
 )
-from inferential.errors import ConnectionClosed, RequestTimeout
+from inferential.errors import ConnectionClosed
 from inferential.options import ClientOptions
 from inferential.result import Result
 
@@ -250,12 +250,7 @@ class AsyncModel(_ModelBase):
             timer.cancel()
         if got is _TIMED_OUT:
             conn._waiters.pop(rid, None)
-            router.abandon(rid)
-            raise RequestTimeout(
-                f"no reply to request {rid} from model '{self.model_id}' within {wait} ms",
-                request_id=rid,
-                model_id=self.model_id,
-            )
+            raise self._timed_out(rid, wait)
         if isinstance(got, Exception):
             raise got
         return got.raise_for_status()

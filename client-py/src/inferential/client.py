@@ -199,6 +199,15 @@ class _ModelBase:
         rid = conn._router.next_request_id()
         return rid, self._encode(rid, fields, inputs)
 
+    def _timed_out(self, request_id: int, wait: Any) -> RequestTimeout:
+        """Forget a request() that got no reply in time; the error to raise for it."""
+        self.connection._router.abandon(request_id)
+        return RequestTimeout(
+            f"no reply to request {request_id} from model '{self.model_id}' within {wait} ms",
+            request_id=request_id,
+            model_id=self.model_id,
+        )
+
     def _encode(self, request_id: int, fields: dict[str, Any], inputs: dict[str, Any]) -> list[Any]:
         conn = self.connection
         opts = conn.options
@@ -398,10 +407,5 @@ class Model(_ModelBase):
                 return got.raise_for_status()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                router.abandon(rid)
-                raise RequestTimeout(
-                    f"no reply to request {rid} from model '{self.model_id}' within {wait} ms",
-                    request_id=rid,
-                    model_id=self.model_id,
-                )
+                raise self._timed_out(rid, wait)
             conn._poll(remaining)
