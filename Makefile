@@ -5,8 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PUBLISHED_VENV := .venv-published
 PUBLISHED_VERSION := 1.4.0
-# System packages the tests need (none yet for Python: pyzmq wheels bundle libzmq).
+# System packages the tests need (pyzmq wheels bundle libzmq for Python; the language
+# fragments in mk/ add theirs).
 APT_PACKAGES :=
+# Test targets that `make test` runs after the Python tests; each mk/*.mk fragment adds its own.
+TEST_TARGETS :=
 PROTO := proto/inferential.proto
 PY_GEN := client-py/src/inferential/_proto
 
@@ -49,7 +52,11 @@ proto-check: $(VENV)/.stamp
 	diff -u $(PY_GEN)/inferential_pb2.pyi $$tmp/inferential_pb2.pyi && \
 	echo "proto-check: generated Python code matches $(PROTO)"; rc=$$?; rm -rf $$tmp; exit $$rc
 
-test: setup proto-check test-py
+# One fragment per language or tool (mk/rust.mk, mk/cpp.mk, mk/conformance.mk, ...): each adds
+# its targets, its APT_PACKAGES and its TEST_TARGETS.
+include $(sort $(wildcard mk/*.mk))
+
+test: setup proto-check test-py $(TEST_TARGETS)
 
 test-py: $(VENV)/.stamp
 	$(PY) -m pytest client-py/tests server-py/tests -q
