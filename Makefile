@@ -43,14 +43,18 @@ $(PUBLISHED_VENV)/.stamp:
 
 proto: $(VENV)/.stamp
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PY_GEN) --pyi_out=$(PY_GEN) $(PROTO)
+	$(PY) proto/gen_tables.py
 
-# Fails when the committed generated code drifts from proto/.
+# Fails when committed generated code (Python bindings, every language's tables) drifts
+# from proto/. Language fragments in mk/ add their own checks as prerequisites.
 proto-check: $(VENV)/.stamp
 	@tmp=$$(mktemp -d); \
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$$tmp --pyi_out=$$tmp $(PROTO) && \
+	$(PY) proto/gen_tables.py --out $$tmp && \
 	diff -u $(PY_GEN)/inferential_pb2.py $$tmp/inferential_pb2.py && \
 	diff -u $(PY_GEN)/inferential_pb2.pyi $$tmp/inferential_pb2.pyi && \
-	echo "proto-check: generated Python code matches $(PROTO)"; rc=$$?; rm -rf $$tmp; exit $$rc
+	for f in $$(cd $$tmp && find client-* -type f); do diff -u $$f $$tmp/$$f || exit 1; done && \
+	echo "proto-check: generated code and tables match $(PROTO)"; rc=$$?; rm -rf $$tmp; exit $$rc
 
 # One fragment per language or tool (mk/rust.mk, mk/cpp.mk, mk/conformance.mk, ...): each adds
 # its targets, its APT_PACKAGES and its TEST_TARGETS.

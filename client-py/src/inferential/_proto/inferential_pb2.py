@@ -22,37 +22,84 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11inferential.proto\x12\x0binferential\"\"\n\x06\x43lient\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\xb0\x01\n\x06Tensor\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.inferential.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0b\x62yte_offset\x18\x04 \x01(\x04\x12\x13\n\x0b\x62yte_length\x18\x05 \x01(\x04\x12\x14\n\x0ctimestamp_ns\x18\x06 \x01(\x04\x12\'\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x15.inferential.Encoding\"\x81\x04\n\x0bObservation\x12#\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x13.inferential.Client\x12\x14\n\x0ctimestamp_ns\x18\x02 \x01(\x04\x12\x0f\n\x07urgency\x18\x03 \x01(\x02\x12$\n\x07tensors\x18\x04 \x03(\x0b\x32\x13.inferential.Tensor\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x1c\n\x0fsteps_remaining\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x38\n\x08metadata\x18\x07 \x03(\x0b\x32&.inferential.Observation.MetadataEntry\x12\x10\n\x08priority\x18\x08 \x01(\r\x12\x12\n\nrequest_id\x18\t \x01(\x04\x12\x18\n\x10protocol_version\x18\n \x01(\r\x12\x19\n\x11latency_budget_ms\x18\x0b \x01(\x02\x12\x13\n\x0b\x64\x65\x61\x64line_ns\x18\x0c \x01(\x04\x12\x1e\n\x11\x61\x63tions_remaining\x18\r \x01(\rH\x01\x88\x01\x01\x12\x17\n\x0f\x63ontrol_rate_hz\x18\x0e \x01(\x02\x12\x12\n\nauth_token\x18\x0f \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x12\n\x10_steps_remainingB\x14\n\x12_actions_remaining\"a\n\x0cServerTiming\x12\x15\n\rqueue_wait_ms\x18\x01 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x02\x12\x10\n\x08total_ms\x18\x03 \x01(\x02\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"\xe4\x03\n\rModelResponse\x12#\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x13.inferential.Client\x12\x13\n\x0bresponse_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x03 \x01(\x04\x12$\n\x07tensors\x18\x04 \x03(\x0b\x32\x13.inferential.Tensor\x12\x1c\n\x14inference_latency_ms\x18\x05 \x01(\x02\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12:\n\x08metadata\x18\x07 \x03(\x0b\x32(.inferential.ModelResponse.MetadataEntry\x12\x12\n\nrequest_id\x18\x08 \x01(\x04\x12#\n\x06status\x18\t \x01(\x0e\x32\x13.inferential.Status\x12\r\n\x05\x65rror\x18\n \x01(\t\x12)\n\x06timing\x18\x0b \x01(\x0b\x32\x19.inferential.ServerTiming\x12\x18\n\x10protocol_version\x18\x0c \x01(\r\x12\x11\n\tretryable\x18\r \x01(\x08\x12 \n\x18observation_timestamp_ns\x18\x0e \x01(\x04\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xb7\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x12\x0b\n\x07\x46LOAT64\x10\x03\x12\x0c\n\x08\x42\x46LOAT16\x10\x04\x12\t\n\x05UINT8\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05INT64\x10\x07\x12\x08\n\x04\x42OOL\x10\x08\x12\x08\n\x04INT8\x10\t\x12\t\n\x05INT16\x10\n\x12\n\n\x06UINT16\x10\x0b\x12\n\n\x06UINT32\x10\x0c\x12\n\n\x06UINT64\x10\r*@\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x07\n\x03RAW\x10\x01\x12\x08\n\x04JPEG\x10\x02\x12\x07\n\x03PNG\x10\x03*\xde\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x13\n\x0fINVALID_REQUEST\x10\x02\x12\x11\n\rUNKNOWN_MODEL\x10\x03\x12\x0f\n\x0bMODEL_ERROR\x10\x04\x12\x0b\n\x07\x45XPIRED\x10\x05\x12\x0e\n\nQUEUE_FULL\x10\x06\x12\x17\n\x13\x44\x45\x41\x44LINE_UNMEETABLE\x10\x07\x12\x0e\n\nSUPERSEDED\x10\x08\x12\x13\n\x0fUNAUTHENTICATED\x10\t\x12\x11\n\rSHUTTING_DOWN\x10\n\x12\r\n\tCANCELLED\x10\x0b\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11inferential.proto\x12\x0binferential\x1a google/protobuf/descriptor.proto\"\"\n\x06\x43lient\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\xb0\x01\n\x06Tensor\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.inferential.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0b\x62yte_offset\x18\x04 \x01(\x04\x12\x13\n\x0b\x62yte_length\x18\x05 \x01(\x04\x12\x14\n\x0ctimestamp_ns\x18\x06 \x01(\x04\x12\'\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x15.inferential.Encoding\"\x81\x04\n\x0bObservation\x12#\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x13.inferential.Client\x12\x14\n\x0ctimestamp_ns\x18\x02 \x01(\x04\x12\x0f\n\x07urgency\x18\x03 \x01(\x02\x12$\n\x07tensors\x18\x04 \x03(\x0b\x32\x13.inferential.Tensor\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x1c\n\x0fsteps_remaining\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x38\n\x08metadata\x18\x07 \x03(\x0b\x32&.inferential.Observation.MetadataEntry\x12\x10\n\x08priority\x18\x08 \x01(\r\x12\x12\n\nrequest_id\x18\t \x01(\x04\x12\x18\n\x10protocol_version\x18\n \x01(\r\x12\x19\n\x11latency_budget_ms\x18\x0b \x01(\x02\x12\x13\n\x0b\x64\x65\x61\x64line_ns\x18\x0c \x01(\x04\x12\x1e\n\x11\x61\x63tions_remaining\x18\r \x01(\rH\x01\x88\x01\x01\x12\x17\n\x0f\x63ontrol_rate_hz\x18\x0e \x01(\x02\x12\x12\n\nauth_token\x18\x0f \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x12\n\x10_steps_remainingB\x14\n\x12_actions_remaining\"a\n\x0cServerTiming\x12\x15\n\rqueue_wait_ms\x18\x01 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x02\x12\x10\n\x08total_ms\x18\x03 \x01(\x02\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"\xfc\x03\n\rModelResponse\x12#\n\x06\x63lient\x18\x01 \x01(\x0b\x32\x13.inferential.Client\x12\x13\n\x0bresponse_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x03 \x01(\x04\x12$\n\x07tensors\x18\x04 \x03(\x0b\x32\x13.inferential.Tensor\x12\x1c\n\x14inference_latency_ms\x18\x05 \x01(\x02\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12:\n\x08metadata\x18\x07 \x03(\x0b\x32(.inferential.ModelResponse.MetadataEntry\x12\x12\n\nrequest_id\x18\x08 \x01(\x04\x12#\n\x06status\x18\t \x01(\x0e\x32\x13.inferential.Status\x12\r\n\x05\x65rror\x18\n \x01(\t\x12)\n\x06timing\x18\x0b \x01(\x0b\x32\x19.inferential.ServerTiming\x12\x18\n\x10protocol_version\x18\x0c \x01(\r\x12\x11\n\tretryable\x18\r \x01(\x08\x12 \n\x18observation_timestamp_ns\x18\x0e \x01(\x04\x12\x16\n\x0eretry_after_ms\x18\x0f \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x85\x02\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\x07\x46LOAT16\x10\x01\x1a\x04\xc8\xf3\x18\x02\x12\x11\n\x07\x46LOAT32\x10\x02\x1a\x04\xc8\xf3\x18\x04\x12\x11\n\x07\x46LOAT64\x10\x03\x1a\x04\xc8\xf3\x18\x08\x12\x12\n\x08\x42\x46LOAT16\x10\x04\x1a\x04\xc8\xf3\x18\x02\x12\x0f\n\x05UINT8\x10\x05\x1a\x04\xc8\xf3\x18\x01\x12\x0f\n\x05INT32\x10\x06\x1a\x04\xc8\xf3\x18\x04\x12\x0f\n\x05INT64\x10\x07\x1a\x04\xc8\xf3\x18\x08\x12\x0e\n\x04\x42OOL\x10\x08\x1a\x04\xc8\xf3\x18\x01\x12\x0e\n\x04INT8\x10\t\x1a\x04\xc8\xf3\x18\x01\x12\x0f\n\x05INT16\x10\n\x1a\x04\xc8\xf3\x18\x02\x12\x10\n\x06UINT16\x10\x0b\x1a\x04\xc8\xf3\x18\x02\x12\x10\n\x06UINT32\x10\x0c\x1a\x04\xc8\xf3\x18\x04\x12\x10\n\x06UINT64\x10\r\x1a\x04\xc8\xf3\x18\x08*@\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x07\n\x03RAW\x10\x01\x12\x08\n\x04JPEG\x10\x02\x12\x07\n\x03PNG\x10\x03*\x9a\x02\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x19\n\x0fINVALID_REQUEST\x10\x02\x1a\x04\xd0\xf3\x18\x00\x12\x17\n\rUNKNOWN_MODEL\x10\x03\x1a\x04\xd0\xf3\x18\x00\x12\x15\n\x0bMODEL_ERROR\x10\x04\x1a\x04\xd0\xf3\x18\x01\x12\x11\n\x07\x45XPIRED\x10\x05\x1a\x04\xd0\xf3\x18\x01\x12\x14\n\nQUEUE_FULL\x10\x06\x1a\x04\xd0\xf3\x18\x01\x12\x1d\n\x13\x44\x45\x41\x44LINE_UNMEETABLE\x10\x07\x1a\x04\xd0\xf3\x18\x01\x12\x14\n\nSUPERSEDED\x10\x08\x1a\x04\xd0\xf3\x18\x00\x12\x19\n\x0fUNAUTHENTICATED\x10\t\x1a\x04\xd0\xf3\x18\x00\x12\x17\n\rSHUTTING_DOWN\x10\n\x1a\x04\xd0\xf3\x18\x01\x12\x13\n\tCANCELLED\x10\x0b\x1a\x04\xd0\xf3\x18\x01:6\n\titem_size\x12!.google.protobuf.EnumValueOptions\x18\xb9\x8e\x03 \x01(\r:6\n\tretryable\x12!.google.protobuf.EnumValueOptions\x18\xba\x8e\x03 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'inferential_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DTYPE'].values_by_name["FLOAT16"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["FLOAT16"]._serialized_options = b'\310\363\030\002'
+  _globals['_DTYPE'].values_by_name["FLOAT32"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["FLOAT32"]._serialized_options = b'\310\363\030\004'
+  _globals['_DTYPE'].values_by_name["FLOAT64"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["FLOAT64"]._serialized_options = b'\310\363\030\010'
+  _globals['_DTYPE'].values_by_name["BFLOAT16"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["BFLOAT16"]._serialized_options = b'\310\363\030\002'
+  _globals['_DTYPE'].values_by_name["UINT8"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["UINT8"]._serialized_options = b'\310\363\030\001'
+  _globals['_DTYPE'].values_by_name["INT32"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["INT32"]._serialized_options = b'\310\363\030\004'
+  _globals['_DTYPE'].values_by_name["INT64"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["INT64"]._serialized_options = b'\310\363\030\010'
+  _globals['_DTYPE'].values_by_name["BOOL"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["BOOL"]._serialized_options = b'\310\363\030\001'
+  _globals['_DTYPE'].values_by_name["INT8"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["INT8"]._serialized_options = b'\310\363\030\001'
+  _globals['_DTYPE'].values_by_name["INT16"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["INT16"]._serialized_options = b'\310\363\030\002'
+  _globals['_DTYPE'].values_by_name["UINT16"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["UINT16"]._serialized_options = b'\310\363\030\002'
+  _globals['_DTYPE'].values_by_name["UINT32"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["UINT32"]._serialized_options = b'\310\363\030\004'
+  _globals['_DTYPE'].values_by_name["UINT64"]._loaded_options = None
+  _globals['_DTYPE'].values_by_name["UINT64"]._serialized_options = b'\310\363\030\010'
+  _globals['_STATUS'].values_by_name["INVALID_REQUEST"]._loaded_options = None
+  _globals['_STATUS'].values_by_name["INVALID_REQUEST"]._serialized_options = b'\320\363\030\000'
+  _globals['_STATUS'].values_by_name["UNKNOWN_MODEL"]._loaded_options = None
+  _globals['_STATUS'].values_by_name["UNKNOWN_MODEL"]._serialized_options = b'\320\363\030\000'
+  _globals['_STATUS'].values_by_name["MODEL_ERROR"]._loaded_options = None
+  _globals['_STATUS'].values_by_name["MODEL_ERROR"]._serialized_options = b'\320\363\030\001'
+  _globals['_STATUS'].values_by_name["EXPIRED"]._loaded_options = None
+  _globals['_STATUS'].values_by_name["EXPIRED"]._serialized_options = b'\320\363\030\001'
+  _globals['_STATUS'].values_by_name["QUEUE_FULL"]._loaded_options = None
+  _globals['_STATUS'].values_by_name["QUEUE_FULL"]._serialized_options = b'\320\363\030\001'
+  _globals['_STATUS'].values_by_name["DEADLINE_UNMEETABLE"]._loaded_options = None
+  _globals['_STATUS'].values_by_name["DEADLINE_UNMEETABLE"]._serialized_options = b'\320\363\030\001'
+  _globals['_STATUS'].values_by_name["SUPERSEDED"]._loaded_options = None
+  _globals['_STATUS'].values_by_name["SUPERSEDED"]._serialized_options = b'\320\363\030\000'
+  _globals['_STATUS'].values_by_name["UNAUTHENTICATED"]._loaded_options = None
+  _globals['_STATUS'].values_by_name["UNAUTHENTICATED"]._serialized_options = b'\320\363\030\000'
+  _globals['_STATUS'].values_by_name["SHUTTING_DOWN"]._loaded_options = None
+  _globals['_STATUS'].values_by_name["SHUTTING_DOWN"]._serialized_options = b'\320\363\030\001'
+  _globals['_STATUS'].values_by_name["CANCELLED"]._loaded_options = None
+  _globals['_STATUS'].values_by_name["CANCELLED"]._serialized_options = b'\320\363\030\001'
   _globals['_OBSERVATION_METADATAENTRY']._loaded_options = None
   _globals['_OBSERVATION_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_MODELRESPONSE_METADATAENTRY']._loaded_options = None
   _globals['_MODELRESPONSE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=1352
-  _globals['_DTYPE']._serialized_end=1535
-  _globals['_ENCODING']._serialized_start=1537
-  _globals['_ENCODING']._serialized_end=1601
-  _globals['_STATUS']._serialized_start=1604
-  _globals['_STATUS']._serialized_end=1826
-  _globals['_CLIENT']._serialized_start=34
-  _globals['_CLIENT']._serialized_end=68
-  _globals['_TENSOR']._serialized_start=71
-  _globals['_TENSOR']._serialized_end=247
-  _globals['_OBSERVATION']._serialized_start=250
-  _globals['_OBSERVATION']._serialized_end=763
-  _globals['_OBSERVATION_METADATAENTRY']._serialized_start=674
-  _globals['_OBSERVATION_METADATAENTRY']._serialized_end=721
-  _globals['_SERVERTIMING']._serialized_start=765
-  _globals['_SERVERTIMING']._serialized_end=862
-  _globals['_MODELRESPONSE']._serialized_start=865
-  _globals['_MODELRESPONSE']._serialized_end=1349
-  _globals['_MODELRESPONSE_METADATAENTRY']._serialized_start=674
-  _globals['_MODELRESPONSE_METADATAENTRY']._serialized_end=721
+  _globals['_DTYPE']._serialized_start=1410
+  _globals['_DTYPE']._serialized_end=1671
+  _globals['_ENCODING']._serialized_start=1673
+  _globals['_ENCODING']._serialized_end=1737
+  _globals['_STATUS']._serialized_start=1740
+  _globals['_STATUS']._serialized_end=2022
+  _globals['_CLIENT']._serialized_start=68
+  _globals['_CLIENT']._serialized_end=102
+  _globals['_TENSOR']._serialized_start=105
+  _globals['_TENSOR']._serialized_end=281
+  _globals['_OBSERVATION']._serialized_start=284
+  _globals['_OBSERVATION']._serialized_end=797
+  _globals['_OBSERVATION_METADATAENTRY']._serialized_start=708
+  _globals['_OBSERVATION_METADATAENTRY']._serialized_end=755
+  _globals['_SERVERTIMING']._serialized_start=799
+  _globals['_SERVERTIMING']._serialized_end=896
+  _globals['_MODELRESPONSE']._serialized_start=899
+  _globals['_MODELRESPONSE']._serialized_end=1407
+  _globals['_MODELRESPONSE_METADATAENTRY']._serialized_start=708
+  _globals['_MODELRESPONSE_METADATAENTRY']._serialized_end=755
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -75,6 +76,10 @@ SUPERSEDED: Status
 UNAUTHENTICATED: Status
 SHUTTING_DOWN: Status
 CANCELLED: Status
+ITEM_SIZE_FIELD_NUMBER: _ClassVar[int]
+item_size: _descriptor.FieldDescriptor
+RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+retryable: _descriptor.FieldDescriptor
 
 class Client(_message.Message):
     __slots__ = ("id", "type")
@@ -156,7 +161,7 @@ class ServerTiming(_message.Message):
     def __init__(self, queue_wait_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ModelResponse(_message.Message):
-    __slots__ = ("client", "response_id", "timestamp_ns", "tensors", "inference_latency_ms", "model_id", "metadata", "request_id", "status", "error", "timing", "protocol_version", "retryable", "observation_timestamp_ns")
+    __slots__ = ("client", "response_id", "timestamp_ns", "tensors", "inference_latency_ms", "model_id", "metadata", "request_id", "status", "error", "timing", "protocol_version", "retryable", "observation_timestamp_ns", "retry_after_ms")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +183,7 @@ class ModelResponse(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     client: Client
     response_id: str
     timestamp_ns: int
@@ -192,4 +198,5 @@ class ModelResponse(_message.Message):
     protocol_version: int
     retryable: bool
     observation_timestamp_ns: int
-    def __init__(self, client: _Optional[_Union[Client, _Mapping]] = ..., response_id: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., inference_latency_ms: _Optional[float] = ..., model_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., error: _Optional[str] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ..., protocol_version: _Optional[int] = ..., retryable: _Optional[bool] = ..., observation_timestamp_ns: _Optional[int] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, client: _Optional[_Union[Client, _Mapping]] = ..., response_id: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., inference_latency_ms: _Optional[float] = ..., model_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., error: _Optional[str] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ..., protocol_version: _Optional[int] = ..., retryable: _Optional[bool] = ..., observation_timestamp_ns: _Optional[int] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
