@@ -54,6 +54,12 @@ class InferenceRequest:
     cadence_lateness: float = 0.0
     # Set when admission control lets an unmeetable request run at lowest priority.
     deprioritized: bool = False
+    # Set by the server's engine while the request's batch runs (the server's TTL
+    # then waits for the batch instead of answering EXPIRED).
+    running: bool = False
+    # The (robot, model) labels of the request's metrics, made once at admission
+    # (None for a request built outside the server; the ledger makes them then).
+    labels: Optional[dict[str, str]] = None
 
     def refresh(self, now_ns: int) -> None:
         """Recompute the live fields for ``now_ns``."""

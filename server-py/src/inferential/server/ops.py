@@ -223,7 +223,7 @@ def fleet_status(server: Any, status: dict, window_s: float = STATUS_WINDOW_S) -
     for _, v, labels in _points(metrics, "slo_met", window_s):
         slo[labels.get("client", "")].append(v)
 
-    clock_ns = getattr(server, "_clock", time.monotonic_ns)()
+    clock_ns = server.clock()
     robots: dict[str, Any] = {}
     for client_id, robot in sorted(list(server.registry.robots.items())):
         times = arrivals.get(client_id, [])

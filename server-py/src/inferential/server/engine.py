@@ -1,0 +1,428 @@
+"""The dispatch engine: batches from the scheduler to the backend and back.
+
+It launches every batch a free model can take, finishes them (results to the
+ledger, failures to a retry or MODEL_ERROR), runs the timers (the scheduler's
+wakeups, the server's own TTL, the sweep of silent robots) and unregisters robots.
+Nothing polls: :meth:`Engine.run` sleeps until something arrives, a batch
+finishes, or the earliest timer is due.
+
+Inline batches (a local model measured to run in microseconds) complete during
+``submit``; :meth:`Engine.launch_ready` finishes them in a loop instead of
+recursing, and starts the next batch before replying to a finished one, so the
+executor is never idle while replies go out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import defaultdict, deque
+from typing import Any, Callable, Optional
+
+from inferential.config.schema import InferentialConfig, SchedulingConfig
+from inferential.dispatch.base import Backend, ModelInfo
+from inferential.metrics.store import MetricsStore
+from inferential.scheduler import InferenceRequest, Scheduler, create_scheduler
+from inferential.server.ledger import Ledger, request_labels
+from inferential.server.protocol import ReplyTiming
+from inferential.server.registry import ClientRegistry
+from inferential.wire import Status
+
+logger = logging.getLogger("inferential.server")
+
+_SHED_STATUS = {
+    "QUEUE_FULL": Status.QUEUE_FULL,
+    "EXPIRED": Status.EXPIRED,
+    "SUPERSEDED": Status.SUPERSEDED,
+    "DEADLINE_UNMEETABLE": Status.DEADLINE_UNMEETABLE,
+    "CANCELLED": Status.CANCELLED,
+    "SHUTTING_DOWN": Status.SHUTTING_DOWN,
+}
+
+Completed = tuple[str, list[InferenceRequest], int, Optional[list[Any]], Optional[BaseException]]
+
+
+class Engine:
+    """Launch, finish, retry and time the server's requests."""
+
+    def __init__(
+        self,
+        config: InferentialConfig,
+        backend: Backend,
+        ledger: Ledger,
+        registry: ClientRegistry,
+        metrics: MetricsStore,
+        clock: Callable[[], int],
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.ledger = ledger
+        self.registry = registry
+        self.metrics = metrics
+        self.clock = clock
+        self.models: dict[str, ModelInfo] = {}
+        self.inflight: dict[str, int] = defaultdict(int)
+        self.stopping = False
+        self.batches_running = 0
+        self.batches_idle: Optional[asyncio.Event] = None
+        self.scheduler: Scheduler = self._new_scheduler(config.scheduling)
+        self._held: dict[str, deque[list[InferenceRequest]]] = defaultdict(deque)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._wake: Optional[asyncio.Event] = None
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_at: Optional[int] = None
+        self._next_sweep_ns = 0
+        self._launching = False
+        self._completed: deque[Completed] = deque()
+        self._run_inline: Optional[Callable[[str, list[Any]], Any]] = None
+        self._model_labels: dict[str, dict[str, str]] = {}
+
+    def start(self, loop: asyncio.AbstractEventLoop, models: dict[str, ModelInfo]) -> None:
+        """The backend has started: take its models and serve on ``loop``."""
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self.batches_idle = asyncio.Event()
+        self.batches_idle.set()
+        self.models = models
+        self._run_inline = getattr(self.backend, "run_inline", None)
+        self._set_limits(self.scheduler, self.config.scheduling)
+
+    # -- the scheduler -------------------------------------------------------------
+
+    def _new_scheduler(self, cfg: SchedulingConfig) -> Scheduler:
+        sched = create_scheduler(cfg, clock=self.clock)
+        # Built-ins take the set of models with a free executor; README-style custom ones do not.
+        self._takes_ready = "ready_models" in inspect.signature(sched.next_batch).parameters
+        if hasattr(sched, "on_shed"):
+            sched.on_shed = self._on_shed  # type: ignore[method-assign]
+        self._set_limits(sched, cfg)
+        return sched
+
+    def _set_limits(self, sched: Scheduler, cfg: SchedulingConfig) -> None:
+        for name, info in self.models.items():
+            if hasattr(sched, "set_model_limits"):
+                sched.set_model_limits(name, max_batch_size=min(info.max_batch_size, cfg.max_batch_size), concurrency=info.concurrency)
+
+    def swap_scheduler(self, cfg: SchedulingConfig) -> None:
+        """Switch to the scheduler ``cfg`` describes, carrying the queued requests over."""
+        new = self._new_scheduler(cfg)
+        queued = self.drain_scheduler()
+        if hasattr(new, "adopt"):
+            new.adopt(queued)
+        else:
+            for req in queued:
+                new.submit(req)
+        self.scheduler = new
+        self.config.scheduling = cfg
+        logger.info("scheduler is now %s (%d requests carried over)", cfg.strategy, len(queued))
+        self.poke()
+
+    def drain_scheduler(self) -> list[InferenceRequest]:
+        pending = self.ledger.pending
+        if hasattr(self.scheduler, "drain"):
+            return [r for r in self.scheduler.drain() if r.seq in pending]
+        # A custom scheduler without drain(): take what it will give.
+        out: list[InferenceRequest] = []
+        while self.scheduler.queue_len():
+            batch = self.scheduler.next_batch()
+            if not batch:
+                break
+            out.extend(r for r in batch if r.seq in pending)
+        return out
+
+    def _on_shed(self, req: InferenceRequest, status: str, reason: str) -> None:
+        self.ledger.answer(req, _SHED_STATUS.get(status, Status.QUEUE_FULL), reason)
+
+    def submit(self, req: InferenceRequest) -> None:
+        """Queue an admitted request (already in the ledger)."""
+        try:
+            self.scheduler.submit(req)
+        except Exception as err:  # QueueFullError from a reject_newest queue or a custom scheduler
+            if req.seq in self.ledger.pending:
+                status = Status.QUEUE_FULL if type(err).__name__ == "QueueFullError" else Status.INVALID_REQUEST
+                self.ledger.answer(req, status, str(err) or "queue is full")
+
+    # -- the loop and its timers -----------------------------------------------------
+
+    def poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def after_change(self) -> None:
+        """Something arrived or finished: dispatch what can run, re-arm the timer."""
+        if self.stopping:
+            return
+        if self.ledger.gone:
+            self.settle_gone()
+        self.launch_ready()
+        self.arm_timer()
+
+    async def run(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            self.scheduler.tick()
+            self.expire_stragglers()
+            self.sweep_silent()
+            if self.ledger.gone:
+                self.settle_gone()
+            self.launch_ready()
+            self.arm_timer()
+            await self._wake.wait()
+
+    def arm_timer(self) -> None:
+        assert self._loop is not None
+        candidates = []
+        wake = getattr(self.scheduler, "next_wakeup_ns", None)
+        if wake is not None:
+            t = wake()
+            if t is not None:
+                candidates.append(t)
+        pending = self.ledger.pending
+        if pending:
+            oldest = next(iter(pending.values()))
+            candidates.append(oldest.arrival_ns + int(self.config.scheduling.request_ttl_ms * 1e6) + 1)
+        if self.registry.robots:
+            candidates.append(self._next_sweep_ns)
+        at = min(candidates) if candidates else None
+        if self._timer is not None and at is not None and self._timer_at is not None and self._timer_at <= at:
+            # Already due no later: when it fires, the dispatch loop re-arms for what is
+            # then the earliest time. Not re-arming on every arrival saves a timer each.
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            delay = max(0.0, (at - self.clock()) / 1e9)
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.poke()
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def expire_stragglers(self) -> None:
+        """The server's own TTL guarantee, whatever the scheduler does."""
+        ttl_ms = self.config.scheduling.request_ttl_ms
+        ttl_ns = int(ttl_ms * 1e6)
+        now = self.clock()
+        expired = []
+        for req in self.ledger.pending.values():  # oldest first: stop at the first one still in time
+            if now - req.arrival_ns <= ttl_ns:
+                break
+            if not req.running:
+                expired.append(req)
+        for req in expired:
+            waited = (now - req.arrival_ns) / 1e6
+            self.ledger.answer(req, Status.EXPIRED, f"waited {waited:.0f} ms, TTL is {ttl_ms:.0f} ms")
+
+    # -- robots ----------------------------------------------------------------------
+
+    def sweep_silent(self) -> None:
+        """Unregister robots silent for longer than the timeout.
+
+        Runs on a coarse schedule (a quarter of the timeout), not per request:
+        a robot is unregistered between 1 and 1.25 timeouts after it went quiet.
+        """
+        now = self.clock()
+        if now < self._next_sweep_ns:
+            return
+        self._next_sweep_ns = now + self.registry.timeout_ns // 4
+        for client_id in self.registry.silent(now):
+            self.unregister(client_id, "silent for longer than disconnect_timeout_s")
+
+    def settle_gone(self) -> None:
+        """Act on the ledger's report of disconnected peers: a robot with no
+        connection left is unregistered, and its requests are settled without a
+        reply (ZMQ has nowhere to send it)."""
+        for identity in self.ledger.take_gone():
+            for cid in self.registry.by_identity(identity):
+                robot = self.registry.robots.get(cid)
+                if robot is not None:
+                    robot.identities.discard(identity)
+                    if not robot.identities:
+                        self.unregister(cid, "connection closed", reachable=False)
+
+    def unregister(self, client_id: str, why: str, reachable: bool = True) -> None:
+        """Forget a robot and settle its waiting requests: CANCELLED, or without a
+        reply when it is not ``reachable``. Those running are answered when done."""
+        robot = self.registry.unregister(client_id)
+        if robot is None:
+            return
+        logger.info("robot %s unregistered: %s", client_id, why)
+        self.metrics.record("active_clients", len(self.registry.robots))
+        ledger = self.ledger
+        # Only this robot's queued requests: the others keep their place untouched.
+        waiting = self.scheduler.cancel_client(client_id)
+        waiting += [r for r in ledger.pending.values() if r.client_id == client_id and not r.running]  # held by a custom scheduler
+        for r in waiting:
+            if reachable:
+                ledger.answer(r, Status.CANCELLED, f"robot unregistered: {why}")
+            else:
+                ledger.drop(r)
+
+    # -- batches ---------------------------------------------------------------------
+
+    def launch_ready(self) -> None:
+        """Start every batch that can run; finish those that completed inline."""
+        if self._launching:
+            return  # the call below us loops until nothing more can start
+        self._launching = True
+        try:
+            completed = self._completed
+            while True:
+                self._launch_some()
+                if not completed:
+                    return
+                while completed:
+                    self._finish_batch(*completed.popleft())
+        finally:
+            self._launching = False
+
+    def _launch_some(self) -> None:
+        takes_ready = self._takes_ready
+        pending = self.ledger.pending
+        held = self._held
+        inflight = self.inflight
+        while True:
+            free = {m for m, info in self.models.items() if inflight[m] < info.concurrency}
+            if not free:
+                return
+            launched = False
+            for model in list(free):
+                if held[model]:
+                    self._launch(model, held[model].popleft())
+                    launched = True
+            if launched:
+                continue
+            pulled = self.scheduler.next_batch(ready_models=free) if takes_ready else self.scheduler.next_batch()  # type: ignore[call-arg]
+            if not pulled:
+                return  # nothing ready (a scheduler may hold requests back, e.g. to fill a batch)
+            batch = [r for r in pulled if r.seq in pending]
+            if not batch:
+                continue  # all already answered (expired, cancelled): pull again
+            by_model: dict[str, list[InferenceRequest]] = defaultdict(list)
+            for r in batch:
+                by_model[r.model_id].append(r)
+            for model, reqs in by_model.items():
+                if model in free and inflight[model] < self.models[model].concurrency:
+                    self._launch(model, reqs)
+                else:
+                    held[model].append(reqs)
+
+    def _launch(self, model: str, batch: list[InferenceRequest]) -> None:
+        pending = self.ledger.pending
+        batch = [r for r in batch if r.seq in pending]
+        if not batch:
+            return
+        self.inflight[model] += 1
+        for r in batch:
+            r.running = True
+        labels = self._model_labels.get(model)
+        if labels is None:
+            labels = self._model_labels[model] = {"model": model}
+        self.metrics.record("batch_size", len(batch), labels)
+        self.metrics.record("queue_depth", self.scheduler.queue_len(), labels)
+        self.batches_running += 1
+        assert self.batches_idle is not None
+        if self.batches_running == 1:
+            self.batches_idle.clear()
+        inputs = [r.inputs for r in batch]
+        if self._run_inline is not None:
+            start = self.clock()
+            outcome = self._run_inline(model, inputs)
+            if outcome is not None:  # ran here and now: finished by launch_ready's loop
+                self._completed.append((model, batch, start, *outcome))
+                return
+        start = self.clock()
+
+        def done(outcomes: Optional[list[Any]], error: Optional[BaseException]) -> None:
+            self._finish_batch(model, batch, start, outcomes, error)
+
+        try:
+            self.backend.submit(model, inputs, done)
+        except Exception as err:  # a backend that fails to even start the batch
+            asyncio.get_running_loop().call_soon(done, None, err)
+
+    def _finish_batch(
+        self,
+        model: str,
+        batch: list[InferenceRequest],
+        start: int,
+        outcomes: Optional[list[Any]],
+        error: Optional[BaseException],
+    ) -> None:
+        self.inflight[model] -= 1
+        self.batches_running -= 1
+        if self.batches_running == 0 and self.batches_idle is not None:
+            self.batches_idle.set()
+        end = self.clock()
+        infer_ms = (end - start) / 1e6
+        if error is None and outcomes is None:
+            error = RuntimeError("backend returned no outcomes")
+        if error is not None:
+            self._failed(model, batch, error)
+            return
+        assert outcomes is not None
+        self.scheduler.record_service_time(model, len(batch), infer_ms)
+        if not self.stopping:
+            self.launch_ready()  # keep the executor busy: start the next batch before replying
+        answer = self.ledger.answer
+        record = self.metrics.record
+        for r, out in zip(batch, outcomes):
+            # Per request, labelled by robot as the published README's callbacks expect.
+            record("inference_latency_ms", infer_ms, request_labels(r))
+            timing = ReplyTiming(
+                queue_wait_ms=(start - r.arrival_ns) / 1e6,
+                inference_ms=infer_ms,
+                batch_size=len(batch),
+            )
+            if isinstance(out, BaseException):
+                answer(r, Status.MODEL_ERROR, f"{type(out).__name__}: {out}", timing=timing)
+            else:
+                answer(r, Status.OK, outputs=out, timing=timing)
+        self._after_batch()
+
+    def _failed(self, model: str, batch: list[InferenceRequest], error: BaseException) -> None:
+        labels = {"model": model}
+        self.metrics.increment("dispatch_errors", labels)
+        logger.warning("batch of %d for %s failed: %s", len(batch), model, error)
+        pending = self.ledger.pending
+        for r in batch:
+            r.running = False
+            if r.seq not in pending:
+                continue
+            if self.stopping or not self._requeue(r):
+                attempts = self.config.scheduling.max_retries + 1
+                self.ledger.answer(r, Status.MODEL_ERROR, f"backend failed on all {attempts} attempts: {error}")
+            else:
+                self.metrics.increment("dispatch_retries", labels)
+        self._after_batch()
+
+    def _after_batch(self) -> None:
+        self.after_change()
+        transport = self.ledger.transport
+        if transport is not None:
+            transport.drain()  # sends can hide readable input from an edge-triggered fd
+
+    def _requeue(self, req: InferenceRequest) -> bool:
+        max_retries = self.config.scheduling.max_retries
+        if hasattr(self.scheduler, "requeue"):
+            return bool(self.scheduler.requeue(req))
+        if req.retries >= max_retries:
+            return False
+        req.retries += 1
+        self.scheduler.submit(req)
+        return True
+
+    def held(self) -> list[InferenceRequest]:
+        """Take every request pulled from the scheduler but not yet launched."""
+        out = [req for batches in self._held.values() for batch in batches for req in batch]
+        self._held.clear()
+        return out

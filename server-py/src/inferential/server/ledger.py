@@ -1,0 +1,156 @@
+"""The ledger: every admitted observation ends in exactly one reply.
+
+``pending`` holds each admitted request, oldest first, until it is answered. Every
+path that answers one (result, model error, expiry, shedding, cancellation,
+shutdown) goes through :meth:`Ledger.answer`, which pops it first, so a second
+answer is impossible. The ledger also counts replies by status and records the
+per-request metrics of each reply.
+
+A reply ZMQ cannot deliver because the peer disconnected is *reported*, not acted
+on: the identity goes to ``gone``, and the server unregisters the robot afterwards
+(:meth:`Ledger.take_gone`), outside any reply, dropping that robot's other
+requests silently rather than sending to a peer already known to be gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any, Callable, Mapping, Optional
+
+from inferential.metrics.store import MetricsStore
+from inferential.scheduler import InferenceRequest
+from inferential.server.protocol import Rejection, ReplyTiming, encode_reply
+from inferential.server.registry import ClientRegistry
+from inferential.server.transport import RouterTransport
+from inferential.wire import Status, status_name
+
+logger = logging.getLogger("inferential.server")
+
+# The shed statuses with a counter of their own besides `replies`.
+_SHED_METRIC = {Status.QUEUE_FULL: "queue_full_drops", Status.EXPIRED: "requests_expired"}
+PEER_GONE = "peer disconnected"
+
+
+def request_labels(req: InferenceRequest) -> dict[str, str]:
+    """The (robot, model) labels of a request's metrics, made once per request."""
+    labels = req.labels
+    if labels is None:
+        labels = req.labels = {"client": req.client_id, "model": req.model_id}
+    return labels
+
+
+class Ledger:
+    """The exactly-once table and the reply path."""
+
+    def __init__(self, metrics: MetricsStore, registry: ClientRegistry, clock: Callable[[], int]) -> None:
+        self.pending: dict[int, InferenceRequest] = {}
+        self.status_counts: dict[str, int] = defaultdict(int)
+        #: Identities whose reply failed because the peer disconnected, not yet acted on.
+        self.gone: list[bytes] = []
+        self.transport: Optional[RouterTransport] = None
+        self.stopping = False
+        self.replies_while_stopping = 0
+        self._metrics = metrics
+        self._registry = registry
+        self._clock = clock
+        self._reply_labels: dict[tuple[str, int], dict[str, str]] = {}
+
+    def answer(
+        self,
+        req: InferenceRequest,
+        status: int,
+        error: str = "",
+        outputs: Optional[Mapping[str, Any]] = None,
+        timing: Optional[ReplyTiming] = None,
+    ) -> None:
+        """Reply to ``req`` unless it was answered already. The signature of a
+        scheduler's ``on_shed(request, status, reason)`` too."""
+        if self.pending.pop(req.seq, None) is None:
+            return  # already answered: exactly one reply per observation
+        now = self._clock()
+        timing = timing or ReplyTiming()
+        timing.total_ms = (now - req.arrival_ns) / 1e6
+        common = dict(
+            identity=req.identity,
+            client_id=req.client_id,
+            model_id=req.model_id,
+            request_id=req.request_id,
+            protocol_version=req.protocol_version,
+            timing=timing,
+            observation_timestamp_ns=req.observation_timestamp_ns,
+            now_ns=time.time_ns(),
+        )
+        try:
+            frames = encode_reply(status=status, error=error, outputs=outputs, **common)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as err:  # an output the wire cannot carry
+            status, error = Status.MODEL_ERROR, f"model output cannot be sent: {err}"
+            frames = encode_reply(status=status, error=error, **common)  # type: ignore[arg-type]
+        self.send(frames, req.identity, req.model_id, status, req.client_id)
+        # Bookkeeping after the reply is on its way.
+        labels = request_labels(req)
+        metrics = self._metrics
+        metric = _SHED_METRIC.get(status)  # type: ignore[call-overload]
+        if metric:
+            metrics.increment(metric, labels)
+        if status == Status.OK:
+            metrics.record("scheduling_wait_ms", timing.queue_wait_ms, labels)
+            metrics.record("e2e_latency_ms", timing.total_ms, labels)
+        if status != Status.SUPERSEDED:  # a superseded request's robot got a fresher answer
+            met = status == Status.OK and timing.total_ms <= req.latency_budget_ms
+            metrics.record("slo_met", 1.0 if met else 0.0, labels)
+        robot = self._registry.robots.get(req.client_id)
+        if robot is not None:
+            robot.last_status = status_name(status)
+
+    def drop(self, req: InferenceRequest) -> None:
+        """Settle ``req`` without a reply: its peer is known to be gone."""
+        if self.pending.pop(req.seq, None) is not None:
+            self._metrics.increment("replies_undeliverable", {"model": req.model_id, "reason": PEER_GONE})
+
+    def reject(self, identity: bytes, rej: Rejection, wall_ns: int) -> None:
+        """Answer an observation refused before admission (never in ``pending``)."""
+        obs = rej.obs
+        client_id = obs.client.id if obs is not None else ""
+        model_id = obs.model_id if obs is not None else ""
+        logger.debug("rejected observation from %r: %s", client_id or identity, rej)
+        self._metrics.increment("observation_errors", {"status": status_name(rej.status)})
+        if not identity:
+            return
+        frames = encode_reply(
+            identity=identity,
+            client_id=client_id,
+            model_id=model_id,
+            request_id=obs.request_id if obs is not None else 0,
+            protocol_version=obs.protocol_version if obs is not None else 2,
+            status=rej.status,
+            error=rej.message,
+            observation_timestamp_ns=obs.timestamp_ns if obs is not None else 0,
+            now_ns=wall_ns,
+        )
+        self.send(frames, identity, model_id, rej.status)
+
+    def send(self, frames: list[Any], identity: bytes, model_id: str, status: int, client_id: str = "") -> None:
+        transport = self.transport
+        assert transport is not None
+        if self.stopping:
+            self.replies_while_stopping += 1
+        failure = transport.send(frames)
+        name = status_name(status)
+        self.status_counts[name] += 1
+        labels = self._reply_labels.get((model_id, status))
+        if labels is None:
+            labels = self._reply_labels[(model_id, status)] = {"model": model_id, "status": name}
+        self._metrics.increment("replies", labels)
+        if failure is None:
+            return
+        self._metrics.increment("replies_undeliverable", {"model": model_id, "reason": failure})
+        logger.info("reply %s for %s undeliverable: %s", name, client_id or identity, failure)
+        if failure == PEER_GONE:
+            self.gone.append(identity)
+
+    def take_gone(self) -> list[bytes]:
+        """The identities reported gone since the last call."""
+        gone, self.gone = self.gone, []
+        return gone
