@@ -1,0 +1,45 @@
+// Connection options: one struct with defaulted members, passed to Connection::create().
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "inferential/errors.hpp"
+#include "inferential/wire.hpp"
+
+namespace inferential {
+
+struct Options {
+  // "tcp://host:port" or "ipc://path"; without a scheme, tcp:// is assumed.
+  std::string endpoint = "tcp://127.0.0.1:5555";
+  // The robot's name as the server sees it; empty generates "{host}-{pid}-{6 hex}".
+  std::string client_id;
+  std::string client_type;  // free-form ("arm", "sensor")
+
+  // Reconnection (docs/protocol.md §8): after a failed or lost connection libzmq waits
+  // reconnect_ivl_ms, doubling after each failure up to reconnect_ivl_max_ms
+  // (0 = no doubling). reconnect_ivl_ms must be >= 1 (libzmq reads 0 as "never").
+  int reconnect_ivl_ms = 100;
+  int reconnect_ivl_max_ms = 5000;
+  int heartbeat_ivl_ms = 1000;      // ZMTP ping interval; 0 = off
+  int heartbeat_timeout_ms = 5000;  // a server silent this long after a ping is dropped
+  // Longest observe() waits for a connected server with room before failing with
+  // server_unavailable (ZMQ_SNDTIMEO with ZMQ_IMMEDIATE).
+  int send_timeout_ms = 1000;
+  int default_timeout_ms = 100;    // get_result() wait when none is given
+  int request_timeout_ms = 1000;   // request() wait when none is given
+  int send_hwm = 100;
+  int recv_hwm = 100;
+  std::string auth_token;  // sent with every observation when non-empty
+  // Join every tensor into exactly one payload frame (1.x servers read only one).
+  bool single_payload_frame = false;
+  Limits limits;
+};
+
+// Checks every option; the error (kind invalid_argument) names the first bad one.
+Result<void> validate(const Options& options);
+
+// "{hostname}-{pid}-{6 hex digits}": unique per process, readable in server logs.
+std::string default_client_id();
+
+}  // namespace inferential

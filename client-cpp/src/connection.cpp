@@ -1,0 +1,346 @@
+#include "inferential/connection.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+
+namespace inferential {
+
+namespace detail {
+
+// Everything a Connection and its Models share. Guarded by `mu`: libzmq sockets
+// are not thread-safe, and the matcher is a plain state machine.
+struct ConnectionState {
+  std::mutex mu;
+  Options options;
+  zmq::context_t context{1};
+  zmq::socket_t socket{context, zmq::socket_type::dealer};
+  Matcher matcher;
+  bool closed = false;
+
+  void close_locked() noexcept {
+    if (closed) return;
+    closed = true;
+    try {
+      socket.close();
+      context.close();
+    } catch (...) {
+      // Closing can only fail on a socket already gone; nothing left to release.
+    }
+  }
+  ~ConnectionState() { close_locked(); }
+};
+
+}  // namespace detail
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+std::uint64_t unix_now_ns() {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+// A waiting call holds the connection's mutex at most this long at a time.
+constexpr auto kWaitSlice = std::chrono::milliseconds(5);
+
+Error make_error(ErrorKind kind, std::string message, std::uint64_t rid = 0, std::string model = {}) {
+  Error e;
+  e.kind = kind;
+  e.message = std::move(message);
+  e.request_id = rid;
+  e.model_id = std::move(model);
+  return e;
+}
+
+Error closed_error(const Options* o) {
+  return make_error(ErrorKind::closed, "connection to " + (o ? o->endpoint : std::string("?")) + " is closed");
+}
+
+Error from_exception(const char* where) {
+  try {
+    throw;
+  } catch (const zmq::error_t& e) {
+    if (e.num() == ETERM || e.num() == ENOTSOCK) return make_error(ErrorKind::closed, std::string(where) + ": " + e.what());
+    return make_error(ErrorKind::internal, std::string(where) + ": zmq: " + e.what());
+  } catch (const std::exception& e) {
+    return make_error(ErrorKind::internal, std::string(where) + ": " + e.what());
+  } catch (...) {
+    return make_error(ErrorKind::internal, std::string(where) + ": unknown failure");
+  }
+}
+
+// Reads every message waiting on the socket into the matcher, without blocking.
+void drain(detail::ConnectionState& s) {
+  const Limits& limits = s.options.limits;
+  while (true) {
+    std::vector<zmq::message_t> frames;
+    zmq::message_t first;
+    if (!s.socket.recv(first, zmq::recv_flags::dontwait)) return;
+    frames.push_back(std::move(first));
+    while (frames.back().more()) {
+      zmq::message_t part;
+      // The remaining parts of a multipart message are already here.
+      if (!s.socket.recv(part, zmq::recv_flags::none)) break;
+      frames.push_back(std::move(part));
+    }
+    s.matcher.on_reply(decode_reply(std::move(frames), limits), now_ns());
+  }
+}
+
+// Waits until a message may be readable or `until` passes, holding the lock at most
+// one slice (the caller re-takes it and re-checks).
+void poll_slice(detail::ConnectionState& s, Clock::time_point until) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now());
+  if (left.count() <= 0) return;
+  left = std::min<std::chrono::milliseconds>(left + std::chrono::milliseconds(1), kWaitSlice);
+  zmq::pollitem_t item{static_cast<void*>(s.socket), 0, ZMQ_POLLIN, 0};
+  zmq::poll(&item, 1, left);
+}
+
+std::string normalize_endpoint(const std::string& endpoint) {
+  return endpoint.find("://") == std::string::npos ? "tcp://" + endpoint : endpoint;
+}
+
+}  // namespace
+
+// --- Connection ---------------------------------------------------------------------
+
+Result<Connection> Connection::create(Options options) noexcept {
+  try {
+    if (options.client_id.empty()) options.client_id = default_client_id();
+    if (auto v = validate(options); !v) return std::move(v).error();
+    options.endpoint = normalize_endpoint(options.endpoint);
+    auto state = std::make_shared<detail::ConnectionState>();
+    state->options = options;
+    auto& sock = state->socket;
+    const auto& o = state->options;
+    // Never a routing id: libzmq assigns a unique one, so two connections with the
+    // same client_id cannot steal each other's replies.
+    sock.set(zmq::sockopt::linger, 0);
+    // Queue nothing for a server that is not connected: a reconnect delivers no backlog.
+    sock.set(zmq::sockopt::immediate, 1);
+    sock.set(zmq::sockopt::reconnect_ivl, o.reconnect_ivl_ms);
+    sock.set(zmq::sockopt::reconnect_ivl_max, o.reconnect_ivl_max_ms);
+    sock.set(zmq::sockopt::heartbeat_ivl, o.heartbeat_ivl_ms);
+    sock.set(zmq::sockopt::heartbeat_timeout, o.heartbeat_timeout_ms);
+    sock.set(zmq::sockopt::sndhwm, o.send_hwm);
+    sock.set(zmq::sockopt::rcvhwm, o.recv_hwm);
+    sock.set(zmq::sockopt::sndtimeo, o.send_timeout_ms);
+    sock.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(o.limits.max_message_bytes));
+    try {
+      sock.connect(o.endpoint);
+    } catch (const zmq::error_t& e) {
+      return make_error(ErrorKind::invalid_argument, "cannot connect to '" + o.endpoint + "': " + e.what());
+    }
+    return Connection(std::move(state));
+  } catch (...) {
+    return from_exception("Connection::create");
+  }
+}
+
+Connection& Connection::operator=(Connection&& other) noexcept {
+  if (this != &other) {
+    close();
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+Connection::~Connection() { close(); }
+
+void Connection::close() noexcept {
+  if (!state_) return;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->close_locked();
+}
+
+bool Connection::closed() const noexcept {
+  if (!state_) return true;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->closed;
+}
+
+const Options& Connection::options() const noexcept {
+  static const Options none{};
+  return state_ ? state_->options : none;
+}
+
+Stats Connection::stats() const noexcept {
+  if (!state_) return {};
+  try {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (!state_->closed) drain(*state_);
+    return state_->matcher.stats();
+  } catch (...) {
+    return {};
+  }
+}
+
+Result<SocketOptions> Connection::socket_options() const noexcept {
+  if (!state_) return closed_error(nullptr);
+  try {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->closed) return closed_error(&state_->options);
+    auto& s = state_->socket;
+    SocketOptions o;
+    o.reconnect_ivl = s.get(zmq::sockopt::reconnect_ivl);
+    o.reconnect_ivl_max = s.get(zmq::sockopt::reconnect_ivl_max);
+    o.heartbeat_ivl = s.get(zmq::sockopt::heartbeat_ivl);
+    o.heartbeat_timeout = s.get(zmq::sockopt::heartbeat_timeout);
+    o.immediate = s.get(zmq::sockopt::immediate);
+    o.sndtimeo = s.get(zmq::sockopt::sndtimeo);
+    o.sndhwm = s.get(zmq::sockopt::sndhwm);
+    o.rcvhwm = s.get(zmq::sockopt::rcvhwm);
+    o.linger = s.get(zmq::sockopt::linger);
+    o.maxmsgsize = s.get(zmq::sockopt::maxmsgsize);
+    o.routing_id = s.get(zmq::sockopt::routing_id);
+    return o;
+  } catch (...) {
+    return from_exception("Connection::socket_options");
+  }
+}
+
+Result<Model> Connection::model(std::string model_id, ModelOptions options) const noexcept {
+  try {
+    if (!state_) return closed_error(nullptr);
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      if (state_->closed) return closed_error(&state_->options);
+    }
+    const Limits& l = state_->options.limits;
+    if (model_id.empty()) return make_error(ErrorKind::invalid_argument, "model_id is empty");
+    if (model_id.size() > l.max_key_bytes)
+      return make_error(ErrorKind::invalid_argument,
+                        "model_id is longer than " + std::to_string(l.max_key_bytes) + " bytes");
+    if (!is_valid_utf8(model_id)) return make_error(ErrorKind::invalid_argument, "model_id is not valid UTF-8");
+    if (!std::isfinite(options.latency_budget_ms) || options.latency_budget_ms < 0.0f)
+      return make_error(ErrorKind::invalid_argument, "latency_budget_ms must be finite and >= 0");
+    return Model(state_, std::move(model_id), options);
+  } catch (...) {
+    return from_exception("Connection::model");
+  }
+}
+
+// --- Model ----------------------------------------------------------------------------
+
+Result<std::uint64_t> Model::send(const Observation& obs, bool awaited) const {
+  auto& s = *state_;
+  // The lock is held from id assignment to the send, so ids leave in increasing order.
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.closed) return closed_error(&s.options);
+  drain(s);
+  const std::uint64_t rid = s.matcher.next_request_id();
+  EnvelopeFields f;
+  f.client_id = s.options.client_id;
+  f.client_type = s.options.client_type;
+  f.model_id = model_id_;
+  f.request_id = rid;
+  f.latency_budget_ms = options_.latency_budget_ms;
+  f.priority = options_.priority;
+  f.auth_token = s.options.auth_token;
+  f.timestamp_ns = unix_now_ns();
+  f.single_payload_frame = s.options.single_payload_frame;
+  auto frames = encode_observation(f, obs, s.options.limits);
+  if (!frames) {
+    Error e = std::move(frames).error();
+    e.model_id = model_id_;
+    return e;
+  }
+  s.matcher.track(rid, model_id_, awaited, now_ns());
+  try {
+    auto& parts = frames.value();
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+      const auto flags = i + 1 < parts.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
+      // Only the first part can block (ZMQ_SNDTIMEO with ZMQ_IMMEDIATE): once it is
+      // queued, the rest of the message is too.
+      if (!s.socket.send(parts[i], flags)) {
+        s.matcher.send_failed(rid);
+        return make_error(ErrorKind::server_unavailable,
+                          "no server at " + s.options.endpoint + " accepted the observation within " +
+                              std::to_string(s.options.send_timeout_ms) + " ms (not connected, or not reading)",
+                          rid, model_id_);
+      }
+    }
+  } catch (...) {
+    s.matcher.send_failed(rid);
+    Error e = from_exception("observe");
+    e.request_id = rid;
+    e.model_id = model_id_;
+    return e;
+  }
+  s.matcher.sent();
+  return rid;
+}
+
+Result<std::uint64_t> Model::observe(const Observation& observation) const noexcept {
+  try {
+    if (!state_) return closed_error(nullptr);
+    return send(observation, false);
+  } catch (...) {
+    return from_exception("observe");
+  }
+}
+
+Result<std::optional<Reply>> Model::get_result(std::optional<int> timeout_ms) const noexcept {
+  try {
+    if (!state_) return closed_error(nullptr);
+    auto& s = *state_;
+    const int wait = std::max(0, timeout_ms.value_or(s.options.default_timeout_ms));
+    const auto until = Clock::now() + std::chrono::milliseconds(wait);
+    while (true) {
+      std::lock_guard<std::mutex> lock(s.mu);
+      if (s.closed) return closed_error(&s.options);
+      drain(s);
+      if (auto reply = s.matcher.take_latest(model_id_)) {
+        if (auto err = error_for_reply(*reply)) return std::move(*err);
+        return std::optional<Reply>(std::move(*reply));
+      }
+      if (Clock::now() >= until) return std::optional<Reply>();
+      poll_slice(s, until);
+    }
+  } catch (...) {
+    return from_exception("get_result");
+  }
+}
+
+Result<Reply> Model::request(const Observation& observation, std::optional<int> timeout_ms) const noexcept {
+  try {
+    if (!state_) return closed_error(nullptr);
+    auto& s = *state_;
+    const int wait = std::max(0, timeout_ms.value_or(s.options.request_timeout_ms));
+    auto rid = send(observation, true);
+    if (!rid) return std::move(rid).error();
+    const auto until = Clock::now() + std::chrono::milliseconds(wait);
+    while (true) {
+      std::lock_guard<std::mutex> lock(s.mu);
+      if (s.closed) return closed_error(&s.options);
+      drain(s);
+      if (auto got = s.matcher.take_awaited(*rid)) {
+        if (!*got) return std::move(*got).error();
+        Reply reply = std::move(got->value());
+        if (auto err = error_for_reply(reply)) return std::move(*err);
+        return reply;
+      }
+      if (Clock::now() >= until) {
+        s.matcher.abandon(*rid);
+        return make_error(ErrorKind::timeout,
+                          "no reply to request " + std::to_string(*rid) + " from model '" + model_id_ +
+                              "' within " + std::to_string(wait) + " ms",
+                          *rid, model_id_);
+      }
+      poll_slice(s, until);
+    }
+  } catch (...) {
+    return from_exception("request");
+  }
+}
+
+}  // namespace inferential
