@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 import zmq
 
-from inferential._codec import encode_observation, parse_reply
+from inferential._envelope import encode_observation, parse_reply
 from inferential._proto import inferential_pb2 as pb
 from inferential.wire import DEFAULT_LIMITS
 

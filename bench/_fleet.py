@@ -10,7 +10,7 @@ no thread per robot contending for the GIL, no asyncio task per message, so
 the robots keep their rates while the server is loaded (the send lag is
 measured and reported). Robots are open loop: each sends on its own period
 whatever the replies. Observations are encoded with the client SDK's codec
-(``inferential._codec``), so the bytes on the wire are the SDK's, but the
+(``inferential._envelope``), so the bytes on the wire are the SDK's, but the
 sockets are read directly: the benchmark must see *every* reply, including
 the ones a robot calling ``get_result()`` would discard as older than its
 newest, to account for each request.
@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 import zmq
 
-from inferential._codec import encode_observation, parse_reply
+from inferential._envelope import encode_observation, parse_reply
 from inferential._proto import inferential_pb2 as pb
 from inferential.wire import DEFAULT_LIMITS
 

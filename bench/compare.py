@@ -64,7 +64,7 @@ from _fleet import IMAGE as SMALL_IMAGE  # noqa: E402
 from _peers import IMAGE, JOINTS, PY, REPO, cpu_seconds, free_port, pause, resume, start_echo, start_server, stop, measure_echo, time_round_trips, wait_ready  # noqa: E402
 
 from inferential import AsyncConnection, Connection  # noqa: E402
-from inferential._codec import encode_observation  # noqa: E402
+from inferential._envelope import encode_observation  # noqa: E402
 from inferential._proto import inferential_pb2 as pb  # noqa: E402
 from inferential.wire import DEFAULT_LIMITS  # noqa: E402
 

@@ -7,7 +7,8 @@ import pytest
 
 from client_peer import reply_frames
 from inferential import errors
-from inferential._codec import ReplyRouter, decode_reply, encode_observation
+from inferential._envelope import decode_reply, encode_observation
+from inferential._matching import ReplyMatcher
 from inferential._proto import inferential_pb2 as pb
 from inferential.result import Result
 from inferential.wire import RETRYABLE, BFloat16, Limits, Status, WireError, decode_tensors
@@ -175,53 +176,53 @@ def test_an_unknown_future_status_raises_the_base_class():
 # --- matching -------------------------------------------------------------------
 
 
-def sent(router, model, awaited=False):
-    rid = router.next_request_id()
-    router.track(rid, model, awaited)
-    router.sent()
+def sent(matcher, model, awaited=False):
+    rid = matcher.next_request_id()
+    matcher.track(rid, model, awaited)
+    matcher.sent()
     return rid
 
 
 def test_request_ids_start_at_one_and_increase():
-    router = ReplyRouter(LIMITS)
-    assert [router.next_request_id() for _ in range(3)] == [1, 2, 3]
+    matcher = ReplyMatcher(LIMITS)
+    assert [matcher.next_request_id() for _ in range(3)] == [1, 2, 3]
 
 
 def test_replies_are_kept_per_model():
-    router = ReplyRouter(LIMITS)
-    a, b = sent(router, "a"), sent(router, "b")
-    assert router.on_reply(reply_frames("b", b)) == ("b", b, False)
-    assert router.on_reply(reply_frames("a", a)) == ("a", a, False)
-    assert router.take_latest("a").request_id == a and router.take_latest("b").request_id == b
-    assert router.take_latest("a") is None
+    matcher = ReplyMatcher(LIMITS)
+    a, b = sent(matcher, "a"), sent(matcher, "b")
+    assert matcher.on_reply(reply_frames("b", b)) == (("b", b, False),)
+    assert matcher.on_reply(reply_frames("a", a)) == (("a", a, False),)
+    assert matcher.take_latest("a").request_id == a and matcher.take_latest("b").request_id == b
+    assert matcher.take_latest("a") is None
 
 
 def test_a_reply_older_than_a_delivered_one_is_stale():
-    router = ReplyRouter(LIMITS)
-    r1, r2 = sent(router, "m"), sent(router, "m")
-    router.on_reply(reply_frames("m", r2))
-    assert router.take_latest("m").request_id == r2
-    assert router.on_reply(reply_frames("m", r1)) is None
-    assert router.take_latest("m") is None and router.stats.stale_dropped == 1
+    matcher = ReplyMatcher(LIMITS)
+    r1, r2 = sent(matcher, "m"), sent(matcher, "m")
+    matcher.on_reply(reply_frames("m", r2))
+    assert matcher.take_latest("m").request_id == r2
+    assert matcher.on_reply(reply_frames("m", r1)) == ()
+    assert matcher.take_latest("m") is None and matcher.stats.stale_dropped == 1
 
 
 def test_an_unread_reply_is_replaced_by_a_newer_one_and_counted_stale():
-    router = ReplyRouter(LIMITS)
-    r1, r2 = sent(router, "m"), sent(router, "m")
-    router.on_reply(reply_frames("m", r1))
-    router.on_reply(reply_frames("m", r2))
-    assert router.take_latest("m").request_id == r2
-    assert router.stats.stale_dropped == 1 and router.stats.by_status == {"OK": 2}
+    matcher = ReplyMatcher(LIMITS)
+    r1, r2 = sent(matcher, "m"), sent(matcher, "m")
+    matcher.on_reply(reply_frames("m", r1))
+    matcher.on_reply(reply_frames("m", r2))
+    assert matcher.take_latest("m").request_id == r2
+    assert matcher.stats.stale_dropped == 1 and matcher.stats.by_status == {"OK": 2}
 
 
 def test_unknown_duplicate_and_mismatched_replies_are_counted_and_dropped():
-    router = ReplyRouter(LIMITS)
-    r1 = sent(router, "m")
-    assert router.on_reply(reply_frames("m", 42)) is None  # never sent
-    assert router.on_reply(reply_frames("other", r1)) is None  # wrong model
-    assert router.on_reply(reply_frames("m", r1)) is not None
-    assert router.on_reply(reply_frames("m", r1)) is None  # duplicate
-    assert router.stats.unknown_dropped == 3 and router.stats.received == 4
+    matcher = ReplyMatcher(LIMITS)
+    r1 = sent(matcher, "m")
+    assert matcher.on_reply(reply_frames("m", 42)) == ()  # never sent
+    assert matcher.on_reply(reply_frames("other", r1)) == ()  # wrong model
+    assert matcher.on_reply(reply_frames("m", r1)) != ()
+    assert matcher.on_reply(reply_frames("m", r1)) == ()  # duplicate
+    assert matcher.stats.unknown_dropped == 3 and matcher.stats.received == 4
 
 
 @pytest.mark.parametrize(
@@ -234,65 +235,65 @@ def test_unknown_duplicate_and_mismatched_replies_are_counted_and_dropped():
     ],
 )
 def test_malformed_frames_are_counted_and_dropped(frames):
-    router = ReplyRouter(LIMITS)
-    sent(router, "m")
-    assert router.on_reply(frames) is None
-    assert router.stats.malformed_dropped == 1
+    matcher = ReplyMatcher(LIMITS)
+    sent(matcher, "m")
+    assert matcher.on_reply(frames) == ()
+    assert matcher.stats.malformed_dropped == 1
 
 
 def test_a_malformed_tensor_is_dropped_but_fails_the_request_waiting_for_it():
-    router = ReplyRouter(LIMITS)
-    r1 = sent(router, "m")
-    r2 = sent(router, "m", awaited=True)
+    matcher = ReplyMatcher(LIMITS)
+    r1 = sent(matcher, "m")
+    r2 = sent(matcher, "m", awaited=True)
     for rid in (r1, r2):
         frames = reply_frames("m", rid, tensors={"a": np.zeros(4, np.float32)})
-        assert router.on_reply(frames[:2] + [b"short"]) == (None if rid == r1 else ("m", r2, True))
-    assert router.take_latest("m") is None
-    assert isinstance(router.take_awaited(r2), WireError)
-    assert router.stats.malformed_dropped == 2
+        assert matcher.on_reply(frames[:2] + [b"short"]) == (() if rid == r1 else (("m", r2, True),))
+    assert matcher.take_latest("m") is None
+    assert isinstance(matcher.take_awaited(r2), WireError)
+    assert matcher.stats.malformed_dropped == 2
 
 
 def test_a_superseded_reply_is_skipped_by_latest_but_given_to_its_waiter():
-    router = ReplyRouter(LIMITS)
-    r1, r2 = sent(router, "m"), sent(router, "m", awaited=True)
-    assert router.on_reply(reply_frames("m", r1, status=pb.SUPERSEDED)) is None
-    assert router.take_latest("m") is None
-    router.on_reply(reply_frames("m", r2, status=pb.SUPERSEDED))
-    assert router.take_awaited(r2).status == Status.SUPERSEDED
-    assert router.stats.by_status == {"SUPERSEDED": 2}
+    matcher = ReplyMatcher(LIMITS)
+    r1, r2 = sent(matcher, "m"), sent(matcher, "m", awaited=True)
+    assert matcher.on_reply(reply_frames("m", r1, status=pb.SUPERSEDED)) == ()
+    assert matcher.take_latest("m") is None
+    matcher.on_reply(reply_frames("m", r2, status=pb.SUPERSEDED))
+    assert matcher.take_awaited(r2).status == Status.SUPERSEDED
+    assert matcher.stats.by_status == {"SUPERSEDED": 2}
 
 
 def test_a_late_reply_to_an_abandoned_request_is_stale():
-    router = ReplyRouter(LIMITS)
-    rid = sent(router, "m", awaited=True)
-    router.abandon(rid)
-    assert router.on_reply(reply_frames("m", rid)) is None
-    assert router.take_latest("m") is None and router.stats.stale_dropped == 1
+    matcher = ReplyMatcher(LIMITS)
+    rid = sent(matcher, "m", awaited=True)
+    matcher.abandon(rid)
+    assert matcher.on_reply(reply_frames("m", rid)) == ()
+    assert matcher.take_latest("m") is None and matcher.stats.stale_dropped == 1
 
 
 def test_1x_replies_without_request_id_match_the_oldest_outstanding_request():
-    router = ReplyRouter(LIMITS)
-    r1, r2 = sent(router, "m"), sent(router, "m")
+    matcher = ReplyMatcher(LIMITS)
+    r1, r2 = sent(matcher, "m"), sent(matcher, "m")
     legacy = reply_frames("m", 0, status=0, protocol_version=0, timing=None)
-    router.on_reply(legacy)
-    assert router.take_latest("m").request_id == r1
-    router.on_reply(legacy)
-    assert router.take_latest("m").request_id == r2
-    assert router.on_reply(legacy) is None and router.stats.unknown_dropped == 1
+    matcher.on_reply(legacy)
+    assert matcher.take_latest("m").request_id == r1
+    matcher.on_reply(legacy)
+    assert matcher.take_latest("m").request_id == r2
+    assert matcher.on_reply(legacy) == () and matcher.stats.unknown_dropped == 1
 
 
 def test_outstanding_requests_are_bounded():
-    router = ReplyRouter(LIMITS)
-    first = sent(router, "m")
-    for _ in range(ReplyRouter.MAX_PENDING):
-        sent(router, "m")
-    assert router.outstanding() == ReplyRouter.MAX_PENDING
-    assert router.on_reply(reply_frames("m", first)) is None and router.stats.unknown_dropped == 1
+    matcher = ReplyMatcher(LIMITS)
+    first = sent(matcher, "m")
+    for _ in range(ReplyMatcher.MAX_OUTSTANDING):
+        sent(matcher, "m")
+    assert matcher.outstanding() == ReplyMatcher.MAX_OUTSTANDING
+    assert matcher.on_reply(reply_frames("m", first)) == () and matcher.stats.unknown_dropped == 1
 
 
 def test_a_failed_send_is_forgotten_and_counted():
-    router = ReplyRouter(LIMITS)
-    rid = router.next_request_id()
-    router.track(rid, "m", False)
-    router.untrack(rid)
-    assert router.outstanding() == 0 and router.stats.send_failed == 1 and router.stats.sent == 0
+    matcher = ReplyMatcher(LIMITS)
+    rid = matcher.next_request_id()
+    matcher.track(rid, "m", False)
+    matcher.untrack(rid)
+    assert matcher.outstanding() == 0 and matcher.stats.send_failed == 1 and matcher.stats.sent == 0

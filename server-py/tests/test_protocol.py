@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from inferential._proto import inferential_pb2 as pb
-from inferential.server.protocol import Rejection, decode_request, encode_reply, ReplyTiming
+from inferential.result import Timing
+from inferential.server.protocol import Rejection, decode_request, encode_reply
 from inferential.wire import Limits, pack_tensors
 
 LIMITS = Limits()
@@ -63,8 +64,8 @@ CASES = [
     ("offset past payload", lambda o: setattr(o.tensors[0], "byte_offset", 10), "outside the 64-byte payload"),
     ("offset overflow", lambda o: setattr(o.tensors[0], "byte_offset", 2**64 - 8), "outside"),
     ("empty key", lambda o: setattr(o.tensors[0], "key", ""), "empty key"),
-    ("empty client id", lambda o: o.client.__setattr__("id", ""), "client.id is empty"),
-    ("empty model id", lambda o: setattr(o, "model_id", ""), "model_id is empty"),
+    ("empty client id", lambda o: o.client.__setattr__("id", ""), "client.id: must not be empty"),
+    ("empty model id", lambda o: setattr(o, "model_id", ""), "model_id: must not be empty"),
     ("NaN urgency", lambda o: setattr(o, "urgency", math.nan), "urgency is nan"),
     ("negative budget", lambda o: setattr(o, "latency_budget_ms", -1.0), "latency_budget_ms is negative"),
     ("too many dims", lambda o: o.tensors[0].shape.extend([1] * 8), "dimensions, limit is 8"),
@@ -125,7 +126,7 @@ def test_reply_to_v2_peer_keeps_frames_and_status():
     frames = encode_reply(
         identity=b"peer", client_id="arm-1", model_id="policy", request_id=9, protocol_version=2,
         status=pb.OK, outputs={"actions": big, "small": np.zeros(3, np.int8), "note": "hi"},
-        timing=ReplyTiming(1.0, 2.0, 3.5, 4),
+        timing=Timing(1.0, 2.0, 3.5, 4),
     )
     assert frames[0] == b"peer" and frames[1] == b""
     resp = pb.ModelResponse.FromString(frames[2])

@@ -11,11 +11,11 @@ from pkgutil import extend_path
 
 __path__ = extend_path(__path__, __name__)  # the server's half may live in another folder
 
-# The client SDK. (The client's model handle is inferential.client.Model, returned by
-# Connection.model(); the name inferential.Model is the server's model contract.)
-from inferential._codec import ConnectionStats  # noqa: E402
-from inferential.aio import AsyncConnection  # noqa: E402
-from inferential.client import Connection, default_client_id  # noqa: E402
+# The client SDK. (The client's model handle is ModelHandle, returned by Connection.model();
+# the name inferential.Model is the server's model contract.)
+from inferential._matching import ConnectionStats  # noqa: E402
+from inferential.aio import AsyncConnection, AsyncModelHandle  # noqa: E402
+from inferential.client import Connection, ModelHandle, default_client_id  # noqa: E402
 from inferential.errors import (  # noqa: E402
     Cancelled,
     ConnectionClosed,
@@ -33,16 +33,18 @@ from inferential.errors import (  # noqa: E402
     Superseded,
     Unauthenticated,
     UnknownModel,
+    WireError,
 )
-from inferential.options import ClientOptions  # noqa: E402
+from inferential.options import ClientOptions, ObservationHints  # noqa: E402
 from inferential.result import Result, Timing  # noqa: E402
-from inferential.wire import PROTOCOL_VERSION, BFloat16, Limits, Status, WireError  # noqa: E402
+from inferential.wire import PROTOCOL_VERSION, BFloat16, Limits, Status  # noqa: E402
 
 __version__ = "2.0.0.dev0"
 
 __all__ = [
     "PROTOCOL_VERSION",
     "AsyncConnection",
+    "AsyncModelHandle",
     "BFloat16",
     "Cancelled",
     "ClientOptions",
@@ -55,6 +57,8 @@ __all__ = [
     "InvalidRequest",
     "Limits",
     "ModelError",
+    "ModelHandle",
+    "ObservationHints",
     "ProtocolError",
     "QueueFull",
     "RequestFailed",

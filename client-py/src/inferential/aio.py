@@ -5,31 +5,36 @@ file descriptor, attached on first use): every reply is received as soon as it
 arrives and routed to the model it belongs to, or to the request() waiting for
 it, with no task or future per message. Sends do not block the loop. A
 connection belongs to the event loop it is first used in.
+
+Request ids are taken when observe()/request() is called, before any await: tasks
+sending at once may reach the socket in another order, so the server can see ids out
+of order across tasks (each task's own ids still increase).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Optional, Union
-
 import time
+from typing import Any, Optional, Union
 
 import zmq
 
-from inferential.client import (
-    _NOBLOCK,
-    _SNDMORE,
+from inferential._connection import (
     DEFAULT_SERVER,
-    _ConnectionBase,
-    _ModelBase,
-    _waiting_messages,
-    _zsend,
-    observation_fields,
+    NOBLOCK,
+    SNDMORE,
+    ConnectionBase,
+    ModelHandleBase,
+    waiting_messages,
+    zsend,
 )
+from inferential._envelope import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PRIORITY
 from inferential.errors import ConnectionClosed
-from inferential.options import ClientOptions
+from inferential.options import ClientOptions, ObservationHints, takes_hints
 from inferential.result import Result
+
+__all__ = ["AsyncConnection", "AsyncModel", "AsyncModelHandle"]
 
 log = logging.getLogger("inferential.client")
 
@@ -37,7 +42,7 @@ _Num = Union[int, float]
 _TIMED_OUT = object()
 
 
-class AsyncConnection(_ConnectionBase):
+class AsyncConnection(ConnectionBase):
     """``async with AsyncConnection("tcp://host:5555", client_id="agent-01") as conn: ...``
 
     Arguments and options are those of inferential.Connection.
@@ -57,9 +62,11 @@ class AsyncConnection(_ConnectionBase):
         self._events: dict[str, asyncio.Event] = {}
         self._waiters: dict[int, asyncio.Future[Any]] = {}
 
-    def model(self, model_id: str, latency_budget_ms: float = 50.0, priority: int = 1) -> "AsyncModel":
+    def model(
+        self, model_id: str, latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS, priority: int = DEFAULT_PRIORITY
+    ) -> "AsyncModelHandle":
         self._check_open()
-        return AsyncModel(self, model_id, latency_budget_ms, priority)
+        return AsyncModelHandle(self, model_id, latency_budget_ms, priority)
 
     def close(self) -> None:
         """Stop the reader and close the socket at once. Idempotent."""
@@ -103,40 +110,38 @@ class AsyncConnection(_ConnectionBase):
         read until nothing is left, here and after every send)."""
         if self._closed:
             return
-        router = self._router
-        for frames in _waiting_messages(self._socket):
+        matcher = self._matcher
+        for frames in waiting_messages(self._socket):
             try:
-                routed = router.on_reply(frames)
+                deliveries = matcher.on_reply(frames)
             except Exception:  # never lose the reader over one reply
                 log.exception("could not route a reply")
                 continue
-            if routed is None:
-                continue
-            model_id, rid, awaited = routed
-            if awaited:
-                value = router.take_awaited(rid)
-                fut = self._waiters.pop(rid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(value)
-            else:
-                event = self._events.get(model_id)
-                if event is not None:
-                    event.set()
+            for model_id, rid, awaited in deliveries:
+                if awaited:
+                    value = matcher.take_awaited(rid)
+                    fut = self._waiters.pop(rid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(value)
+                else:
+                    event = self._events.get(model_id)
+                    if event is not None:
+                        event.set()
 
     async def _send(self, frames: list[Any], request_id: int, model_id: str, awaited: bool) -> None:
         self._check_open()
         self._ensure_reader()
-        router = self._router
-        router.track(request_id, model_id, awaited)
+        matcher = self._matcher
+        matcher.track(request_id, model_id, awaited)
         try:
             await self._send_frames(frames)
         except zmq.Again:
-            router.untrack(request_id)
+            matcher.untrack(request_id)
             raise self._unavailable() from None
         except BaseException:
-            router.untrack(request_id)
+            matcher.untrack(request_id)
             raise
-        router.sent()
+        matcher.sent()
         self._on_readable()  # a send can hide input from the edge-triggered descriptor
 
     async def _send_frames(self, frames: list[Any]) -> None:
@@ -148,7 +153,7 @@ class AsyncConnection(_ConnectionBase):
         delay = 0.001
         while True:
             try:
-                _zsend(sock, frames[0], _NOBLOCK | _SNDMORE if last else _NOBLOCK, copy)
+                zsend(sock, frames[0], NOBLOCK | SNDMORE if last else NOBLOCK, copy)
                 break
             except zmq.Again:
                 now = time.monotonic()
@@ -161,7 +166,7 @@ class AsyncConnection(_ConnectionBase):
                 self._check_open()
         # The first frame is queued: the rest of the message goes with it.
         for i in range(1, last + 1):
-            _zsend(sock, frames[i], _SNDMORE if i < last else 0, copy)
+            zsend(sock, frames[i], SNDMORE if i < last else 0, copy)
 
     def _event(self, model_id: str) -> asyncio.Event:
         event = self._events.get(model_id)
@@ -170,26 +175,17 @@ class AsyncConnection(_ConnectionBase):
         return event
 
 
-class AsyncModel(_ModelBase):
+class AsyncModelHandle(ModelHandleBase):
     """Observations to one model and its results, over an AsyncConnection.
 
-    Same semantics as inferential.Model; see its docstrings.
+    Same semantics as inferential.client.ModelHandle; see its docstrings.
     """
 
     connection: AsyncConnection
 
-    async def observe(
-        self,
-        urgency: float = 0.0,
-        steps_remaining: Optional[int] = None,
-        priority: Optional[int] = None,
-        deadline_ns: Optional[int] = None,
-        actions_remaining: Optional[int] = None,
-        control_rate_hz: Optional[_Num] = None,
-        **inputs: Any,
-    ) -> int:
-        fields = observation_fields(urgency, steps_remaining, priority, deadline_ns, actions_remaining, control_rate_hz)
-        rid, frames = self._prepare(fields, inputs)
+    @takes_hints
+    async def observe(self, **inputs: Any) -> int:
+        rid, frames = self._prepare(ObservationHints.take(inputs), inputs)
         await self.connection._send(frames, rid, self.model_id, awaited=False)
         return rid
 
@@ -203,7 +199,7 @@ class AsyncModel(_ModelBase):
         event = conn._event(self.model_id)
         while True:
             event.clear()
-            result = conn._router.take_latest(self.model_id)
+            result = conn._matcher.take_latest(self.model_id)
             if result is not None:
                 return result.raise_for_status()
             conn._check_open()
@@ -215,22 +211,12 @@ class AsyncModel(_ModelBase):
             except asyncio.TimeoutError:
                 pass
 
-    async def request(
-        self,
-        timeout_ms: Optional[_Num] = None,
-        urgency: float = 0.0,
-        steps_remaining: Optional[int] = None,
-        priority: Optional[int] = None,
-        deadline_ns: Optional[int] = None,
-        actions_remaining: Optional[int] = None,
-        control_rate_hz: Optional[_Num] = None,
-        **inputs: Any,
-    ) -> Result:
-        fields = observation_fields(urgency, steps_remaining, priority, deadline_ns, actions_remaining, control_rate_hz)
+    @takes_hints
+    async def request(self, timeout_ms: Optional[_Num] = None, **inputs: Any) -> Result:
         conn = self.connection
         wait = conn.options.request_timeout_ms if timeout_ms is None else timeout_ms
-        rid, frames = self._prepare(fields, inputs)
-        router = conn._router
+        rid, frames = self._prepare(ObservationHints.take(inputs), inputs)
+        matcher = conn._matcher
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         conn._waiters[rid] = fut
         try:
@@ -244,7 +230,7 @@ class AsyncModel(_ModelBase):
             got = await fut
         except asyncio.CancelledError:
             conn._waiters.pop(rid, None)
-            router.abandon(rid)
+            matcher.abandon(rid)
             raise
         finally:
             timer.cancel()
@@ -259,3 +245,7 @@ class AsyncModel(_ModelBase):
 def _time_out(fut: "asyncio.Future[Any]") -> None:
     if not fut.done():
         fut.set_result(_TIMED_OUT)
+
+
+# The 1.x-era name of the handle, kept for compatibility.
+AsyncModel = AsyncModelHandle

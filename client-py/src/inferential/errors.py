@@ -5,7 +5,7 @@
     ├── RequestTimeout          request() saw no reply in time (also a builtin TimeoutError)
     ├── ConnectionClosed        the Connection was used after close()
     ├── ProtocolError           a message breaks the wire protocol
-    │   └── wire.WireError      ... with the offending field named (also a ValueError)
+    │   └── WireError           ... with the offending field named (also a ValueError)
     └── RequestFailed           the server answered with a non-OK status
         ├── InvalidRequest, UnknownModel, Unauthenticated, Superseded   (retryable: no)
         └── ModelError, Expired, QueueFull, DeadlineUnmeetable,
@@ -13,6 +13,8 @@
 
 ``RequestFailed.retryable`` is what the server said (the ``retryable`` field of a
 version-2 reply); for older replies it comes from the status table in the proto.
+``RequestFailed.retry_after_ms`` is the server's hint (QUEUE_FULL, DEADLINE_UNMEETABLE)
+of when a fresh observation may succeed; the client never retries by itself.
 """
 
 from __future__ import annotations
@@ -52,12 +54,22 @@ class ProtocolError(InferentialError):
     """A message breaks the wire protocol (docs/protocol.md)."""
 
 
+class WireError(ProtocolError, ValueError):
+    """A message that breaks the protocol. ``field`` names the offending part."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 class RequestFailed(InferentialError):
     """The server answered an observation with a non-OK status.
 
     ``status`` is the proto Status number, ``status_name`` its name, ``message``
     the server's reason, ``retryable`` whether a fresh observation can succeed
-    without anything else changing. ``result`` is the full reply.
+    without anything else changing, ``retry_after_ms`` the server's hint of how long
+    to wait first (0: none). ``result`` is the full reply.
     """
 
     def __init__(
@@ -68,6 +80,7 @@ class RequestFailed(InferentialError):
         request_id: int = 0,
         model_id: str = "",
         retryable: bool = False,
+        retry_after_ms: int = 0,
         result: Optional[object] = None,
     ) -> None:
         name = pb.Status.Name(status) if status in pb.Status.values() else f"Status({status})"
@@ -79,6 +92,7 @@ class RequestFailed(InferentialError):
         self.request_id = request_id
         self.model_id = model_id
         self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
         self.result = result
 
 

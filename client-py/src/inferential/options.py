@@ -1,12 +1,14 @@
-"""Connection options: one frozen dataclass, shared by the sync and async clients."""
+"""What a user sets: connection options (one frozen dataclass, shared by the sync and async
+clients) and the scheduling hints of one observation (declared once, here)."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar, Union
 
-from inferential.wire import DEFAULT_LIMITS, Limits
+from inferential.wire.limits import DEFAULT_LIMITS, Limits
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,8 @@ class ClientOptions:
     failed attempt up to ``reconnect_ivl_max_ms``.
 
     Attributes:
-        reconnect_ivl_ms: first reconnection delay (ZMQ_RECONNECT_IVL).
+        reconnect_ivl_ms: first reconnection delay (ZMQ_RECONNECT_IVL), at least 1: libzmq
+            reads 0 as "never reconnect", which a robot never wants.
         reconnect_ivl_max_ms: cap of the doubling delay (ZMQ_RECONNECT_IVL_MAX);
             0 means no doubling, every attempt after ``reconnect_ivl_ms``.
         heartbeat_ivl_ms: ZMTP ping interval (ZMQ_HEARTBEAT_IVL); 0 disables heartbeats.
@@ -62,6 +65,10 @@ class ClientOptions:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"ClientOptions.{f.name} must be an int >= 0, got {value!r}")
+        if self.reconnect_ivl_ms == 0:
+            raise ValueError(
+                "ClientOptions.reconnect_ivl_ms must be >= 1: libzmq reads 0 as 'never reconnect'"
+            )
         if self.reconnect_ivl_max_ms and self.reconnect_ivl_max_ms < self.reconnect_ivl_ms:
             raise ValueError(
                 "ClientOptions.reconnect_ivl_max_ms must be 0 or >= reconnect_ivl_ms "
@@ -70,7 +77,7 @@ class ClientOptions:
         if self.auth_token is not None and not isinstance(self.auth_token, str):
             raise TypeError("ClientOptions.auth_token must be a str or None")
         if not isinstance(self.limits, Limits):
-            raise TypeError("ClientOptions.limits must be an inferential.wire.Limits")
+            raise TypeError("ClientOptions.limits must be an inferential.Limits")
 
     def replace(self, **changes: Any) -> "ClientOptions":
         """A copy with ``changes`` applied (unknown names raise TypeError)."""
@@ -93,3 +100,49 @@ def resolve_options(options: Optional[ClientOptions], overrides: dict[str, Any])
     if unknown:
         raise TypeError(f"unknown connection option(s): {', '.join(unknown)}")
     return dataclasses.replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class ObservationHints:
+    """The scheduling hints of one observation: keyword arguments of ``observe()`` and
+    ``request()`` (sync and asyncio), declared once here.
+
+    Attributes:
+        urgency: 0..1, how much the robot needs this answer soon.
+        steps_remaining: steps left in the robot's trajectory.
+        priority: overrides the model handle's priority (0 = highest); None keeps it.
+        deadline_ns: absolute deadline, Unix epoch ns.
+        actions_remaining: actions left in the robot's action queue.
+        control_rate_hz: rate at which the robot consumes those actions.
+    """
+
+    urgency: float = 0.0
+    steps_remaining: Optional[int] = None
+    priority: Optional[int] = None
+    deadline_ns: Optional[int] = None
+    actions_remaining: Optional[int] = None
+    control_rate_hz: Optional[Union[int, float]] = None
+
+    @classmethod
+    def take(cls, inputs: dict[str, Any]) -> "ObservationHints":
+        """Remove the hint keywords from ``inputs`` (the rest are tensors and metadata)."""
+        found = {name: inputs.pop(name) for name in _HINT_NAMES if name in inputs}
+        return cls(**found) if found else _NO_HINTS
+
+
+_HINT_NAMES = tuple(f.name for f in dataclasses.fields(ObservationHints))
+_NO_HINTS = ObservationHints()
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def takes_hints(method: _F) -> _F:
+    """Show the hints in ``method``'s signature (help(), IDEs) ahead of its ``**inputs``."""
+    sig = inspect.signature(method)
+    params = list(sig.parameters.values())
+    hints = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        for f in dataclasses.fields(ObservationHints)
+    ]
+    method.__signature__ = sig.replace(parameters=params[:-1] + hints + params[-1:])  # type: ignore[attr-defined]
+    return method

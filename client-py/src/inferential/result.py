@@ -8,17 +8,21 @@ from typing import Iterator, Mapping, Optional, Union
 import numpy as np
 
 from inferential.errors import error_for_status
-from inferential.wire import Status
+from inferential.wire.status import Status
 
 
-@dataclass(frozen=True)
+@dataclass
 class Timing:
-    """Server-side timing of one request, milliseconds (proto ServerTiming)."""
+    """Server-side timing of one request, milliseconds: the proto's ServerTiming message.
 
-    queue_wait_ms: float
-    inference_ms: float
-    total_ms: float
-    batch_size: int
+    The one Python name for it, on both sides: the client reads it from replies; the
+    server fills it in as the request moves through its stages, then encodes it.
+    """
+
+    queue_wait_ms: float = 0.0
+    inference_ms: float = 0.0
+    total_ms: float = 0.0
+    batch_size: int = 0
 
 
 class Result(Mapping[str, np.ndarray]):
@@ -29,6 +33,8 @@ class Result(Mapping[str, np.ndarray]):
     outputs. ``status`` is a :class:`inferential.wire.Status` (1.x replies, which
     carry none, read as OK); ``timing`` is None when the server sent none (1.x).
     ``round_trip_ms`` is measured by this client, from ``observe()`` to receipt.
+    ``retry_after_ms`` is the server's hint with QUEUE_FULL and DEADLINE_UNMEETABLE (0:
+    none); the client never retries by itself.
     """
 
     __slots__ = (
@@ -37,6 +43,7 @@ class Result(Mapping[str, np.ndarray]):
         "status",
         "error",
         "retryable",
+        "retry_after_ms",
         "metadata",
         "timing",
         "inference_latency_ms",
@@ -58,6 +65,7 @@ class Result(Mapping[str, np.ndarray]):
         metadata: Mapping[str, str],
         error: str = "",
         retryable: bool = False,
+        retry_after_ms: int = 0,
         timing: Optional[Timing] = None,
         inference_latency_ms: float = 0.0,
         response_id: str = "",
@@ -71,6 +79,7 @@ class Result(Mapping[str, np.ndarray]):
         self.status = status
         self.error = error
         self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
         self.metadata = dict(metadata)
         self.timing = timing
         self.inference_latency_ms = inference_latency_ms
@@ -118,6 +127,7 @@ class Result(Mapping[str, np.ndarray]):
             request_id=self.request_id,
             model_id=self.model_id,
             retryable=self.retryable,
+            retry_after_ms=self.retry_after_ms,
             result=self,
         )
 

@@ -1,8 +1,10 @@
-"""Bytes <-> messages on the server side. Pure: no sockets, no clocks, no state.
+"""Bytes <-> messages on the server side. No sockets and no clock; the one state is the
+counter that makes reply ids unique.
 
 ``decode_request`` turns the frames a ROUTER received into a validated
 observation or raises ``Rejection`` carrying the status and a precise reason;
-``encode_reply`` builds the frames of a ModelResponse.
+``encode_reply`` builds the frames of a ModelResponse. The framing, tensor and limit
+rules are the client's own (``inferential.wire``), so both sides word them alike.
 """
 
 from __future__ import annotations
@@ -11,22 +13,26 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
 from inferential._proto import inferential_pb2 as pb
+from inferential.result import Timing
 from inferential.wire import (
     PROTOCOL_VERSION,
     RETRYABLE,
     Limits,
     WireError,
     check_metadata,
+    check_text,
     decode_tensors,
     join_payload,
     pack_tensors,
+    split_frames,
     status_name,
 )
+from inferential.wire.limits import buffer, nbytes
 
 
 class Rejection(Exception):
@@ -46,14 +52,6 @@ class Decoded:
     payload_bytes: int
 
 
-def _buffer(frame: Any) -> memoryview | bytes:
-    return frame.buffer if hasattr(frame, "buffer") else frame
-
-
-def _nbytes(buf: Any) -> int:
-    return buf.nbytes if isinstance(buf, memoryview) else len(buf)
-
-
 def decode_request(frames: Sequence[Any], limits: Limits) -> tuple[bytes, Decoded]:
     """(identity, decoded observation) from ``[identity, b"", envelope, *payload]``.
 
@@ -62,35 +60,35 @@ def decode_request(frames: Sequence[Any], limits: Limits) -> tuple[bytes, Decode
     """
     if len(frames) < 1:
         raise Rejection(pb.INVALID_REQUEST, "empty message")
-    buffers = [_buffer(f) for f in frames]
-    identity = bytes(buffers[0])
-    if len(buffers) < 3:
-        raise Rejection(pb.INVALID_REQUEST, f"expected [b'', envelope, payload...], got {len(frames) - 1} frames")
-    if _nbytes(buffers[1]) != 0:
-        raise Rejection(pb.INVALID_REQUEST, "the first frame must be the empty delimiter")
-    segments = buffers[3:]
-    payload_bytes = sum(_nbytes(b) for b in segments)
-    total = payload_bytes + _nbytes(buffers[2])
-    if total > limits.max_message_bytes:
-        raise Rejection(pb.INVALID_REQUEST, f"message of {total} bytes exceeds the {limits.max_message_bytes}-byte limit")
+    identity = bytes(buffer(frames[0]))
+    try:
+        envelope, segments = split_frames(frames[1:], limits)
+    except WireError as err:
+        raise Rejection(pb.INVALID_REQUEST, str(err)) from None
     obs = pb.Observation()
     try:
-        obs.ParseFromString(buffers[2])
+        obs.ParseFromString(envelope)
     except Exception as err:  # DecodeError and friends
-        raise Rejection(pb.INVALID_REQUEST, f"envelope is not a valid Observation: {err}") from None
-    return identity, decode_observation(obs, segments, limits, payload_bytes)
+        salvaged, why = _salvage(envelope)
+        raise Rejection(pb.INVALID_REQUEST, why or f"envelope is not a valid Observation: {err}", salvaged) from None
+    return identity, decode_observation(obs, segments, limits)
 
 
 _HINTS = ("urgency", "latency_budget_ms", "control_rate_hz")
 
 
 def decode_observation(
-    obs: pb.Observation, segments: Sequence[memoryview | bytes], limits: Limits, payload_bytes: Optional[int] = None
+    obs: pb.Observation, segments: Sequence[Any], limits: Limits, payload_bytes: Optional[int] = None
 ) -> Decoded:
-    if not obs.client.id:
-        raise Rejection(pb.INVALID_REQUEST, "client.id is empty", obs)
-    if not obs.model_id:
-        raise Rejection(pb.INVALID_REQUEST, "model_id is empty", obs)
+    try:
+        check_text("client.id", obs.client.id, limits.max_id_bytes, required=True)
+        check_text("model_id", obs.model_id, limits.max_id_bytes, required=True)
+        if obs.client.type:
+            check_text("client.type", obs.client.type, limits.max_id_bytes)
+        if obs.auth_token:
+            check_text("auth_token", obs.auth_token, limits.max_auth_token_bytes)
+    except WireError as err:
+        raise Rejection(pb.INVALID_REQUEST, str(err), obs) from None
     # One comparison per hint in the common case; NaN fails 0 <= x < inf as it should.
     if not (0.0 <= obs.urgency < math.inf and 0.0 <= obs.latency_budget_ms < math.inf and 0.0 <= obs.control_rate_hz < math.inf):
         for name in _HINTS:
@@ -115,20 +113,111 @@ def decode_observation(
     else:
         inputs = tensors
     if payload_bytes is None:
-        payload_bytes = sum(_nbytes(s) for s in segments)
+        payload_bytes = sum(nbytes(s) for s in segments)
     return Decoded(obs=obs, inputs=inputs, payload_bytes=payload_bytes)
+
+
+# --- what can be read from an envelope protobuf refused -------------------------
+# The usual cause is a string field that is not UTF-8, which makes the whole envelope
+# unparseable. Reading the raw fields recovers the ids the reply must echo (so the
+# client's request() fails at once, with the field named) and finds the bad field.
+
+_VARINT_FIELDS = {2: ("timestamp_ns", 2**64 - 1), 9: ("request_id", 2**64 - 1), 10: ("protocol_version", 2**32 - 1)}
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, i
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of each field; ValueError when the bytes are not protobuf."""
+    i, n = 0, len(buf)
+    while i < n:
+        key, i = _varint(buf, i)
+        number, wire_type = key >> 3, key & 7
+        value: Any
+        if wire_type == 0:
+            value, i = _varint(buf, i)
+        elif wire_type == 2:
+            length, i = _varint(buf, i)
+            value, i = buf[i : i + length], i + length
+        elif wire_type in (1, 5):
+            size = 8 if wire_type == 1 else 4
+            value, i = buf[i : i + size], i + size
+        else:
+            raise ValueError(f"wire type {wire_type}")
+        if i > n:
+            raise ValueError("truncated field")
+        yield number, wire_type, value
+
+
+def _text(raw: bytes) -> Optional[str]:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _salvage(envelope: Any) -> tuple[Optional[pb.Observation], str]:
+    """The ids of an envelope that did not parse, and the first string field that is not UTF-8."""
+    obs = pb.Observation()
+    bad: list[str] = []
+    try:
+        tensor_index = 0
+        for number, wire_type, value in _fields(bytes(envelope)):
+            if wire_type == 0 and number in _VARINT_FIELDS:
+                name, maximum = _VARINT_FIELDS[number]
+                setattr(obs, name, value & maximum)
+            elif wire_type != 2:
+                continue
+            elif number == 1:  # Client
+                for sub, sub_type, raw in _fields(value):
+                    if sub_type == 2 and sub in (1, 2):
+                        text = _text(raw)
+                        if text is None:
+                            bad.append("client.id" if sub == 1 else "client.type")
+                        elif sub == 1:
+                            obs.client.id = text
+            elif number == 5:
+                text = _text(value)
+                if text is None:
+                    bad.append("model_id")
+                else:
+                    obs.model_id = text
+            elif number == 15 and _text(value) is None:
+                bad.append("auth_token")
+            elif number == 7:  # a metadata entry: key = 1, value = 2
+                for sub, sub_type, raw in _fields(value):
+                    if sub_type == 2 and sub in (1, 2) and _text(raw) is None:
+                        bad.append("metadata key" if sub == 1 else "metadata value")
+            elif number == 4:
+                for sub, sub_type, raw in _fields(value):
+                    if sub == 1 and sub_type == 2 and _text(raw) is None:
+                        bad.append(f"tensors[{tensor_index}].key")
+                tensor_index += 1
+    except ValueError:
+        return None, ""
+    if not bad:
+        return obs, ""
+    return obs, f"{bad[0]} is not valid UTF-8: the envelope is not a valid Observation"
 
 
 _boot = os.urandom(4).hex()
 _reply_counter = itertools.count(1)
 
 
-@dataclass
-class ReplyTiming:
-    queue_wait_ms: float = 0.0
-    inference_ms: float = 0.0
-    total_ms: float = 0.0
-    batch_size: int = 0
+# The 1.x-era name of the server's timing record: the proto's ServerTiming is one Python
+# class, inferential.Timing, on both sides. Kept while the server's engine still uses it.
+ReplyTiming = Timing
 
 
 def encode_reply(
@@ -141,14 +230,16 @@ def encode_reply(
     status: int,
     error: str = "",
     outputs: Optional[Mapping[str, Any]] = None,
-    timing: Optional[ReplyTiming] = None,
+    timing: Optional[Timing] = None,
     observation_timestamp_ns: int = 0,
     now_ns: int = 0,
+    retry_after_ms: int = 0,
 ) -> list[Any]:
     """The frames ``[identity, b"", envelope, *payload]`` of one reply.
 
     1.x peers (protocol_version 0) get exactly one payload frame, and the status
     and error mirrored in metadata, since they cannot read the new fields.
+    ``retry_after_ms`` is a hint for QUEUE_FULL and DEADLINE_UNMEETABLE (0: none).
     """
     resp = pb.ModelResponse()
     resp.client.id = client_id
@@ -160,6 +251,8 @@ def encode_reply(
     resp.retryable = status in RETRYABLE
     resp.protocol_version = PROTOCOL_VERSION
     resp.observation_timestamp_ns = observation_timestamp_ns
+    if retry_after_ms:
+        resp.retry_after_ms = retry_after_ms
     if error:
         resp.error = error
     if timing is not None:
