@@ -12,6 +12,36 @@ from inferential.server import BackgroundServer, Server
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED_PYTHON = REPO / ".venv-published" / "bin" / "python"
 
+# The published README's "Custom Scheduler" snippet, verbatim (from
+# ../shared/reference/inferential-package-readme.txt); the fixture
+# `readme_custom_scheduler` runs its definition, test_readme_snippets all of it.
+README_CUSTOM_SCHEDULER = '''
+from inferential.scheduler.base import Scheduler, register_scheduler
+
+@register_scheduler("my_scheduler")
+class MyScheduler(Scheduler):
+    def __init__(self, config):
+        self._queue = []
+
+    def submit(self, request):
+        self._queue.append(request)
+
+    def next_batch(self):
+        batch, self._queue = self._queue[:8], self._queue[8:]
+        return batch
+
+    def tick(self):
+        pass
+
+    def status(self):
+        return {"queue_len": len(self._queue)}
+
+    def queue_len(self):
+        return len(self._queue)
+
+server.use_scheduler("my_scheduler")
+'''
+
 TEST_MODELS = {
     "noop": "inferential.models.testing:NoOp",
     "echo": "inferential.models.testing:Echo",

@@ -167,13 +167,16 @@ def test_requests_past_their_ttl_are_answered_expired():
         assert replies[i].timing.total_ms < 80  # answered on the timer, not when the model freed up
 
 
-def test_failed_batches_are_retried_then_answered_model_error():
+@pytest.mark.parametrize("strategy", ["deadline_aware", "my_scheduler"])
+def test_failed_batches_are_retried_then_answered_model_error(strategy, readme_custom_scheduler):
+    """max_retries holds for a README-style custom scheduler too (the interface's requeue)."""
     from inferential.models.testing import Flaky
 
-    with running_server(models={"flaky": Flaky(failures=1)}, scheduling={"max_retries": 1}) as (_, endpoint):
+    sched = {"max_retries": 1, "strategy": strategy}
+    with running_server(models={"flaky": Flaky(failures=1)}, scheduling=sched) as (_, endpoint):
         with Connection(server=endpoint, client_id="retry") as conn:
             assert conn.model("flaky").request(timeout_ms=5000, x=np.zeros(1, np.float32)).ok
-    with running_server(models={"flaky": Flaky(failures=5)}, scheduling={"max_retries": 1}) as (server, endpoint):
+    with running_server(models={"flaky": Flaky(failures=5)}, scheduling=sched) as (server, endpoint):
         with Connection(server=endpoint, client_id="retry") as conn:
             with pytest.raises(inferential.ModelError, match="failed on all 2 attempts"):
                 conn.model("flaky").request(timeout_ms=5000, x=np.zeros(1, np.float32))

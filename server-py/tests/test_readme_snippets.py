@@ -15,7 +15,7 @@ import pytest
 
 from inferential import InferenceRequest, Server
 
-from server_helpers import running_server
+from server_helpers import README_CUSTOM_SCHEDULER as CUSTOM_SCHEDULER, running_server
 
 CLIENT_QUICKSTART = '''
 import numpy as np
@@ -75,33 +75,6 @@ def score(req: InferenceRequest) -> float:
 server.use_scheduler("deadline_aware", policy="safety_first")
 '''
 
-CUSTOM_SCHEDULER = '''
-from inferential.scheduler.base import Scheduler, register_scheduler
-
-@register_scheduler("my_scheduler")
-class MyScheduler(Scheduler):
-    def __init__(self, config):
-        self._queue = []
-
-    def submit(self, request):
-        self._queue.append(request)
-
-    def next_batch(self):
-        batch, self._queue = self._queue[:8], self._queue[8:]
-        return batch
-
-    def tick(self):
-        pass
-
-    def status(self):
-        return {"queue_len": len(self._queue)}
-
-    def queue_len(self):
-        return len(self._queue)
-
-server.use_scheduler("my_scheduler")
-'''
-
 METRICS = '''
 # Query stats over a time window
 stats = server.metrics.get_stats("inference_latency_ms", window_seconds=60)
@@ -157,14 +130,16 @@ def run(snippet: str, namespace: dict) -> dict:
 
 @pytest.fixture
 def readme_server():
-    """A server where the README's client expects it: localhost:5555, model policy-v2."""
-    with running_server(models={"policy-v2": "inferential.models.testing:NoOp"}, transport={"bind": "tcp://127.0.0.1:5555"}) as pair:
+    """A server serving the README's model, policy-v2, on a free port."""
+    with running_server(models={"policy-v2": "inferential.models.testing:NoOp"}) as pair:
         yield pair
 
 
 def test_client_quickstart_and_observation_api(readme_server):
-    server, _ = readme_server
-    ns = run(CLIENT_QUICKSTART, {})
+    server, endpoint = readme_server
+    # The snippet as printed, with the test server's address for the README's localhost:5555.
+    assert CLIENT_QUICKSTART.count('"tcp://localhost:5555"') == 1
+    ns = run(CLIENT_QUICKSTART.replace('"tcp://localhost:5555"', repr(endpoint)), {})
     # 50 ms is the README's choice; on a loaded CI machine the first reply can take longer.
     result = ns["result"] or ns["model"].get_result(timeout_ms=2000)
     assert result["actions"].shape == (7,)

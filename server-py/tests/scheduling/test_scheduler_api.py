@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
 from inferential.config.schema import SchedulingConfig
@@ -20,56 +18,32 @@ from inferential.scheduler import (
     Scheduler,
     available_schedulers,
     create_scheduler,
-    next_batch_for,
 )
+from inferential.scheduler.interface import takes_ready_models
+from inferential.wire import Status
 
-README_CUSTOM_SCHEDULER = '''
-from inferential.scheduler.base import Scheduler, register_scheduler
-
-@register_scheduler("my_scheduler")
-class MyScheduler(Scheduler):
-    def __init__(self, config):
-        self._queue = []
-
-    def submit(self, request):
-        self._queue.append(request)
-
-    def next_batch(self):
-        batch, self._queue = self._queue[:8], self._queue[8:]
-        return batch
-
-    def tick(self):
-        pass
-
-    def status(self):
-        return {"queue_len": len(self._queue)}
-
-    def queue_len(self):
-        return len(self._queue)
-'''
-
-
-def test_readme_custom_scheduler_runs_verbatim_through_the_factory():
-    namespace: dict = {}
-    exec(textwrap.dedent(README_CUSTOM_SCHEDULER), namespace)
+def test_readme_custom_scheduler_runs_verbatim_through_the_factory(readme_custom_scheduler):
     assert "my_scheduler" in available_schedulers()
 
-    scheduler = create_scheduler(SchedulingConfig(strategy="my_scheduler"))
-    assert isinstance(scheduler, namespace["MyScheduler"])
+    scheduler = create_scheduler(SchedulingConfig(strategy="my_scheduler", max_retries=1))
+    assert type(scheduler) is readme_custom_scheduler
     requests = [InferenceRequest(client_id=f"r{i}", model_id="m") for i in range(10)]
     for r in requests:
         scheduler.submit(r)
     assert scheduler.queue_len() == 10
-    assert next_batch_for(scheduler, {"m"}) == requests[:8]  # called without ready_models
+    assert not takes_ready_models(type(scheduler))  # the server calls it without ready_models
+    assert scheduler.next_batch() == requests[:8]
     assert scheduler.status() == {"queue_len": 2}
     # The interface defaults give it the rest of what the server calls.
     assert scheduler.next_wakeup_ns() is None
-    assert scheduler.requeue(requests[0]) is False
-    assert scheduler.drain() == requests[8:]
+    scheduler.max_retries = 1  # as the server sets it from scheduling.max_retries
+    assert scheduler.requeue(requests[0]) is True and requests[0].retries == 1
+    assert scheduler.requeue(requests[0]) is False  # retries used up: the caller answers it
+    assert scheduler.drain() == requests[8:] + requests[:1]
     scheduler.adopt(requests[:3])
     assert scheduler.queue_len() == 3
-    scheduler.on_shed(requests[0], "QUEUE_FULL", "custom shed")
-    assert scheduler.shed_log[-1].status == "QUEUE_FULL"
+    scheduler.on_shed(requests[0], Status.QUEUE_FULL, "custom shed")
+    assert scheduler.shed_log[-1].status == Status.QUEUE_FULL
 
 
 def test_readme_standalone_usage_with_the_default_clock():
@@ -117,6 +91,7 @@ def test_builtin_strategies_are_registered_and_built_on_the_injected_clock(clock
     for name, cls in expected.items():
         scheduler = create_scheduler(SchedulingConfig(strategy=name), clock=clock)
         assert type(scheduler) is cls and isinstance(scheduler, QueuedScheduler)
+        assert takes_ready_models(cls)
         assert scheduler.clock is clock
         assert scheduler.status()["strategy"] == name
 

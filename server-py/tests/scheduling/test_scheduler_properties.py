@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sched_fakes import MS, FakeClock
 from inferential.config.schema import SchedulingConfig
 from inferential.scheduler import InferenceRequest, create_scheduler, effective_deadline_ns
+from inferential.wire import Status
 
 STRATEGIES = ["fifo", "deadline_aware", "batch_optimized", "priority_tiered", "round_robin", "edf"]
 MODELS = ["m0", "m1"]
@@ -155,7 +156,7 @@ def test_every_request_ends_exactly_once_and_never_after_its_ttl(config, arrival
     assert len(trace.state) == len(arrivals)
     assert set(trace.state.values()) <= {"done", "shed", "model_error"}
     assert status["queue_len"] == 0
-    shed_counts = {s: list(trace.shed_status.values()).count(s) for s in status["shed"]}
+    shed_counts = {s: list(trace.shed_status.values()).count(Status[s]) for s in status["shed"]}
     assert shed_counts == status["shed"]
     # No starvation beyond the TTL: each request was dispatched or explicitly shed by then.
     ttl_ns = int(config["request_ttl_ms"] * MS)

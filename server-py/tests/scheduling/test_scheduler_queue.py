@@ -8,12 +8,14 @@ import pytest
 from sched_fakes import MS
 from inferential.config.schema import SchedulingConfig
 from inferential.scheduler import ServiceTimeModel, create_scheduler, derive_deadline_ns
+from inferential.wire import Status
 
 STRATEGIES = ["fifo", "deadline_aware", "batch_optimized", "priority_tiered", "round_robin", "edf"]
 
 
 def statuses(scheduler):
-    return [(r.client_id, status) for r, status, _ in scheduler.sheds]
+    # Status(...) refuses anything but the wire's status numbers.
+    return [(r.client_id, Status(status).name) for r, status, _ in scheduler.sheds]
 
 
 def linear_service(scheduler, model="m", fixed=2.0, per_item=1.0, sizes=range(1, 9)):
@@ -141,7 +143,7 @@ def test_per_robot_cap_sheds_that_robots_own_oldest(build, make, clock):
     for client in ("greedy", "greedy", "other", "greedy"):
         s.submit(make(client))
         clock.advance_ms(1)
-    assert [(r.request_id, status) for r, status, _ in s.sheds] == [(1, "QUEUE_FULL")]
+    assert [(r.request_id, status) for r, status, _ in s.sheds] == [(1, Status.QUEUE_FULL)]
     assert "per_client_queue_cap" in s.sheds[0][2]
     assert sorted(r.request_id for r in s.next_batch()) == [2, 3, 4]
 
@@ -165,7 +167,7 @@ def test_edf_coalesces_by_default_and_reports_superseded(build, make, clock):
     s.submit(make("r1", "other-model"))  # another stream of the same robot is kept
     new = make("r1")
     s.submit(new)
-    assert [(r.request_id, status) for r, status, _ in s.sheds] == [(old.request_id, "SUPERSEDED")]
+    assert [(r.request_id, status) for r, status, _ in s.sheds] == [(old.request_id, Status.SUPERSEDED)]
     assert s.queue_len() == 2
 
 
@@ -197,7 +199,7 @@ def test_a_retried_request_does_not_supersede_a_newer_one(build, make, clock):
     new = make("r1")
     s.submit(new)
     assert s.requeue(old) is True  # handled: shed, not MODEL_ERROR
-    assert [(r.request_id, status) for r, status, _ in s.sheds] == [(old.request_id, "SUPERSEDED")]
+    assert [(r.request_id, status) for r, status, _ in s.sheds] == [(old.request_id, Status.SUPERSEDED)]
     assert s.next_batch() == [new]
 
 
@@ -354,7 +356,7 @@ def test_default_on_shed_keeps_a_bounded_log(clock):
         s.submit(InferenceRequest("b", "m", request_id=100 + i))
     assert len(s.shed_log) == s.shed_log_size
     last = s.shed_log[-1]
-    assert (last.client_id, last.status, last.request_id) == ("b", "QUEUE_FULL", 100 + s.shed_log_size + 4)
+    assert (last.client_id, last.status, last.request_id) == ("b", Status.QUEUE_FULL, 100 + s.shed_log_size + 4)
 
 
 def test_status_reports_depths_and_shed_counts(build, make):
@@ -447,7 +449,7 @@ def test_reject_admission_sheds_what_load_makes_late_but_runs_a_budget_shorter_t
         assert s.submit(make(f"r{i}", deadline_ms=45 if i < 4 else 100))  # 50 ms of work queued, all on time
     late = make("late", deadline_ms=45)  # meetable on an idle server, not as the fifth of 45 ms deadlines
     assert not s.submit(late)
-    assert [(r.client_id, status) for r, status, _ in s.sheds] == [("late", "DEADLINE_UNMEETABLE")]
+    assert [(r.client_id, status) for r, status, _ in s.sheds] == [("late", Status.DEADLINE_UNMEETABLE)]
     mismatch = make("slow-model", deadline_ms=5)  # budget shorter than the model's 10 ms alone
     assert s.submit(mismatch) and mismatch.deprioritized
     order = []

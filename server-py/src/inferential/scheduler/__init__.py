@@ -4,7 +4,8 @@ Pure policy over an injected clock; no sockets, no threads. See
 :mod:`inferential.scheduler.queued` for the queue rules every built-in shares.
 """
 
-from inferential.scheduler.base import (
+from inferential.scheduler.deadlines import derive_deadline_ns, effective_deadline_ns
+from inferential.scheduler.interface import (
     DEADLINE_UNMEETABLE,
     EXPIRED,
     QUEUE_FULL,
@@ -14,16 +15,16 @@ from inferential.scheduler.base import (
     Scheduler,
     SchedulerError,
     ShedRecord,
+)
+from inferential.scheduler.queued import QueuedScheduler
+from inferential.scheduler.registry import (
     available_policies,
     available_schedulers,
     create_scheduler,
     get_policy,
-    next_batch_for,
     register_policy,
     register_scheduler,
 )
-from inferential.scheduler.deadlines import derive_deadline_ns, effective_deadline_ns
-from inferential.scheduler.queued import QueuedScheduler
 from inferential.scheduler.request import InferenceRequest
 from inferential.scheduler.service_time import ServiceTimeModel
 from inferential.scheduler.strategies import (
@@ -61,7 +62,6 @@ __all__ = [
     "derive_deadline_ns",
     "effective_deadline_ns",
     "get_policy",
-    "next_batch_for",
     "register_policy",
     "register_scheduler",
     "score_factors",

@@ -59,7 +59,7 @@ from collections import Counter, deque
 from typing import ClassVar, Iterable, Mapping, Optional
 
 from inferential.config.schema import SchedulingConfig
-from inferential.scheduler.base import (
+from inferential.scheduler.interface import (
     DEADLINE_UNMEETABLE,
     EXPIRED,
     QUEUE_FULL,
@@ -68,6 +68,7 @@ from inferential.scheduler.base import (
     Clock,
     Scheduler,
 )
+from inferential.wire import Status
 from inferential.scheduler.request import InferenceRequest
 from inferential.scheduler.service_time import ServiceTimeModel
 
@@ -93,7 +94,8 @@ class QueuedScheduler(Scheduler):
         self.config = config if config is not None else SchedulingConfig()
         self.clock: Clock = clock or time.monotonic_ns
         self.shed_log: deque = deque(maxlen=self.shed_log_size)
-        self.shed_counts: Counter[str] = Counter()
+        self.shed_counts: Counter[Status] = Counter()
+        self.max_retries = self.config.max_retries
         self.coalesce = self.config.coalesce if self.config.coalesce is not None else self.coalesce_by_default
         self._ttl_ns = int(self.config.request_ttl_ms * 1e6)
         self._queued: dict[int, InferenceRequest] = {}
@@ -144,7 +146,7 @@ class QueuedScheduler(Scheduler):
         by the usual rules.
         """
         request.retries += 1
-        if request.retries > self.config.max_retries:
+        if request.retries > self.max_retries:
             return False
         request.deprioritized = False
         self._admit(request, self.clock())
@@ -449,7 +451,7 @@ class QueuedScheduler(Scheduler):
             "models": dict(depth),
             "deprioritized": sum(len(q) for q in self._late.values()),
             "clients": len(self._by_client),
-            "shed": {status: self.shed_counts[status] for status in SHED_STATUSES},
+            "shed": {status.name: self.shed_counts[status] for status in SHED_STATUSES},
             "coalesce": self.coalesce,
             "admission": self.config.admission,
         }
@@ -501,7 +503,7 @@ class QueuedScheduler(Scheduler):
         request.deprioritized = True
         self._late.setdefault(request.model_id, {})[request.seq] = request
 
-    def _shed(self, request: InferenceRequest, status: str, reason: str, now: int) -> None:
+    def _shed(self, request: InferenceRequest, status: Status, reason: str, now: int) -> None:
         self._remove(request)
         request.refresh(now)
         self.shed_counts[status] += 1

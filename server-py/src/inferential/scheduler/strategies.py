@@ -8,7 +8,8 @@ import math
 from typing import Callable, Mapping, Optional
 
 from inferential.config.schema import SchedulingConfig
-from inferential.scheduler.base import Clock, Policy, get_policy, register_scheduler
+from inferential.scheduler.interface import Clock, Policy
+from inferential.scheduler.registry import get_policy, register_scheduler
 from inferential.scheduler.deadlines import effective_deadline_ns
 from inferential.scheduler.queued import QueuedScheduler, View, arrival_order
 from inferential.scheduler.request import InferenceRequest

@@ -15,7 +15,6 @@ executor is never idle while replies go out.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections import defaultdict, deque
 from typing import Any, Callable, Optional
@@ -23,22 +22,14 @@ from typing import Any, Callable, Optional
 from inferential.config.schema import InferentialConfig, SchedulingConfig
 from inferential.dispatch.base import Backend, ModelInfo
 from inferential.metrics.store import MetricsStore
-from inferential.scheduler import InferenceRequest, Scheduler, create_scheduler
+from inferential.scheduler import InferenceRequest, QueueFullError, Scheduler, create_scheduler
+from inferential.scheduler.interface import takes_ready_models
 from inferential.server.ledger import Ledger, request_labels
 from inferential.server.protocol import ReplyTiming
 from inferential.server.registry import ClientRegistry
 from inferential.wire import Status
 
 logger = logging.getLogger("inferential.server")
-
-_SHED_STATUS = {
-    "QUEUE_FULL": Status.QUEUE_FULL,
-    "EXPIRED": Status.EXPIRED,
-    "SUPERSEDED": Status.SUPERSEDED,
-    "DEADLINE_UNMEETABLE": Status.DEADLINE_UNMEETABLE,
-    "CANCELLED": Status.CANCELLED,
-    "SHUTTING_DOWN": Status.SHUTTING_DOWN,
-}
 
 Completed = tuple[str, list[InferenceRequest], int, Optional[list[Any]], Optional[BaseException]]
 
@@ -93,55 +84,40 @@ class Engine:
     def _new_scheduler(self, cfg: SchedulingConfig) -> Scheduler:
         sched = create_scheduler(cfg, clock=self.clock)
         # Built-ins take the set of models with a free executor; README-style custom ones do not.
-        self._takes_ready = "ready_models" in inspect.signature(sched.next_batch).parameters
-        if hasattr(sched, "on_shed"):
-            sched.on_shed = self._on_shed  # type: ignore[method-assign]
+        self._takes_ready = takes_ready_models(type(sched))
+        sched.on_shed = self.ledger.answer  # type: ignore[method-assign]
+        sched.max_retries = cfg.max_retries
         self._set_limits(sched, cfg)
         return sched
 
     def _set_limits(self, sched: Scheduler, cfg: SchedulingConfig) -> None:
         for name, info in self.models.items():
-            if hasattr(sched, "set_model_limits"):
-                sched.set_model_limits(name, max_batch_size=min(info.max_batch_size, cfg.max_batch_size), concurrency=info.concurrency)
+            sched.set_model_limits(name, max_batch_size=min(info.max_batch_size, cfg.max_batch_size), concurrency=info.concurrency)
 
     def swap_scheduler(self, cfg: SchedulingConfig) -> None:
         """Switch to the scheduler ``cfg`` describes, carrying the queued requests over."""
         new = self._new_scheduler(cfg)
         queued = self.drain_scheduler()
-        if hasattr(new, "adopt"):
-            new.adopt(queued)
-        else:
-            for req in queued:
-                new.submit(req)
+        new.adopt(queued)
         self.scheduler = new
         self.config.scheduling = cfg
         logger.info("scheduler is now %s (%d requests carried over)", cfg.strategy, len(queued))
         self.poke()
 
     def drain_scheduler(self) -> list[InferenceRequest]:
+        """Take everything queued, leaving out what was answered meanwhile."""
         pending = self.ledger.pending
-        if hasattr(self.scheduler, "drain"):
-            return [r for r in self.scheduler.drain() if r.seq in pending]
-        # A custom scheduler without drain(): take what it will give.
-        out: list[InferenceRequest] = []
-        while self.scheduler.queue_len():
-            batch = self.scheduler.next_batch()
-            if not batch:
-                break
-            out.extend(r for r in batch if r.seq in pending)
-        return out
-
-    def _on_shed(self, req: InferenceRequest, status: str, reason: str) -> None:
-        self.ledger.answer(req, _SHED_STATUS.get(status, Status.QUEUE_FULL), reason)
+        return [r for r in self.scheduler.drain() if r.seq in pending]
 
     def submit(self, req: InferenceRequest) -> None:
         """Queue an admitted request (already in the ledger)."""
         try:
             self.scheduler.submit(req)
-        except Exception as err:  # QueueFullError from a reject_newest queue or a custom scheduler
-            if req.seq in self.ledger.pending:
-                status = Status.QUEUE_FULL if type(err).__name__ == "QueueFullError" else Status.INVALID_REQUEST
-                self.ledger.answer(req, status, str(err) or "queue is full")
+        except QueueFullError as err:  # a custom scheduler refusing it (the built-ins shed instead)
+            self.ledger.answer(req, Status.QUEUE_FULL, str(err))
+        except Exception as err:  # a custom scheduler's bug must not cost the robot its reply
+            logger.exception("scheduler %s failed to take a request", type(self.scheduler).__name__)
+            self.ledger.answer(req, Status.INVALID_REQUEST, f"{type(err).__name__}: {err}")
 
     # -- the loop and its timers -----------------------------------------------------
 
@@ -174,11 +150,9 @@ class Engine:
     def arm_timer(self) -> None:
         assert self._loop is not None
         candidates = []
-        wake = getattr(self.scheduler, "next_wakeup_ns", None)
+        wake = self.scheduler.next_wakeup_ns()
         if wake is not None:
-            t = wake()
-            if t is not None:
-                candidates.append(t)
+            candidates.append(wake)
         pending = self.ledger.pending
         if pending:
             oldest = next(iter(pending.values()))
@@ -412,14 +386,10 @@ class Engine:
             transport.drain()  # sends can hide readable input from an edge-triggered fd
 
     def _requeue(self, req: InferenceRequest) -> bool:
-        max_retries = self.config.scheduling.max_retries
-        if hasattr(self.scheduler, "requeue"):
-            return bool(self.scheduler.requeue(req))
-        if req.retries >= max_retries:
-            return False
-        req.retries += 1
-        self.scheduler.submit(req)
-        return True
+        try:
+            return self.scheduler.requeue(req)
+        except QueueFullError:
+            return False  # no room to retry: answered MODEL_ERROR with the batch's error
 
     def held(self) -> list[InferenceRequest]:
         """Take every request pulled from the scheduler but not yet launched."""
