@@ -115,3 +115,19 @@ def test_observe_raises_server_unavailable_within_bounds_and_options_reach_the_s
             assert time.monotonic() - start < 3.0 and conn.stats.send_failed == 1
 
     run(main())
+
+
+def test_concurrent_tasks_take_unique_ids_before_awaiting_and_each_gets_its_own_reply(peer):
+    peer.serve(echo_doubled)
+
+    async def main():
+        async with AsyncConnection(server=peer.address, **FAST) as conn:
+            model = conn.model("policy")
+            coros = [model.request(timeout_ms=5000, x=np.array([i], np.int64)) for i in range(20)]
+            results = await asyncio.gather(*coros)
+            assert sorted(r.request_id for r in results) == list(range(1, 21))
+            for i, r in enumerate(results):
+                assert int(r["actions"][0]) == 2 * i
+            assert conn.stats.sent == 20 and conn.stats.unknown_dropped == 0
+
+    run(main())

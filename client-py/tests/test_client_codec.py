@@ -297,3 +297,129 @@ def test_a_failed_send_is_forgotten_and_counted():
     matcher.track(rid, "m", False)
     matcher.untrack(rid)
     assert matcher.outstanding() == 0 and matcher.stats.send_failed == 1 and matcher.stats.sent == 0
+
+
+# --- limits on the strings of an observation and a reply --------------------------
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"client_id": ""}, "client.id: must not be empty"),
+        ({"client_id": "r" * 257}, "client.id: longer than 256 bytes"),
+        ({"client_type": "t" * 257}, "client.type: longer than 256 bytes"),
+        ({"model_id": ""}, "model_id: must not be empty"),
+        ({"model_id": "m" * 257}, "model_id: longer than 256 bytes"),
+        ({"auth_token": "s" * 1025}, "auth_token: longer than 1024 bytes"),
+        ({"inputs": {"": "v"}}, "metadata: empty key"),
+    ],
+)
+def test_observations_breaking_a_string_limit_are_refused_before_sending(fields, match):
+    with pytest.raises(WireError, match=match):
+        encode(**fields)
+
+
+def test_string_limits_allow_their_exact_bound():
+    obs, _ = parse(encode(client_id="r" * 256, model_id="m" * 256, client_type="t" * 256, auth_token="s" * 1024))
+    assert len(obs.client.id) == 256 and len(obs.auth_token) == 1024
+
+
+def _reply_with(**changes):
+    frames = reply_frames("m", 1)
+    resp = pb.ModelResponse.FromString(frames[1])
+    for key, value in changes.items():
+        if key == "metadata":
+            resp.metadata.update(value)
+        elif key == "client_id":
+            resp.client.id = value
+        else:
+            setattr(resp, key, value)
+    return [b"", resp.SerializeToString()]
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"client_id": "c" * 257}, "client.id: longer than 256"),
+        ({"metadata": {"": "v"}}, "metadata: empty key"),
+        ({"metadata": {"k": "v" * 4097}}, "value longer than 4096"),
+        ({"metadata": {str(i): "" for i in range(65)}}, "65 entries"),
+    ],
+)
+def test_the_reply_decoder_enforces_the_limits_on_reply_strings(changes, match):
+    with pytest.raises(WireError, match=match):
+        decode_reply(_reply_with(**changes), LIMITS)
+
+
+def test_a_reply_breaking_a_string_limit_is_malformed_and_fails_its_waiter():
+    matcher = ReplyMatcher(LIMITS)
+    rid = sent(matcher, "m", awaited=True)
+    assert matcher.on_reply(_reply_with(metadata={"": "v"})) == (("m", rid, True),)
+    assert isinstance(matcher.take_awaited(rid), WireError)
+    assert matcher.stats.malformed_dropped == 1 and matcher.stats.by_status == {}
+
+
+# --- replies with request id 0 ------------------------------------------------------
+
+
+def test_a_v2_reply_with_request_id_0_is_malformed_and_fails_every_waiting_request():
+    matcher = ReplyMatcher(LIMITS)
+    plain = sent(matcher, "a")
+    waiting = [sent(matcher, "a", awaited=True), sent(matcher, "b", awaited=True)]
+    frames = reply_frames("", 0, status=pb.INVALID_REQUEST, error="client.id is not valid UTF-8")
+    assert matcher.on_reply(frames) == (("a", waiting[0], True), ("b", waiting[1], True))
+    for rid in waiting:
+        err = matcher.take_awaited(rid)
+        assert type(err) is errors.ProtocolError and "client.id is not valid UTF-8" in str(err)
+    assert matcher.stats.malformed_dropped == 1 and matcher.stats.unknown_dropped == 0
+    # A request() sent afterwards is not failed by it; the observe() before it still matches.
+    later = sent(matcher, "a", awaited=True)
+    assert matcher.on_reply(reply_frames("a", plain)) == (("a", plain, False),)
+    assert matcher.take_awaited(later) is None
+    # The failed requests' own replies, should they still come, are stale.
+    assert matcher.on_reply(reply_frames("a", waiting[0])) == ()
+    assert matcher.stats.stale_dropped == 1
+
+
+def test_a_v2_reply_with_request_id_0_and_nobody_waiting_is_only_counted():
+    matcher = ReplyMatcher(LIMITS)
+    sent(matcher, "m")
+    assert matcher.on_reply(reply_frames("m", 0, status=pb.INVALID_REQUEST)) == ()
+    assert matcher.stats.malformed_dropped == 1 and matcher.outstanding() == 1
+
+
+# --- retry hint, clock, hints -------------------------------------------------------
+
+
+def test_retry_after_ms_reaches_the_result_and_the_error():
+    frames = reply_frames("m", 3, status=pb.QUEUE_FULL, error="full")
+    resp = pb.ModelResponse.FromString(frames[1])
+    resp.retry_after_ms = 40
+    res = decode_reply([b"", resp.SerializeToString()], LIMITS)
+    assert res.retry_after_ms == 40
+    with pytest.raises(errors.QueueFull) as info:
+        res.raise_for_status()
+    assert info.value.retry_after_ms == 40 and info.value.retryable
+
+
+def test_the_matcher_times_round_trips_on_the_injected_clock():
+    now = [1_000_000]
+    matcher = ReplyMatcher(LIMITS, clock=lambda: now[0])
+    rid = sent(matcher, "m")
+    now[0] += 7_500_000
+    matcher.on_reply(reply_frames("m", rid))
+    assert matcher.take_latest("m").round_trip_ms == 7.5
+
+
+def test_the_hints_are_declared_once_and_shown_in_every_signature():
+    import inspect
+
+    from inferential import AsyncModelHandle, ModelHandle, ObservationHints
+
+    names = [f for f in ObservationHints.__dataclass_fields__]
+    for method in (ModelHandle.observe, ModelHandle.request, AsyncModelHandle.observe, AsyncModelHandle.request):
+        params = inspect.signature(method).parameters
+        assert [p for p in params if p in names] == names
+        assert list(params)[-1] == "inputs"
+    obs, _ = parse(encode(hints=ObservationHints(urgency=0.5, deadline_ns=9), default_priority=4))
+    assert obs.urgency == 0.5 and obs.deadline_ns == 9 and obs.priority == 4

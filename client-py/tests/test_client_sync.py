@@ -16,6 +16,7 @@ from inferential import (
     ConnectionClosed,
     DeadlineUnmeetable,
     InferentialError,
+    ProtocolError,
     QueueFull,
     RequestFailed,
     RequestTimeout,
@@ -198,6 +199,14 @@ def test_option_overrides_and_validation():
         ClientOptions(reconnect_ivl_ms=500, reconnect_ivl_max_ms=100)
 
 
+def test_reconnect_ivl_ms_0_is_refused_since_libzmq_reads_it_as_never_reconnect():
+    with pytest.raises(ValueError, match="never reconnect"):
+        ClientOptions(reconnect_ivl_ms=0)
+    with pytest.raises(ValueError, match="never reconnect"):
+        Connection(server="127.0.0.1:1", reconnect_ivl_ms=0)
+    assert ClientOptions(reconnect_ivl_ms=1).reconnect_ivl_ms == 1
+
+
 def test_a_reconnect_delivers_fresh_observations_only():
     first = RouterPeer()
     endpoint = first.endpoint
@@ -296,3 +305,34 @@ def test_a_closed_connection_raises_connection_closed(peer):
         model.observe(x=np.ones(1))
     with pytest.raises(ConnectionClosed):
         model.get_result()
+
+
+def test_a_v2_reply_with_request_id_0_fails_the_waiting_request_at_once_with_the_servers_reason(peer, conn):
+    model = conn.model("policy")
+
+    def unreadable(got):
+        # What a server answers to an observation whose envelope it could not parse.
+        peer.send(got.identity, reply_frames("", 0, status=pb.INVALID_REQUEST, error="envelope is not valid"))
+        return None
+
+    peer.serve(unreadable)
+    start = time.monotonic()
+    with pytest.raises(ProtocolError, match="envelope is not valid"):
+        model.request(timeout_ms=5000, x=np.ones(1))
+    assert time.monotonic() - start < 2.5  # well before its own timeout
+    assert conn.stats.malformed_dropped == 1
+
+
+def test_retry_after_ms_is_exposed_and_the_client_does_not_retry(peer, conn):
+    def full(got):
+        frames = reply_frames(got.obs.model_id, got.obs.request_id, status=pb.QUEUE_FULL, error="full")
+        resp = pb.ModelResponse.FromString(frames[1])
+        resp.retry_after_ms = 25
+        peer.send(got.identity, [b"", resp.SerializeToString()])
+        return None
+
+    peer.serve(full)
+    with pytest.raises(QueueFull) as info:
+        conn.model("policy").request(timeout_ms=2000, x=np.ones(1))
+    assert info.value.retry_after_ms == 25 and info.value.result.retry_after_ms == 25
+    assert conn.stats.sent == 1  # nothing was sent again

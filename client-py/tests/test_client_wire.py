@@ -14,9 +14,11 @@ from inferential.wire import (
     Limits,
     WireError,
     check_metadata,
+    check_text,
     decode_tensors,
     itemsize,
     pack_tensors,
+    split_frames,
 )
 
 
@@ -172,3 +174,132 @@ def test_metadata_limits_name_the_entry():
         check_metadata({"a": "x" * 4097})
     with pytest.raises(WireError, match="65 entries"):
         check_metadata({str(i): "" for i in range(65)})
+
+
+# --- alignment: senders align, receivers never assume it ---------------------------
+
+
+def test_senders_align_each_offset_to_its_item_size_with_zero_gaps():
+    msg = pb.Observation()
+    tensors = [
+        ("u8", np.arange(3, dtype=np.uint8)),
+        ("f32", np.array([1.5, 2.5], np.float32)),
+        ("i16", np.array([7], np.int16)),
+        ("f64", np.array([3.25], np.float64)),
+    ]
+    frames = pack_tensors(tensors, msg.tensors.add)
+    payload = b"".join(bytes(f) for f in frames)
+    offsets = {t.key: t.byte_offset for t in msg.tensors}
+    for t in msg.tensors:
+        assert t.byte_offset % itemsize(t.dtype) == 0, t.key
+    # Each gap is exactly what alignment needs, filled with zeros.
+    assert offsets == {"u8": 0, "f32": 4, "i16": 12, "f64": 16}
+    assert payload[3:4] == b"\0" and payload[14:16] == b"\0\0"
+    out = decode_tensors(msg.tensors, frames)
+    for key, arr in tensors:
+        np.testing.assert_array_equal(out[key], arr)
+
+
+def test_a_large_array_after_an_odd_sized_one_starts_aligned_in_a_frame_of_its_own():
+    odd = np.arange(SMALL_TENSOR_BYTES + 1, dtype=np.uint8)  # large, odd length
+    big = np.arange(SMALL_TENSOR_BYTES, dtype=np.float64)
+    msg = pb.Observation()
+    frames = pack_tensors([("odd", odd), ("big", big)], msg.tensors.add)
+    assert msg.tensors[1].byte_offset % 8 == 0
+    assert len(frames) == 3 and bytes(frames[1]) == bytes(7)  # the gap, then the array
+    assert isinstance(frames[2], memoryview) and np.shares_memory(np.asarray(frames[2]), big)
+    np.testing.assert_array_equal(decode_tensors(msg.tensors, frames)["big"], big)
+
+
+def test_receivers_view_misaligned_tensors_in_place_without_assuming_alignment():
+    values = np.array([1.25, -2.5, 1e30], np.float32)
+    msg = pb.Observation()
+    msg.tensors.add(key="x", dtype=pb.FLOAT32, shape=[3], byte_offset=3, byte_length=12)
+    frame = bytearray(b"abc" + values.tobytes())
+    out = decode_tensors(msg.tensors, [frame])
+    assert not out["x"].flags.aligned  # the allocator aligns the buffer; offset 3 does not
+    np.testing.assert_array_equal(out["x"], values)
+    assert np.shares_memory(out["x"], np.frombuffer(frame, np.uint8))  # a view, not a copy
+    np.testing.assert_array_equal(out["x"] * 2, values * 2)  # numpy computes on unaligned views
+
+
+def test_many_large_tensors_with_gaps_never_exceed_the_payload_frame_limit():
+    msg = pb.Observation()
+    tensors = []
+    for i in range(32):
+        tensors.append((f"odd{i}", np.zeros(SMALL_TENSOR_BYTES + 1, np.uint8)))
+        tensors.append((f"f{i}", np.full(SMALL_TENSOR_BYTES, i, np.float32)))
+    frames = pack_tensors(tensors, msg.tensors.add)
+    assert len(frames) <= Limits().max_payload_frames
+    out = decode_tensors(msg.tensors, frames)
+    assert float(out["f31"][0]) == 31.0
+
+
+# --- zero-size tensors need no bytes ------------------------------------------------
+
+
+@pytest.mark.parametrize("segments", [[], [b""], [b"\x01\x02\x03"]], ids=["no frame", "empty frame", "other bytes"])
+def test_zero_size_tensors_are_accepted_with_or_without_payload_frames(segments):
+    msg = pb.Observation()
+    msg.tensors.add(key="none", dtype=pb.FLOAT32, shape=[0, 3], byte_offset=0, byte_length=0)
+    msg.tensors.add(key="far", dtype=pb.INT64, shape=[4, 0], byte_offset=1000, byte_length=0)
+    out = decode_tensors(msg.tensors, segments)
+    assert out["none"].shape == (0, 3) and out["none"].dtype == np.float32
+    assert out["far"].shape == (4, 0)
+
+
+def test_a_zero_size_tensor_alone_is_sent_with_no_payload_frame():
+    msg = pb.Observation()
+    assert pack_tensors([("empty", np.zeros((0, 3), np.float32))], msg.tensors.add) == []
+    assert msg.tensors[0].byte_length == 0 and msg.tensors[0].byte_offset == 0
+
+
+# --- checked arithmetic, BOOL bytes, frame and string limits ------------------------
+
+
+def test_a_shape_whose_byte_count_overflows_64_bits_is_rejected():
+    msg = pb.Observation()
+    msg.tensors.add(key="x", dtype=pb.FLOAT64, shape=[2**31, 2**31, 4], byte_offset=0, byte_length=0)
+    with pytest.raises(WireError, match="more than 2\\^64-1 bytes"):
+        decode_tensors(msg.tensors, [])
+
+
+def test_an_offset_plus_length_that_overflows_64_bits_is_rejected():
+    msg = pb.Observation()
+    msg.tensors.add(key="x", dtype=pb.UINT8, shape=[16], byte_offset=2**64 - 8, byte_length=16)
+    with pytest.raises(WireError, match="overflows 64 bits"):
+        decode_tensors(msg.tensors, [bytes(16)])
+
+
+def test_bool_bytes_other_than_0_and_1_are_rejected():
+    msg = pb.Observation()
+    msg.tensors.add(key="mask", dtype=pb.BOOL, shape=[3], byte_offset=0, byte_length=3)
+    assert decode_tensors(msg.tensors, [b"\x00\x01\x01"])["mask"].tolist() == [False, True, True]
+    with pytest.raises(WireError, match="'mask': BOOL bytes must be 0 or 1"):
+        decode_tensors(msg.tensors, [b"\x00\x02\x01"])
+
+
+def test_empty_metadata_keys_are_rejected():
+    with pytest.raises(WireError, match="metadata: empty key"):
+        check_metadata({"": "v"})
+
+
+def test_more_payload_frames_than_the_limit_are_rejected():
+    split_frames([b"", b"env", *[b"x"] * 64], Limits())
+    with pytest.raises(WireError, match="65 payload frames, limit is 64"):
+        split_frames([b"", b"env", *[b"x"] * 65], Limits())
+
+
+@pytest.mark.parametrize(
+    "text, required, match",
+    [
+        ("", True, "must not be empty"),
+        ("x" * 257, False, "longer than 256 bytes"),
+        ("é" * 129, False, "longer than 256 bytes"),  # 258 UTF-8 bytes in 129 characters
+        ("\udcff", False, "not valid UTF-8"),
+    ],
+)
+def test_string_fields_are_checked_in_utf8_bytes(text, required, match):
+    check_text("client.id", "é" * 128, 256, required=True)  # exactly 256 bytes: fine
+    with pytest.raises(WireError, match=f"client.id: {match}"):
+        check_text("client.id", text, 256, required=required)

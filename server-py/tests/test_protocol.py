@@ -144,3 +144,97 @@ def test_reply_to_one_x_peer_is_one_payload_frame_with_status_in_metadata():
     resp = pb.ModelResponse.FromString(frames[2])
     assert resp.metadata["status"] == "QUEUE_FULL" and resp.metadata["error"] == "queue is full"
     assert resp.retryable
+
+
+# --- the protocol fixes: zero-size tensors, UTF-8, limits, checked arithmetic --------
+
+
+@pytest.mark.parametrize("payload", [[], [b""]], ids=["no payload frame", "empty payload frame"])
+def test_zero_size_tensors_are_accepted_with_or_without_payload_frames(payload):
+    obs = pb.Observation(model_id="policy", protocol_version=2, request_id=7)
+    obs.client.id = "arm-1"
+    obs.tensors.add(key="none", dtype=pb.FLOAT32, shape=[0, 3], byte_offset=0, byte_length=0, encoding=pb.RAW)
+    _, decoded = decode_request(frames_of(obs, payload), LIMITS)
+    assert decoded.inputs["none"].shape == (0, 3) and decoded.payload_bytes == 0
+
+
+def _with_invalid_utf8(obs: pb.Observation, placeholder: str) -> bytes:
+    return obs.SerializeToString().replace(placeholder.encode(), b"\xff" * len(placeholder))
+
+
+@pytest.mark.parametrize(
+    "where, build",
+    [
+        ("client.id", lambda o: setattr(o.client, "id", "ZZZZ")),
+        ("client.type", lambda o: setattr(o.client, "type", "ZZZZ")),
+        ("metadata value", lambda o: o.metadata.__setitem__("k", "ZZZZ")),
+        ("tensors[0].key", lambda o: o.tensors.add(key="ZZZZ", dtype=pb.UINT8, shape=[0])),
+    ],
+)
+def test_an_envelope_with_invalid_utf8_is_rejected_naming_the_field_and_echoing_the_ids(where, build):
+    obs = pb.Observation(model_id="policy", protocol_version=2, request_id=2**63 + 5, timestamp_ns=99)
+    obs.client.id = "arm-1"
+    build(obs)
+    with pytest.raises(Rejection) as info:
+        decode_request([b"peer", b"", _with_invalid_utf8(obs, "ZZZZ")], LIMITS)
+    rej = info.value
+    assert rej.status == pb.INVALID_REQUEST and rej.message.startswith(f"{where} is not valid UTF-8")
+    assert rej.obs.request_id == 2**63 + 5 and rej.obs.protocol_version == 2 and rej.obs.model_id == "policy"
+    assert rej.obs.timestamp_ns == 99
+
+
+def test_garbage_that_is_not_protobuf_is_rejected_without_ids():
+    with pytest.raises(Rejection) as info:
+        decode_request([b"peer", b"", b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"], LIMITS)
+    assert "not a valid Observation" in info.value.message and info.value.obs is None
+
+
+LIMIT_CASES = [
+    ("client id at 257 bytes", lambda o: setattr(o.client, "id", "c" * 257), "client.id: longer than 256 bytes"),
+    ("client type at 257 bytes", lambda o: setattr(o.client, "type", "t" * 257), "client.type: longer than 256 bytes"),
+    ("model id at 257 bytes", lambda o: setattr(o, "model_id", "é" * 129), "model_id: longer than 256 bytes"),
+    ("auth token at 1025 bytes", lambda o: setattr(o, "auth_token", "s" * 1025), "auth_token: longer than 1024 bytes"),
+    ("empty metadata key", lambda o: o.metadata.__setitem__("", "v"), "metadata: empty key"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,expected", LIMIT_CASES, ids=[c[0] for c in LIMIT_CASES])
+def test_string_limits_are_enforced(name, mutate, expected):
+    with pytest.raises(Rejection) as info:
+        decode_request(_mutate(mutate), LIMITS)
+    assert info.value.status == pb.INVALID_REQUEST and expected in info.value.message
+    assert info.value.obs is not None
+
+
+def test_string_limits_allow_their_exact_bound():
+    obs, payload = observation(x=np.zeros(1, np.uint8))
+    obs.client.id, obs.client.type, obs.model_id = "c" * 256, "t" * 256, "é" * 128
+    obs.auth_token = "s" * 1024
+    _, decoded = decode_request(frames_of(obs, payload), LIMITS)
+    assert decoded.obs.model_id == "é" * 128
+
+
+def test_more_than_64_payload_frames_are_rejected():
+    obs, _ = observation()
+    decode_request(frames_of(obs, [b""] * 64), LIMITS)
+    with pytest.raises(Rejection, match="65 payload frames, limit is 64"):
+        decode_request(frames_of(obs, [b""] * 65), LIMITS)
+
+
+def test_bool_bytes_other_than_0_and_1_are_rejected():
+    obs = pb.Observation(model_id="policy", protocol_version=2, request_id=7)
+    obs.client.id = "arm-1"
+    obs.tensors.add(key="mask", dtype=pb.BOOL, shape=[2], byte_offset=0, byte_length=2, encoding=pb.RAW)
+    with pytest.raises(Rejection, match="BOOL bytes must be 0 or 1"):
+        decode_request(frames_of(obs, [b"\x00\xff"]), LIMITS)
+
+
+def test_replies_align_tensor_offsets_and_carry_the_retry_hint():
+    frames = encode_reply(
+        identity=b"peer", client_id="arm-1", model_id="policy", request_id=9, protocol_version=2,
+        status=pb.QUEUE_FULL, error="full", retry_after_ms=30,
+        outputs={"a": np.arange(3, dtype=np.uint8), "b": np.ones(2, np.float64)},
+    )
+    resp = pb.ModelResponse.FromString(frames[2])
+    assert resp.retry_after_ms == 30 and resp.retryable
+    assert [t.byte_offset for t in resp.tensors] == [0, 8]
