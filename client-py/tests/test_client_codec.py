@@ -11,7 +11,7 @@ from inferential._envelope import decode_reply, encode_observation
 from inferential._matching import ReplyMatcher
 from inferential._proto import inferential_pb2 as pb
 from inferential.result import Result
-from inferential.wire import RETRYABLE, BFloat16, Limits, Status, WireError, decode_tensors
+from inferential.wire import RETRYABLE, BFloat16, Limits, Status, WireError, decode_tensors, pack_tensors
 
 LIMITS = Limits()
 
@@ -423,3 +423,20 @@ def test_the_hints_are_declared_once_and_shown_in_every_signature():
         assert list(params)[-1] == "inputs"
     obs, _ = parse(encode(hints=ObservationHints(urgency=0.5, deadline_ns=9), default_priority=4))
     assert obs.urgency == 0.5 and obs.deadline_ns == 9 and obs.priority == 4
+
+
+def test_a_v2_reply_with_request_id_0_is_malformed_for_the_decoder_too():
+    with pytest.raises(WireError, match="request_id: 0 in a version-2 reply.*why not"):
+        decode_reply(reply_frames("m", 0, status=pb.INVALID_REQUEST, error="why not"), LIMITS)
+    assert decode_reply(reply_frames("m", 0, status=0, protocol_version=0, timing=None), LIMITS).ok  # 1.x
+
+
+def test_a_result_tells_the_wire_dtype_of_each_output():
+    bits = BFloat16.from_float32(np.ones(2, np.float32))
+    frames = reply_frames("m", 1)
+    resp = pb.ModelResponse.FromString(frames[1])
+    payload = pack_tensors([("b", bits), ("u", np.ones(2, np.uint16))], resp.tensors.add)
+    res = decode_reply([b"", resp.SerializeToString(), *[bytes(p) for p in payload]], LIMITS)
+    assert (res.wire_dtype("b"), res.wire_dtype("u")) == ("BFLOAT16", "UINT16")
+    with pytest.raises(KeyError, match="no such output"):
+        res.wire_dtype("nope")

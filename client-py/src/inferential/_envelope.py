@@ -208,6 +208,7 @@ def build_result(
         request_id=resp.request_id,
         status=status,
         tensors=tensors,
+        wire_dtypes={t.key: t.dtype for t in resp.tensors},
         metadata=resp.metadata,
         error=resp.error,
         retryable=retryable,
@@ -223,7 +224,13 @@ def build_result(
 
 
 def decode_reply(frames: Sequence[Any], limits: Limits) -> Result:
-    """Every rule a reply must follow, at once (no matching): the Result, or WireError."""
+    """Every rule a reply must follow, at once (no matching): the Result, or WireError.
+
+    A version-2 reply with request id 0 answers an observation the server could not read:
+    it is malformed (the matcher also fails the waiting request()s with its reason).
+    """
     resp, segments = parse_reply(frames, limits)
+    if resp.request_id == 0 and resp.protocol_version >= 2:
+        raise WireError("request_id", f"0 in a version-2 reply (the server could not read an observation): {resp.error}")
     check_reply_envelope(resp, limits)
     return build_result(resp, segments, limits)

@@ -8,6 +8,7 @@ from typing import Iterator, Mapping, Optional, Union
 import numpy as np
 
 from inferential.errors import error_for_status
+from inferential.wire.dtypes import dtype_name
 from inferential.wire.status import Status
 
 
@@ -53,6 +54,7 @@ class Result(Mapping[str, np.ndarray]):
         "protocol_version",
         "round_trip_ms",
         "_tensors",
+        "_wire_dtypes",
     )
 
     def __init__(
@@ -63,6 +65,7 @@ class Result(Mapping[str, np.ndarray]):
         status: Union[Status, int],
         tensors: Mapping[str, np.ndarray],
         metadata: Mapping[str, str],
+        wire_dtypes: Optional[Mapping[str, int]] = None,
         error: str = "",
         retryable: bool = False,
         retry_after_ms: int = 0,
@@ -89,6 +92,7 @@ class Result(Mapping[str, np.ndarray]):
         self.protocol_version = protocol_version
         self.round_trip_ms = round_trip_ms
         self._tensors = dict(tensors)
+        self._wire_dtypes = wire_dtypes or {}
 
     # Mapping over the output tensors.
     def __getitem__(self, key: str) -> np.ndarray:
@@ -107,6 +111,15 @@ class Result(Mapping[str, np.ndarray]):
     @property
     def tensors(self) -> dict[str, np.ndarray]:
         return dict(self._tensors)
+
+    def wire_dtype(self, key: str) -> str:
+        """The proto DType name an output travelled as ("BFLOAT16", "UINT16", ...): without
+        ml_dtypes a BFLOAT16 output is a uint16 array, which its numpy dtype cannot tell."""
+        self[key]  # the KeyError of a missing output, with its hint
+        number = self._wire_dtypes.get(key)
+        if number is None:
+            raise KeyError(f"{key!r}: this Result was built without wire dtypes")
+        return dtype_name(number)
 
     @property
     def ok(self) -> bool:
