@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import zmq
 
-from client_peer import echo_doubled, unused_tcp_endpoint
 from inferential import (
     AsyncConnection,
     ConnectionClosed,
@@ -18,6 +17,8 @@ from inferential import (
     ServerUnavailable,
 )
 from inferential._proto import inferential_pb2 as pb
+
+from client_peer import echo_doubled, unused_tcp_endpoint
 
 FAST = dict(send_timeout_ms=500, reconnect_ivl_ms=10, reconnect_ivl_max_ms=50)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client_peer import reply_frames
 from inferential import errors
 from inferential._envelope import decode_reply, encode_observation
 from inferential._matching import ReplyMatcher
 from inferential._proto import inferential_pb2 as pb
 from inferential.result import Result
 from inferential.wire import RETRYABLE, BFloat16, Limits, Status, WireError, decode_tensors, pack_tensors
+
+from client_peer import reply_frames
 
 LIMITS = Limits()
 
@@ -62,7 +63,13 @@ def test_optional_fields_stay_unset_when_not_given():
 
 @pytest.mark.parametrize(
     "value, hint",
-    [(1.5, "wrap numbers"), ([1, 2], "wrap numbers"), (np.float32(1), "wrap numbers"), (None, "NoneType"), (b"x", "bytes")],
+    [
+        (1.5, "wrap numbers"),
+        ([1, 2], "wrap numbers"),
+        (np.float32(1), "wrap numbers"),
+        (None, "NoneType"),
+        (b"x", "bytes"),
+    ],
 )
 def test_a_value_that_is_neither_array_nor_str_raises_type_error_naming_it(value, hint):
     with pytest.raises(TypeError, match="'speed'") as info:

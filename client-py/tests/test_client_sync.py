@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import zmq
 
-from client_peer import RouterPeer, echo_doubled, reply_frames, unused_tcp_endpoint
 from inferential import (
     ClientOptions,
     Connection,
@@ -25,6 +24,8 @@ from inferential import (
     UnknownModel,
 )
 from inferential._proto import inferential_pb2 as pb
+
+from client_peer import RouterPeer, echo_doubled, reply_frames, unused_tcp_endpoint
 
 FAST = dict(send_timeout_ms=500, reconnect_ivl_ms=10, reconnect_ivl_max_ms=50)
 
@@ -172,8 +173,13 @@ def test_observe_raises_server_unavailable_within_bounds_when_no_server_listens(
 
 def test_options_reach_the_socket_and_zmq_assigns_the_routing_id():
     opts = ClientOptions(
-        reconnect_ivl_ms=7, reconnect_ivl_max_ms=700, heartbeat_ivl_ms=300, heartbeat_timeout_ms=900,
-        send_timeout_ms=250, send_hwm=11, recv_hwm=13,
+        reconnect_ivl_ms=7,
+        reconnect_ivl_max_ms=700,
+        heartbeat_ivl_ms=300,
+        heartbeat_timeout_ms=900,
+        send_timeout_ms=250,
+        send_hwm=11,
+        recv_hwm=13,
     )
     with Connection(server=unused_tcp_endpoint(), client_id="robot", options=opts) as conn:
         s = conn._socket
@@ -241,9 +247,10 @@ def test_a_reconnect_delivers_fresh_observations_only():
 
 def test_two_connections_with_one_client_id_each_get_their_own_replies(peer):
     peer.serve(echo_doubled)
-    with Connection(server=peer.address, client_id="robot", **FAST) as c1, Connection(
-        server=peer.address, client_id="robot", **FAST
-    ) as c2:
+    with (
+        Connection(server=peer.address, client_id="robot", **FAST) as c1,
+        Connection(server=peer.address, client_id="robot", **FAST) as c2,
+    ):
         m1, m2 = c1.model("policy"), c2.model("policy")
         for i in range(3):
             r1 = m1.request(timeout_ms=2000, x=np.array([i], np.int64))
@@ -289,8 +296,15 @@ def test_a_1x_server_gets_one_payload_frame_and_its_unnumbered_reply_is_matched(
         np.testing.assert_array_equal(got.tensors["big"], big)
         peer.send(
             got.identity,
-            reply_frames("policy", 0, status=0, protocol_version=0, timing=None,
-                         tensors={"actions": np.ones(3)}, single_payload_frame=True),
+            reply_frames(
+                "policy",
+                0,
+                status=0,
+                protocol_version=0,
+                timing=None,
+                tensors={"actions": np.ones(3)},
+                single_payload_frame=True,
+            ),
         )
         result = model.get_result(timeout_ms=1000)
         assert result.ok and result.request_id == rid and result.timing is None

@@ -8,6 +8,7 @@ import pytest
 from inferential._proto import inferential_pb2 as pb
 from inferential.errors import ProtocolError
 from inferential.wire import (
+    DEFAULT_LIMITS,
     DTYPE_TO_NUMPY,
     SMALL_TENSOR_BYTES,
     BFloat16,
@@ -22,7 +23,7 @@ from inferential.wire import (
 )
 
 
-def round_trip(tensors, limits=Limits()):
+def round_trip(tensors, limits=DEFAULT_LIMITS):
     msg = pb.Observation()
     frames = pack_tensors(list(tensors.items()), msg.tensors.add)
     wire = pb.Observation.FromString(msg.SerializeToString())  # through real bytes

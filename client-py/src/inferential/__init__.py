@@ -98,8 +98,6 @@ def __getattr__(name: str):
         mod = importlib.import_module(module)
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("inferential"):
-            raise ImportError(
-                f"inferential.{name} is part of the server: pip install 'inferential[server]'"
-            ) from err
+            raise ImportError(f"inferential.{name} is part of the server: pip install 'inferential[server]'") from err
         raise
     return getattr(mod, name)

@@ -215,4 +215,3 @@ class ModelHandleBase:
             f"{type(self).__name__}({self.model_id!r}, latency_budget_ms={self.latency_budget_ms}, "
             f"priority={self.priority}, client_id={self.connection.client_id!r})"
         )
-

@@ -140,16 +140,12 @@ def encode_observation(
     tensors, metadata = split_inputs(inputs, limits)
     if metadata:
         obs.metadata.update(metadata)
-    payload = (
-        pack_tensors(tensors, obs.tensors.add, timestamp_ns, limits.max_payload_frames) if tensors else []
-    )
+    payload = pack_tensors(tensors, obs.tensors.add, timestamp_ns, limits.max_payload_frames) if tensors else []
     envelope = obs.SerializeToString()
 
     size = len(envelope) + sum(nbytes(f) for f in payload)
     if size > limits.max_message_bytes:
-        raise WireError(
-            "observation", f"{size} bytes, limit is {limits.max_message_bytes} (ClientOptions.limits)"
-        )
+        raise WireError("observation", f"{size} bytes, limit is {limits.max_message_bytes} (ClientOptions.limits)")
     if single_payload_frame and len(payload) != 1:
         payload = [join_payload(payload)] if payload else [b""]
     return [b"", envelope, *payload]
@@ -192,7 +188,7 @@ def build_result(
     raw = resp.status
     status: Union[Status, int]
     if raw == pb.STATUS_UNSPECIFIED:
-        status = Status.OK  # 1.x servers send no status
+        status = Status(pb.OK)  # 1.x servers send no status
     else:
         try:
             status = Status(raw)
@@ -231,6 +227,7 @@ def decode_reply(frames: Sequence[Any], limits: Limits) -> Result:
     """
     resp, segments = parse_reply(frames, limits)
     if resp.request_id == 0 and resp.protocol_version >= 2:
-        raise WireError("request_id", f"0 in a version-2 reply (the server could not read an observation): {resp.error}")
+        why = f"0 in a version-2 reply (the server could not read an observation): {resp.error}"
+        raise WireError("request_id", why)
     check_reply_envelope(resp, limits)
     return build_result(resp, segments, limits)

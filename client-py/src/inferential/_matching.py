@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 from inferential._envelope import build_result, check_reply_envelope, parse_reply
+from inferential._proto import inferential_pb2 as pb
 from inferential.errors import ProtocolError, WireError
 from inferential.result import Result
-from inferential.wire import Limits, Status
+from inferential.wire import Limits
 
 log = logging.getLogger("inferential.client")
 
@@ -159,7 +160,7 @@ class ReplyMatcher:
         result.request_id = rid
         name = result.status_name
         stats.by_status[name] = stats.by_status.get(name, 0) + 1
-        superseded = result.status == Status.SUPERSEDED
+        superseded = result.status == pb.SUPERSEDED
 
         if p.mode == _AWAITED:
             self._awaited[rid] = result

@@ -101,8 +101,8 @@ class AsyncConnection(ConnectionBase):
         if self._loop is not None:
             return
         loop = asyncio.get_running_loop()
-        self._fd = self._socket.getsockopt(zmq.FD)
-        loop.add_reader(self._fd, self._on_readable)
+        fd = self._fd = int(self._socket.getsockopt(zmq.FD))
+        loop.add_reader(fd, self._on_readable)
         self._loop = loop
 
     def _on_readable(self) -> None:

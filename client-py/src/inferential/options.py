@@ -66,9 +66,7 @@ class ClientOptions:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"ClientOptions.{f.name} must be an int >= 0, got {value!r}")
         if self.reconnect_ivl_ms == 0:
-            raise ValueError(
-                "ClientOptions.reconnect_ivl_ms must be >= 1: libzmq reads 0 as 'never reconnect'"
-            )
+            raise ValueError("ClientOptions.reconnect_ivl_ms must be >= 1: libzmq reads 0 as 'never reconnect'")
         if self.reconnect_ivl_max_ms and self.reconnect_ivl_max_ms < self.reconnect_ivl_ms:
             raise ValueError(
                 "ClientOptions.reconnect_ivl_max_ms must be 0 or >= reconnect_ivl_ms "

@@ -7,6 +7,7 @@ from typing import Iterator, Mapping, Optional, Union
 
 import numpy as np
 
+from inferential._proto import inferential_pb2 as pb
 from inferential.errors import error_for_status
 from inferential.wire.dtypes import dtype_name
 from inferential.wire.status import Status
@@ -123,7 +124,7 @@ class Result(Mapping[str, np.ndarray]):
 
     @property
     def ok(self) -> bool:
-        return self.status == Status.OK
+        return self.status == pb.OK
 
     @property
     def status_name(self) -> str:

@@ -25,6 +25,7 @@ Buffer = Union[memoryview, bytes]
 
 
 def _wire_array(value: Union[np.ndarray, BFloat16]) -> tuple[int, np.ndarray]:
+    dtype: int
     if isinstance(value, BFloat16):
         arr, dtype = value.bits, pb.BFLOAT16
     else:
@@ -148,10 +149,7 @@ def decode_tensors(
             if needed > UINT64_MAX:
                 why = f"shape {list(shape)} of {dtype_name(t.dtype)} needs more than 2^64-1 bytes (overflow)"
             else:
-                why = (
-                    f"shape {list(shape)} of {dtype_name(t.dtype)} needs {needed} bytes "
-                    f"but byte_length is {length}"
-                )
+                why = f"shape {list(shape)} of {dtype_name(t.dtype)} needs {needed} bytes but byte_length is {length}"
             raise WireError(_where(what, i, key), why)
         if not length:
             out[key] = np.empty(shape, dtype=dt)
