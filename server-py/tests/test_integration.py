@@ -454,7 +454,7 @@ def test_a_burst_to_an_inline_model_gets_exactly_one_reply_each():
             for i in range(200):  # long enough for the no-op model to be measured and moved inline
                 warm.send(*make_obs(i + 1, client="warm"))
                 assert len(warm.replies(1)) == 1
-            assert server.backend.health()["noop"]["inline"]
+            assert server.backend.health().models["noop"].details["inline"]
             per_peer = 1500
             for p, peer in enumerate(peers):
                 for i in range(per_peer):

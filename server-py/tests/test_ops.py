@@ -28,7 +28,10 @@ from inferential import Connection, ModelError, UnknownModel
 from inferential.cli import main
 from inferential.config import InferentialConfig, ModelConfig
 from inferential.server import BackgroundServer, Server
-from inferential.server.ops import HttpEndpoint, PrometheusExporter, model_replicas, queue_depths
+from inferential.dispatch.base import BackendHealth, ModelHealth
+from inferential.metrics.prometheus import PrometheusExporter
+from inferential.server.http import HttpEndpoint
+from inferential.server.status import model_replicas, queue_depths
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "inferential-dashboard.json"
@@ -241,10 +244,11 @@ def test_healthz_and_readyz_follow_startup_and_shutdown_which_answers_queued_req
 # -- /status and `inferential top` ----------------------------------------------------------
 
 
-def test_replicas_and_queue_depths_are_read_from_every_backend_and_scheduler_shape():
-    local = {"policy": {"healthy": True, "replicas": 2, "calls": 9, "errors": 0}}
-    ray = {"ready": True, "models": {"policy": {"running_replicas": 3, "alive": True}, "attached": {"mode": "attach"}}, "cluster": {}}
-    assert (model_replicas(local, "policy"), model_replicas(ray, "policy"), model_replicas(ray, "attached")) == (2, 3, None)
+def test_replicas_and_queue_depths_are_read_from_the_health_record_and_every_scheduler_shape():
+    health = BackendHealth(models={"policy": ModelHealth(replicas=3, details={"alive": True}), "attached": ModelHealth()})
+    as_status = health.as_dict()  # what Server.status() carries under "backend"
+    replicas = [model_replicas(as_status, m) for m in ("policy", "attached", "unknown")]
+    assert replicas == [3, None, None]
     built_in = {"models": {"a": 1, "b": 0}, "scheduler": {"queue_len": 1, "models": {"a": 1}}}
     custom = {"models": {"a": 1}, "scheduler": {"queue_len": 4}}
     assert (queue_depths(built_in), queue_depths(custom)) == ({"a": 1}, {"a": 4})

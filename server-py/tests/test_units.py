@@ -171,14 +171,14 @@ def test_fast_models_move_inline_and_a_slow_batch_sends_them_back_to_threads():
         assert backend.run_inline("m", [{}]) is None  # not proven fast yet: use submit()
         for _ in range(INLINE_PROBE):
             await run_once()
-        assert backend.health()["m"]["inline"] and model.thread is not loop_thread
+        assert backend.health().models["m"].details["inline"] and model.thread is not loop_thread
         out, err = backend.run_inline("m", [{}, {}])  # runs here and now, on the caller's thread
         assert err is None and len(out) == 2 and model.thread is loop_thread
         await run_once()
         assert model.thread is loop_thread  # now inline on the event loop
         model.slow = True
         await run_once()  # 10 ms > 10 x 1 ms: ejected
-        assert not backend.health()["m"]["inline"]
+        assert not backend.health().models["m"].details["inline"]
         await run_once()
         assert model.thread is not loop_thread
         await backend.stop()
@@ -200,7 +200,7 @@ def test_models_can_refuse_inline_execution():
             fut = asyncio.get_running_loop().create_future()
             backend.submit("m", [{}], lambda out, err: fut.set_result(err))
             assert await fut is None
-        assert not backend.health()["m"]["inline"]
+        assert not backend.health().models["m"].details["inline"]
         await backend.stop()
 
     asyncio.run(scenario())

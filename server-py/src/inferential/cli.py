@@ -154,7 +154,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(server, config_path: Optional[str], load: Callable[[], InferentialConfig]) -> None:
-    from inferential.server.ops import install_reload, start_http
+    from inferential.server.http import start_http
+    from inferential.server.reload import install_reload
 
     http = start_http(server)
     try:

@@ -80,7 +80,7 @@ def loop() -> Iterator[LoopThread]:
 def backend(loop: LoopThread) -> Iterator[Any]:
     import ray
 
-    from inferential.dispatch.ray_backend import RayBackend
+    from inferential.dispatch.ray.backend import RayBackend
 
     assert not ray.is_initialized(), "another test left a Ray connection open"
     b = RayBackend(SESSION_MODELS, RayConfig(num_cpus=2, health_interval_s=0.5))

@@ -21,7 +21,7 @@ from ray.cluster_utils import Cluster
 
 from inferential.config.schema import ModelConfig, RayConfig
 from inferential.dispatch.base import BackendError
-from inferential.dispatch.ray_backend import RayBackend
+from inferential.dispatch.ray.backend import RayBackend
 
 TIMEOUT_S = 6.0
 SLOW_S = 1.5
@@ -105,7 +105,7 @@ async def main() -> dict:
             after.append(await asyncio.wait_for(
                 timed_call(backend, make_batch(200 + i, i % 2 == 1), t_remove), TIMEOUT_S * 3))
         report["after"] = after
-        report["health"] = (await backend.refresh_health())["models"]["linear"]
+        report["health"] = (await backend.refresh_health()).models["linear"].details
     finally:
         await backend.stop()
         ray.shutdown()

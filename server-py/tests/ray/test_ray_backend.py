@@ -11,12 +11,9 @@ import pytest
 
 from inferential.config.schema import ModelConfig, RayConfig
 from inferential.dispatch.base import BackendError
-from inferential.dispatch.ray_backend import (
-    RayBackend,
-    RemoteModelError,
-    build_app,
-    prepare_local_auth,
-)
+from inferential.dispatch.ray.backend import RayBackend
+from inferential.dispatch.ray.cluster import prepare_local_auth
+from inferential.dispatch.ray.replica import RemoteModelError, build_app
 from inferential.models.ray_testing import LegacyInferApp
 
 TESTING = "inferential.models.ray_testing"
@@ -90,12 +87,12 @@ def test_unknown_model_raises_backend_error(backend, loop):
 
 
 def test_hung_model_times_out_then_its_replica_is_replaced(backend, loop):
-    before = backend.health()["models"]["sleepy"]["timeouts"]
+    before = backend.health().models["sleepy"].details["timeouts"]
     start = time.monotonic()
     with pytest.raises(BackendError, match="no answer within 0.5 s"):
         loop.run(backend.execute("sleepy", [obs(0, image=False, sleep_s="60")]))
     assert time.monotonic() - start < 1.5
-    assert backend.health()["models"]["sleepy"]["timeouts"] == before + 1
+    assert backend.health().models["sleepy"].details["timeouts"] == before + 1
 
     # The batch keeps its thread busy; the replica fails its health check
     # (hung_after_s=1) and Serve starts a fresh one, which answers.
@@ -107,18 +104,19 @@ def test_hung_model_times_out_then_its_replica_is_replaced(backend, loop):
             break
         except BackendError:
             time.sleep(0.5)
-    assert answer is not None, backend.health()["models"]["sleepy"]
+    assert answer is not None, backend.health().models["sleepy"]
     np.testing.assert_array_equal(answer[0]["actions"], obs(3)["state"])
 
 
 def test_health_reports_replicas_per_model(backend, loop):
     health = loop.run(backend.refresh_health())
-    linear = health["models"]["linear"]
-    assert linear["running_replicas"] == 2 and linear["target_replicas"] == 2
-    assert linear["alive"] and linear["app_status"] == "RUNNING"
-    assert linear["mode"] == "deploy" and linear["calls"] >= 1
-    assert health["cluster"]["connection"] == "started"
-    assert set(health["models"]) == {"linear", "picky", "fn", "sleepy"}
+    assert health.ready
+    linear = health.models["linear"]
+    assert linear.replicas == 2 and linear.healthy
+    assert linear.details["target_replicas"] == 2 and linear.details["app_status"] == "RUNNING"
+    assert linear.details["mode"] == "deploy" and linear.details["calls"] >= 1
+    assert health.details["cluster"]["connection"] == "started"
+    assert set(health.models) == {"linear", "picky", "fn", "sleepy"}
 
 
 def test_attach_to_applications_deployed_separately(backend, loop):
@@ -149,9 +147,9 @@ def test_attach_to_applications_deployed_separately(backend, loop):
         assert isinstance(outcomes[1], RemoteModelError) and outcomes[1].type_name == "ValueError"
 
         health = loop.run(attached.refresh_health())
-        assert health["models"]["legacy-v1"]["method"] == "infer"
-        assert health["models"]["policy-v2"]["method"] == "execute_batch"
-        assert health["cluster"]["connection"] == "reused"
+        assert health.models["legacy-v1"].details["method"] == "infer"
+        assert health.models["policy-v2"].details["method"] == "execute_batch"
+        assert health.details["cluster"]["connection"] == "reused"
     finally:
         loop.run(attached.stop())
     # Attached applications are someone else's: they are still running.

@@ -12,7 +12,7 @@ import pytest
 
 from inferential import Connection
 from inferential.config.schema import ModelConfig
-from inferential.dispatch.ray_backend import build_app
+from inferential.dispatch.ray.replica import build_app
 
 pytestmark = pytest.mark.ray
 

@@ -173,9 +173,15 @@ class InferentialConfig(_Section):
     response_tracking: ResponseTrackingConfig = ResponseTrackingConfig()
     metrics: MetricsConfig = MetricsConfig()
     auth: AuthConfig = AuthConfig()
-    backend: Literal["local", "ray"] = "local"
+    # A backend registered by that name (built-ins: local, ray; see
+    # inferential.dispatch.registry). An unknown name is refused when the server is built.
+    backend: str = "local"
     models: list[ModelConfig] = []
+    # The Ray backend's section (where 1.x had it).
     ray: RayConfig = RayConfig()
+    # The sections of other registered backends, by backend name; each backend
+    # validates its own (Backend.from_config).
+    backends: dict[str, dict[str, Any]] = {}
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("models")

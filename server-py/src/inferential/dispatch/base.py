@@ -17,17 +17,23 @@ is accepted too and called once per request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 Inputs = dict[str, Any]
 Outcome = Any  # dict[str, ndarray|str] on success, or an Exception instance
 Done = Callable[[Optional[list[Any]], Optional[BaseException]], None]
+# What a batch run on the caller's thread gives: (outcomes, None) or (None, error).
+Ran = tuple[Optional[list[Outcome]], Optional[BaseException]]
+
+if TYPE_CHECKING:
+    from inferential.config.schema import InferentialConfig
 
 
 class Model:
@@ -141,12 +147,50 @@ class ModelInfo:
     concurrency: int
 
 
+@dataclass
+class ModelHealth:
+    """One model's state as a backend sees it."""
+
+    #: Replicas running now (local backend: worker threads); None when unknown.
+    replicas: Optional[int] = None
+    healthy: bool = True
+    #: Backend-specific counters and states (calls, errors, inline, timeouts, ...).
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BackendHealth:
+    """What ``Backend.health()`` reports: /readyz fails while ``ready`` is False."""
+
+    ready: bool = True
+    error: str = ""
+    models: dict[str, ModelHealth] = field(default_factory=dict)
+    #: Backend-wide details (Ray: the cluster, when health was last checked).
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able, for /status."""
+        return dataclasses.asdict(self)
+
+
 class BackendError(RuntimeError):
     """The backend could not run a batch at all (retryable per max_retries)."""
 
 
 class Backend(ABC):
-    """Runs batches of one model. Implementations: local threads, Ray Serve."""
+    """Runs batches of one model. Implementations: local threads, Ray Serve.
+
+    A backend is selected by ``config.backend``, the name it was registered under
+    with :func:`inferential.dispatch.registry.register_backend`; the server builds
+    it with :meth:`from_config`.
+    """
+
+    @classmethod
+    def from_config(cls, config: "InferentialConfig", local_objects: Mapping[str, Any]) -> "Backend":
+        """Build the backend from the whole configuration (its own section is
+        ``config.backends[<name>]``, or ``config.ray`` for the Ray backend) and
+        the model objects given to ``Server(models=...)``."""
+        raise NotImplementedError(f"{cls.__name__} does not implement from_config()")
 
     @abstractmethod
     async def start(self) -> None:
@@ -186,6 +230,12 @@ class Backend(ABC):
 
         task.add_done_callback(finished)
 
-    def health(self) -> dict[str, Any]:
-        """Backend-specific health (replicas alive, etc.) for metrics and /readyz."""
-        return {}
+    def run_inline(self, model_id: str, batch: list[Inputs]) -> Optional[Ran]:
+        """Run the batch now on the caller's thread (the event loop) if this model
+        is fast enough for that; None to go through ``submit``. The server calls
+        it only when a backend overrides it."""
+        return None
+
+    def health(self) -> BackendHealth:
+        """Readiness and per-model state, for metrics, /status and /readyz."""
+        return BackendHealth()

@@ -20,19 +20,23 @@ from time import perf_counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
-from inferential.config.schema import ModelConfig
+from inferential.config.schema import InferentialConfig, ModelConfig
 from inferential.dispatch.base import (
     Backend,
     BackendError,
+    BackendHealth,
     Done,
     Inputs,
     Model,
+    ModelHealth,
     ModelInfo,
     Outcome,
+    Ran,
     check_outcomes,
     instantiate,
     load_target,
 )
+from inferential.dispatch.registry import register_backend
 
 logger = logging.getLogger("inferential.dispatch.local")
 
@@ -71,12 +75,17 @@ class _Loaded:
             self.inline = True
 
 
+@register_backend("local")
 class LocalBackend(Backend):
     """Serves models given as ModelConfig entries or as ready objects.
 
     ``objects`` maps a model name to a Model instance or subclass, a plain
     callable, or a "module:Attr" target string.
     """
+
+    @classmethod
+    def from_config(cls, config: InferentialConfig, local_objects: Mapping[str, Any]) -> "LocalBackend":
+        return cls(config.models, local_objects, default_max_batch_size=config.scheduling.max_batch_size)
 
     def __init__(
         self,
@@ -129,7 +138,7 @@ class LocalBackend(Backend):
             raise BackendError(f"{type(err).__name__}: {err}") from err
         return outcomes
 
-    def run_inline(self, model_id: str, batch: list[Inputs]) -> tuple[Any, Any] | None:
+    def run_inline(self, model_id: str, batch: list[Inputs]) -> Ran | None:
         """Run the batch now, on the caller's thread, if the model runs inline;
         returns ``(outcomes, None)`` or ``(None, error)``, or None to use ``submit``."""
         loaded = self._models.get(model_id)
@@ -138,8 +147,9 @@ class LocalBackend(Backend):
         loaded.calls += 1
         return self._run(loaded, batch)
 
-    def _run(self, loaded: _Loaded, batch: list[Inputs]) -> tuple[Any, Any]:
+    def _run(self, loaded: _Loaded, batch: list[Inputs]) -> Ran:
         start = perf_counter()
+        outcome: Ran
         try:
             outcome = _run(loaded.model, batch), None
         except Exception as err:
@@ -170,11 +180,13 @@ class LocalBackend(Backend):
 
         loaded.pool.submit(work)
 
-    def health(self) -> dict[str, Any]:
-        return {
-            name: {"healthy": True, "replicas": m.info.concurrency, "calls": m.calls, "errors": m.errors, "inline": m.inline}
-            for name, m in self._models.items()
-        }
+    def health(self) -> BackendHealth:
+        return BackendHealth(
+            models={
+                name: ModelHealth(replicas=m.info.concurrency, details={"calls": m.calls, "errors": m.errors, "inline": m.inline})
+                for name, m in self._models.items()
+            }
+        )
 
 
 def _run(model: Model, batch: list[Inputs]) -> list[Outcome]:

@@ -114,6 +114,20 @@ class MetricsStore:
 
     # -- queries ----------------------------------------------------------------
 
+    def now(self) -> float:
+        """The store's clock (wall seconds unless a test injected one): the time base of ``points``."""
+        return self._clock()
+
+    def points(self, name: str, window_seconds: Optional[float] = None) -> list[tuple[float, float, dict]]:
+        """``(time, value, labels)`` of ``name`` recorded in the last ``window_seconds``
+        (all that the ring buffer holds when None), oldest first. Safe from any
+        thread: copying a deque is atomic under the GIL."""
+        points = list(self._series.get(name, ()))
+        if window_seconds is None:
+            return points
+        since = self._clock() - window_seconds
+        return [p for p in points if p[0] >= since]
+
     def values(self, name: str, window_seconds: Optional[float] = None, labels: Optional[Labels] = None) -> list[float]:
         points = list(self._series.get(name, ()))
         since = self._clock() - window_seconds if window_seconds is not None else -math.inf

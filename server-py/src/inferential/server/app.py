@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from inferential.config.schema import InferentialConfig, SchedulingConfig
 from inferential.dispatch.base import Backend
+from inferential.dispatch.registry import create_backend
 from inferential.metrics.store import MetricsStore
 from inferential.scheduler import Scheduler
 from inferential.server.admission import admit
@@ -33,16 +34,6 @@ from inferential.wire import Limits, Status
 logger = logging.getLogger("inferential.server")
 
 _SHUTTING_DOWN = "server is shutting down"
-
-
-def _build_backend(config: InferentialConfig, local_objects: Mapping[str, Any]) -> Backend:
-    if config.backend == "ray":
-        from inferential.dispatch.ray_backend import RayBackend
-
-        return RayBackend(config.models, config.ray, attach=config.ray.attach)
-    from inferential.dispatch.local import LocalBackend
-
-    return LocalBackend(config.models, local_objects, default_max_batch_size=config.scheduling.max_batch_size)
 
 
 class Server:
@@ -73,7 +64,7 @@ class Server:
         self.config = config
         self.clock = clock
         self.metrics = MetricsStore(config.metrics.ring_buffer_size)
-        self._backend = backend or _build_backend(config, local_objects)
+        self._backend = backend or create_backend(config, local_objects)
         self._registry = ClientRegistry(
             config.clients,
             config.auth,
@@ -224,7 +215,7 @@ class Server:
             "scheduler": engine.scheduler.status(),
             "robots": len(self._registry.robots),
             "replies": dict(self._ledger.status_counts),
-            "backend": self._backend.health(),
+            "backend": self._backend.health().as_dict(),
         }
 
     def status_threadsafe(self, timeout_s: float = 1.0) -> dict[str, Any]:

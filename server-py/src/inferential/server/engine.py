@@ -20,7 +20,7 @@ from collections import defaultdict, deque
 from typing import Any, Callable, Optional
 
 from inferential.config.schema import InferentialConfig, SchedulingConfig
-from inferential.dispatch.base import Backend, ModelInfo
+from inferential.dispatch.base import Backend, ModelInfo, Ran
 from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest, QueueFullError, Scheduler, create_scheduler
 from inferential.scheduler.interface import takes_ready_models
@@ -66,7 +66,7 @@ class Engine:
         self._next_sweep_ns = 0
         self._launching = False
         self._completed: deque[Completed] = deque()
-        self._run_inline: Optional[Callable[[str, list[Any]], Any]] = None
+        self._run_inline: Optional[Callable[[str, list[Any]], Optional[Ran]]] = None
         self._model_labels: dict[str, dict[str, str]] = {}
 
     def start(self, loop: asyncio.AbstractEventLoop, models: dict[str, ModelInfo]) -> None:
@@ -76,7 +76,9 @@ class Engine:
         self.batches_idle = asyncio.Event()
         self.batches_idle.set()
         self.models = models
-        self._run_inline = getattr(self.backend, "run_inline", None)
+        # Only a backend that can run batches on the loop is asked each batch.
+        overrides = type(self.backend).run_inline is not Backend.run_inline
+        self._run_inline = self.backend.run_inline if overrides else None
         self._set_limits(self.scheduler, self.config.scheduling)
 
     # -- the scheduler -------------------------------------------------------------

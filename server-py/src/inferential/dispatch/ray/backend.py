@@ -1,0 +1,475 @@
+"""Ray Serve backend: each batch travels to a replica in ONE handle call.
+
+Modes (deploy, attach), the calling convention of attached applications, how
+batches travel, failures and the cluster are described in docs/ray.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from inferential.config.schema import InferentialConfig, ModelConfig, RayConfig
+from inferential.dispatch.base import (
+    Backend,
+    BackendError,
+    BackendHealth,
+    Inputs,
+    Model,
+    ModelHealth,
+    ModelInfo,
+    Outcome,
+    check_outcomes,
+    normalize_outcome,
+)
+from inferential.dispatch.ray.cluster import connect_ray
+from inferential.dispatch.ray.replica import BatchFailed, RemoteModelError, build_app
+from inferential.dispatch.ray.serve_compat import (
+    method_handles,
+    methods_from_missing_method_error,
+    open_handle,
+    replica_failure_types,
+)
+from inferential.dispatch.registry import register_backend
+
+log = logging.getLogger("inferential.dispatch.ray")
+
+_CONTROL_CALL_TIMEOUT_S = 30.0
+_DEPLOY_TIMEOUT_S = 300.0
+
+
+@dataclass
+class _Target:
+    name: str
+    app: str
+    deployed: bool
+    timeout_s: float
+    max_batch_size: int
+    concurrency_per_replica: int
+    replicas: int
+    method: str = "execute_batch"  # "execute_batch", "infer" or "__call__"
+    by_reference: Any = None  # DeploymentHandle over the object store
+    by_grpc: Any = None  # DeploymentHandle over Serve's direct gRPC transport
+    base: Any = None
+    calls: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    retries: int = 0
+    last_error: Optional[str] = None
+
+    @property
+    def batched(self) -> bool:
+        return self.method == "execute_batch"
+
+
+def _tensor_bytes(batch: Iterable[Inputs]) -> int:
+    return sum(v.nbytes for inputs in batch for v in inputs.values() if isinstance(v, np.ndarray))
+
+
+def _describe_error(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    first = text[-1] if text else ""
+    return f"{type(err).__name__}: {first[:300]}"
+
+
+@register_backend("ray")
+class RayBackend(Backend):
+    """Runs batches on Ray Serve replicas (deployed here, or attached by name)."""
+
+    @classmethod
+    def from_config(cls, config: InferentialConfig, local_objects: Mapping[str, Any]) -> "RayBackend":
+        return cls(config.models, config.ray, attach=config.ray.attach)
+
+    def __init__(
+        self,
+        models: Sequence[ModelConfig] = (),
+        ray: Optional[RayConfig] = None,
+        attach: Sequence[str] = (),
+    ) -> None:
+        self._config = ray or RayConfig()
+        self._model_configs = list(models)
+        self._attach = list(dict.fromkeys([*self._config.attach, *attach]))
+        names = [m.name for m in self._model_configs] + self._attach
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"model names {sorted(dup)} are listed twice (deployed or attached)")
+        self._targets: dict[str, _Target] = {}
+        for m in self._model_configs:
+            self._targets[m.name] = _Target(
+                name=m.name,
+                app=m.name,
+                deployed=True,
+                timeout_s=m.timeout_s,
+                max_batch_size=m.max_batch_size or Model.max_batch_size,
+                concurrency_per_replica=m.concurrency,
+                replicas=m.num_replicas,
+            )
+        for name in self._attach:
+            self._targets[name] = _Target(
+                name=name,
+                app=name,
+                deployed=False,
+                timeout_s=self._config.call_timeout_s,
+                max_batch_size=Model.max_batch_size,
+                concurrency_per_replica=1,
+                replicas=1,
+            )
+        self._connection: Optional[str] = None  # what connect_ray() returned
+        self._started = False
+        # The last answer of serve.status(), per model, and what came with it.
+        self._ready = False
+        self._health_error = ""
+        self._serve_state: dict[str, dict[str, Any]] = {}
+        self._health_details: dict[str, Any] = {}
+        self._health_task: Optional[asyncio.Task[None]] = None
+        self._retryable: tuple[type[BaseException], ...] = ()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._connection = await asyncio.to_thread(connect_ray, self._config)
+        try:
+            await self._start_serve_and_apps()
+        except BaseException:
+            await self._release()
+            raise
+        self._started = True
+        await self.refresh_health()
+        self._health_task = asyncio.create_task(self._health_loop(), name="inferential-ray-health")
+
+    async def _start_serve_and_apps(self) -> None:
+        from ray import serve
+
+        self._retryable = replica_failure_types()
+        await asyncio.to_thread(serve.start, proxy_location="Disabled")
+        if self._model_configs:
+            targets = [
+                serve.RunTarget(target=build_app(m), name=m.name, route_prefix=None)
+                for m in self._model_configs
+            ]
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(serve.run_many, targets), _DEPLOY_TIMEOUT_S
+                )
+            except Exception as err:
+                reasons = await asyncio.to_thread(self._deploy_failures)
+                raise BackendError(
+                    f"deploying models failed: {reasons or _describe_error(err)}"
+                ) from err
+        for target in self._targets.values():
+            await self._open_handles(target)
+        await asyncio.gather(*(self._warm_up(t) for t in self._targets.values()))
+
+    def _deploy_failures(self) -> str:
+        """Why Serve could not deploy our applications, from its status messages."""
+        from ray import serve
+
+        try:
+            apps = serve.status().applications
+        except Exception:
+            return ""
+        reasons = []
+        for m in self._model_configs:
+            app = apps.get(m.name)
+            if app is None or getattr(app.status, "value", app.status) == "RUNNING":
+                continue
+            messages = [d.message for d in app.deployments.values() if d.message] or [app.message]
+            lines = [ln.strip() for text in messages for ln in text.splitlines() if ln.strip()]
+            reasons.append(f"'{m.name}': {lines[-1][:300] if lines else app.status}")
+        return "; ".join(reasons)
+
+    async def _open_handles(self, target: _Target) -> None:
+        from ray import serve
+
+        if target.deployed:
+            deployment_name = target.name
+        else:
+            try:
+                app_handle = await asyncio.to_thread(serve.get_app_handle, target.app)
+            except Exception as err:
+                raise BackendError(
+                    f"cannot attach to Serve application '{target.app}': {_describe_error(err)}"
+                ) from err
+            deployment_name = app_handle.deployment_name
+        # Our own handle, not Serve's cached one: its router runs on this loop.
+        target.base = open_handle(deployment_name, target.app)
+        self._set_method(target, target.method)
+
+    @staticmethod
+    def _set_method(target: _Target, method: str) -> None:
+        target.method = method
+        target.by_reference, target.by_grpc = method_handles(target.base, method)
+
+    async def _warm_up(self, target: _Target) -> None:
+        """One call per model: routes are learnt, and attached apps are probed."""
+        probe = target.base.options(method_name="describe", _by_reference=True)
+        deadline = time.monotonic() + max(target.timeout_s, _CONTROL_CALL_TIMEOUT_S)
+        try:
+            info = await _await_within(probe.remote(), deadline)
+        except asyncio.TimeoutError:
+            raise BackendError(f"model '{target.name}' did not answer its warm-up call") from None
+        except Exception as err:
+            if target.deployed or isinstance(err, self._retryable):
+                raise BackendError(
+                    f"model '{target.name}' failed its warm-up call: {_describe_error(err)}"
+                ) from err
+            # A missing describe() is the convention's way of saying "not a batch app".
+            methods = methods_from_missing_method_error(err)
+            if methods is not None and "execute_batch" in methods:
+                method = "execute_batch"
+            elif methods is not None and "infer" in methods:
+                method = "infer"
+            else:
+                method = "__call__"
+            self._set_method(target, method)
+            log.info(
+                "attached '%s': calling %s (%s)", target.name, method,
+                "one call per batch" if target.batched else "one call per request",
+            )
+            return
+        if not isinstance(info, dict):
+            raise BackendError(
+                f"'{target.name}'.describe() returned {type(info).__name__}, not a dict"
+            )
+        target.max_batch_size = int(info.get("max_batch_size", target.max_batch_size))
+        target.concurrency_per_replica = int(
+            info.get("concurrency", target.concurrency_per_replica)
+        )
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+            self._health_task = None
+        await self._release()
+        self._started = False
+
+    async def _release(self) -> None:
+        for target in self._targets.values():
+            if target.base is not None:
+                try:
+                    await asyncio.wait_for(target.base.shutdown_async(), 5.0)
+                except Exception as err:
+                    log.debug("closing handle of %s: %s", target.name, err)
+                target.base = target.by_reference = target.by_grpc = None
+        import ray
+        from ray import serve
+
+        connection, self._connection = self._connection, None
+        if connection is None or not ray.is_initialized():
+            return
+        if connection == "started":  # everything goes with the cluster
+            await asyncio.to_thread(serve.shutdown)
+            await asyncio.to_thread(ray.shutdown)
+            return
+        for target in self._targets.values():
+            if target.deployed:
+                try:
+                    await asyncio.wait_for(
+                        asyncio.to_thread(serve.delete, target.app), _CONTROL_CALL_TIMEOUT_S
+                    )
+                except Exception as err:
+                    log.warning("could not delete Serve application '%s': %s", target.app, err)
+        if connection == "connected":
+            await asyncio.to_thread(ray.shutdown)
+
+    # --- serving -----------------------------------------------------------------------
+
+    def models(self) -> dict[str, ModelInfo]:
+        return {
+            t.name: ModelInfo(
+                name=t.name,
+                max_batch_size=t.max_batch_size,
+                concurrency=max(1, t.replicas * t.concurrency_per_replica),
+            )
+            for t in self._targets.values()
+        }
+
+    async def execute(self, model_id: str, batch: list[Inputs]) -> list[Outcome]:
+        target = self._targets.get(model_id)
+        if target is None:
+            raise BackendError(f"unknown model '{model_id}'")
+        if not self._started or target.base is None:
+            raise BackendError("the Ray backend is not started")
+        if not batch:
+            return []
+        target.calls += 1
+        deadline = time.monotonic() + target.timeout_s
+        try:
+            if target.batched:
+                return await self._execute_batch(target, batch, deadline)
+            return await self._execute_per_request(target, batch, deadline)
+        except BackendError as err:
+            target.failures += 1
+            target.last_error = str(err)
+            raise
+
+    async def _execute_batch(
+        self, target: _Target, batch: list[Inputs], deadline: float
+    ) -> list[Outcome]:
+        result = await self._call(target, batch, deadline)
+        if isinstance(result, BatchFailed):
+            raise BackendError(f"model '{target.name}' failed the batch: {result.reason}")
+        try:
+            return check_outcomes(result, len(batch))
+        except TypeError as err:
+            raise BackendError(f"model '{target.name}': {err}") from err
+
+    async def _execute_per_request(
+        self, target: _Target, batch: list[Inputs], deadline: float
+    ) -> list[Outcome]:
+        import ray.exceptions as rex
+
+        results = await asyncio.gather(
+            *(self._call(target, inputs, deadline) for inputs in batch), return_exceptions=True
+        )
+        if all(isinstance(r, BackendError) for r in results):
+            raise results[0]
+        outcomes: list[Outcome] = []
+        for r in results:
+            if isinstance(r, rex.RayTaskError) and r.cause is not None:
+                outcomes.append(RemoteModelError.of(r.cause))
+            elif isinstance(r, BackendError):
+                outcomes.append(r)
+            elif isinstance(r, BaseException):
+                outcomes.append(RemoteModelError.of(r))
+            else:
+                try:
+                    outcomes.append(normalize_outcome(r))
+                except TypeError as err:
+                    outcomes.append(err)
+        return outcomes
+
+    async def _call(self, target: _Target, payload: Any, deadline: float) -> Any:
+        """One handle call within the deadline; a lost replica is retried on another."""
+        nbytes = _tensor_bytes(payload if isinstance(payload, list) else [payload])
+        handle = target.by_grpc if nbytes <= self._config.grpc_max_bytes else target.by_reference
+        attempt = 0
+        while True:
+            try:
+                return await _await_within(handle.remote(payload), deadline)
+            except asyncio.TimeoutError:
+                target.timeouts += 1
+                raise BackendError(
+                    f"model '{target.name}': no answer within {target.timeout_s:g} s; "
+                    "request cancelled"
+                ) from None
+            except self._retryable as err:
+                attempt += 1
+                if attempt > self._config.replica_failure_retries or time.monotonic() >= deadline:
+                    raise BackendError(
+                        f"model '{target.name}': replica failed: {_describe_error(err)}"
+                    ) from err
+                target.retries += 1
+                log.warning(
+                    "model '%s': replica failed (%s); retrying", target.name, _describe_error(err)
+                )
+            except Exception as err:
+                if not target.batched:
+                    raise  # the app's own exception for this one request
+                raise BackendError(f"model '{target.name}': {_describe_error(err)}") from err
+
+    # --- health -------------------------------------------------------------------------
+
+    def health(self) -> BackendHealth:
+        models: dict[str, ModelHealth] = {}
+        for name, t in self._targets.items():
+            entry = dict(self._serve_state.get(name, {}))
+            entry.update(
+                mode="deploy" if t.deployed else "attach",
+                method=t.method,
+                calls=t.calls,
+                failures=t.failures,
+                timeouts=t.timeouts,
+                retries=t.retries,
+                last_error=t.last_error,
+            )
+            running = entry.get("running_replicas")
+            models[name] = ModelHealth(replicas=running, healthy=bool(entry.get("alive", False)), details=entry)
+        return BackendHealth(ready=self._ready, error=self._health_error, models=models, details=dict(self._health_details))
+
+    async def refresh_health(self) -> BackendHealth:
+        """Ask Serve for replica states now (health() returns the last answer)."""
+        from ray import serve
+
+        started = time.monotonic()
+        try:
+            status = await asyncio.wait_for(
+                asyncio.to_thread(serve.status), _CONTROL_CALL_TIMEOUT_S
+            )
+        except Exception as err:
+            self._ready, self._health_error, self._serve_state = False, _describe_error(err), {}
+            self._health_details = {"checked_at": time.time(), "cluster": self._cluster_info()}
+            return self.health()
+        models: dict[str, Any] = {}
+        for name, t in self._targets.items():
+            app = status.applications.get(t.app)
+            if app is None:
+                models[name] = {
+                    "app_status": "MISSING",
+                    "replicas": {},
+                    "running_replicas": 0,
+                    "alive": False,
+                }
+                continue
+            states: dict[str, int] = {}
+            for dep in app.deployments.values():
+                for state, n in dep.replica_states.items():
+                    key = getattr(state, "value", str(state))
+                    states[key] = states.get(key, 0) + n
+            running = states.get("RUNNING", 0)
+            if not t.deployed:
+                t.replicas = max(1, running)
+            models[name] = {
+                "app_status": getattr(app.status, "value", str(app.status)),
+                "replicas": states,
+                "running_replicas": running,
+                "target_replicas": t.replicas if t.deployed else None,
+                "alive": running > 0,
+            }
+        self._serve_state = models
+        self._ready = self._started and all(m["alive"] for m in models.values())
+        self._health_error = ""
+        self._health_details = {
+            "checked_at": time.time(),
+            "check_ms": (time.monotonic() - started) * 1e3,
+            "cluster": self._cluster_info(),
+        }
+        return self.health()
+
+    def _cluster_info(self) -> dict[str, Any]:
+        return {"address": self._config.address, "connection": self._connection}
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.health_interval_s)
+            try:
+                await self.refresh_health()
+            except Exception as err:  # never let the loop die
+                log.warning("Ray health check failed: %s", err)
+
+
+async def _await_within(response: Any, deadline: float) -> Any:
+    """The response's result, or asyncio.TimeoutError after cancelling the request."""
+
+    async def result() -> Any:
+        return await response
+
+    try:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise asyncio.TimeoutError
+        return await asyncio.wait_for(result(), remaining)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        response.cancel()  # also drops it from the router's queue or the replica
+        raise

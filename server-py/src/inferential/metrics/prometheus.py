@@ -1,0 +1,137 @@
+"""Prometheus series for one server: histograms and counters fed by the metrics
+store's callback thread, and gauges read from the server's status at scrape time,
+so nothing here runs on the event loop's request path."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from inferential.server.status import model_replicas, queue_depths, slo_attainment
+
+#: Seconds of history behind the ``inferential_slo_attainment`` gauge.
+SLO_WINDOW_S = 60.0
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+_BYTES_BUCKETS = tuple(float(1 << k) for k in range(10, 27, 2))  # 1 KiB .. 64 MiB
+# Store metric (milliseconds) -> Prometheus histogram (seconds).
+_HISTOGRAMS = {
+    "scheduling_wait_ms": ("inferential_queue_wait_seconds", "Time from arrival to dispatch to the model, successful requests"),
+    "inference_latency_ms": ("inferential_inference_seconds", "Model execution time of one batch"),
+    "e2e_latency_ms": ("inferential_server_latency_seconds", "Time from arrival to reply, successful requests"),
+    "observation_staleness_ms": ("inferential_observation_staleness_seconds", "Age of an observation when it arrived (robot and server clocks)"),
+}
+_COUNTERS = {
+    "replies": ("inferential_replies", "Replies sent, by model and status: every observation gets exactly one", ("model", "status")),
+    "observation_errors": ("inferential_rejected_observations", "Observations answered before scheduling (invalid, unknown model, unauthenticated, ...), by status", ("status",)),
+    "replies_undeliverable": ("inferential_replies_undeliverable", "Replies that could not be handed to the robot's connection", ("model", "reason")),
+    "dispatch_errors": ("inferential_dispatch_errors", "Batches whose backend call failed as a whole", ("model",)),
+    "dispatch_retries": ("inferential_dispatch_retries", "Requests re-queued after a failed batch", ("model",)),
+    "config_reloads": ("inferential_config_reloads", "Configuration reloads (SIGHUP), by result", ("result",)),
+}
+
+
+class PrometheusExporter:
+    """Prometheus series for one server, in a registry of their own."""
+
+    def __init__(self, server: Any, slo_window_s: float = SLO_WINDOW_S) -> None:
+        self.server = server
+        self.slo_window_s = slo_window_s
+        self.registry = CollectorRegistry()
+        self._hist = {
+            name: Histogram(prom, doc, ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+            for name, (prom, doc) in _HISTOGRAMS.items()
+        }
+        self._batch = Histogram("inferential_batch_size", "Requests per batch sent to a model", ["model"], buckets=_BATCH_BUCKETS, registry=self.registry)
+        self._payload = Histogram("inferential_payload_bytes", "Tensor bytes per observation", ["model"], buckets=_BYTES_BUCKETS, registry=self.registry)
+        self._counters = {
+            name: (Counter(prom, doc, list(labels), registry=self.registry), labels)
+            for name, (prom, doc, labels) in _COUNTERS.items()
+        }
+        self._slo_total = Counter("inferential_slo_requests", "Requests counted for the latency SLO (every reply but SUPERSEDED)", ["client", "model"], registry=self.registry)
+        self._slo_met = Counter("inferential_slo_met", "Requests answered OK within their latency budget", ["client", "model"], registry=self.registry)
+        self.registry.register(_LiveCollector(self))
+        server.on_metric(self._on_metric)
+
+    def _on_metric(self, name: str, value: float, labels: dict) -> None:
+        hist = self._hist.get(name)
+        if hist is not None:
+            hist.labels(model=labels.get("model", "")).observe(value / 1000.0)
+            return
+        if name == "batch_size":
+            self._batch.labels(model=labels.get("model", "")).observe(value)
+        elif name == "payload_size_bytes":
+            self._payload.labels(model=labels.get("model", "")).observe(value)
+        elif name == "slo_met":
+            key = dict(client=labels.get("client", ""), model=labels.get("model", ""))
+            self._slo_total.labels(**key).inc()
+            if value:
+                self._slo_met.labels(**key).inc()
+        elif name == "observation_errors":
+            # The receive loop counts its own failures with a reason instead of a status.
+            status = labels.get("status") or labels.get("reason", "").upper() or "UNKNOWN"
+            self._counters[name][0].labels(status).inc(value)
+        elif name in self._counters:
+            counter, label_names = self._counters[name]
+            counter.labels(*[labels.get(n, "") for n in label_names]).inc(value)
+
+    def render(self) -> bytes:
+        self.server.metrics.flush(0.5)
+        return generate_latest(self.registry)
+
+
+class _LiveCollector:
+    """Gauges read at scrape time: queue depth, robots, replicas, SLO attainment."""
+
+    def __init__(self, exporter: PrometheusExporter) -> None:
+        self.exporter = exporter
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        # Names only, so registering does not ask a server that has not started for its status.
+        return self._families()
+
+    def _families(self) -> list[GaugeMetricFamily]:
+        window = self.exporter.slo_window_s
+        return [
+            GaugeMetricFamily("inferential_queue_depth", "Requests waiting in the scheduler, by model", labels=["model"]),
+            GaugeMetricFamily("inferential_batches_in_flight", "Batches running on a model", labels=["model"]),
+            GaugeMetricFamily("inferential_model_concurrency", "Batches a model may run at once", labels=["model"]),
+            GaugeMetricFamily("inferential_model_replicas", "Healthy replicas (Ray) or worker threads (local) per model", labels=["model"]),
+            GaugeMetricFamily("inferential_active_robots", "Robots registered (seen within disconnect_timeout_s)"),
+            GaugeMetricFamily("inferential_queued_requests", "Requests waiting in the scheduler, all models"),
+            GaugeMetricFamily("inferential_pending_requests", "Requests admitted and not yet answered (queued or running)"),
+            GaugeMetricFamily("inferential_ready", "1 when the server admits robots (/readyz)"),
+            GaugeMetricFamily("inferential_scheduler_info", "The active scheduling strategy (value 1)", labels=["strategy"]),
+            GaugeMetricFamily(
+                "inferential_slo_attainment",
+                f"Share of requests answered OK within budget over the last {window:.0f} s (at most metrics.ring_buffer_size replies)",
+                labels=["client", "model"],
+            ),
+        ]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        server = self.exporter.server
+        status = server.status_threadsafe()
+        (depth, inflight, concurrency, replicas, robots, queued, pending, ready, strategy, slo) = self._families()
+        per_model = queue_depths(status)
+        health = status.get("backend") or {}
+        for model, info in (status.get("models") or {}).items():
+            depth.add_metric([model], float(per_model.get(model, 0)))
+            inflight.add_metric([model], float(info.get("in_flight", 0)))
+            concurrency.add_metric([model], float(info.get("concurrency", 0)))
+            n = model_replicas(health, model)
+            if n is not None:
+                replicas.add_metric([model], float(n))
+        robots.add_metric([], float(status.get("robots", 0)))
+        sched = status.get("scheduler") or {}
+        queued.add_metric([], float(sched.get("queue_len", sum(per_model.values()))))
+        pending.add_metric([], float(status.get("pending", 0)))
+        ready.add_metric([], 1.0 if status.get("ready") else 0.0)
+        if sched.get("strategy"):
+            strategy.add_metric([str(sched["strategy"])], 1.0)
+        for (client, model), share in slo_attainment(server.metrics, self.exporter.slo_window_s).items():
+            slo.add_metric([client, model], share)
+        return [depth, inflight, concurrency, replicas, robots, queued, pending, ready, strategy, slo]
