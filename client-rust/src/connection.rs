@@ -1,0 +1,453 @@
+//! The connection: one DEALER socket, the matcher, and model handles over them.
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::codec::{encode_observation, EncodeParams};
+use crate::error::{Error, ErrorKind, Result};
+use crate::matching::Matcher;
+pub use crate::matching::Stats;
+use crate::options::{default_client_id, ConnectionBuilder};
+use crate::reply::Reply;
+use crate::wire::limits::Limits;
+use crate::wire::tensor::Observation;
+use crate::RequestId;
+
+/// A robot's connection to one Inferential server: a ZeroMQ DEALER with the options of
+/// protocol §8 (no routing identity, `ZMQ_IMMEDIATE`, bounded sends) and the reply matcher.
+///
+/// Cheap to clone (a shared handle); [`Model`] handles keep it alive. Calls from several
+/// threads are serialised: a `get_result()` waiting on one thread holds the socket until
+/// it returns, so a robot with several control threads should open one connection each.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    endpoint: String,
+    client_id: String,
+    client_type: String,
+    auth_token: String,
+    single_payload_frame: bool,
+    send_timeout_ms: u32,
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+struct State {
+    // None once closed.
+    socket: Option<zmq::Socket>,
+    matcher: Matcher,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("open", &self.socket.is_some())
+            .field("matcher", &self.matcher)
+            .finish()
+    }
+}
+
+/// The DEALER's options as libzmq reports them (getsockopt), for checks and diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// ZMQ_RECONNECT_IVL.
+    pub reconnect_ivl: i32,
+    /// ZMQ_RECONNECT_IVL_MAX.
+    pub reconnect_ivl_max: i32,
+    /// ZMQ_HEARTBEAT_IVL.
+    pub heartbeat_ivl: i32,
+    /// ZMQ_HEARTBEAT_TIMEOUT.
+    pub heartbeat_timeout: i32,
+    /// ZMQ_IMMEDIATE (1).
+    pub immediate: i32,
+    /// ZMQ_SNDTIMEO.
+    pub sndtimeo: i32,
+    /// ZMQ_SNDHWM.
+    pub sndhwm: i32,
+    /// ZMQ_RCVHWM.
+    pub rcvhwm: i32,
+    /// ZMQ_LINGER (0).
+    pub linger: i32,
+    /// ZMQ_MAXMSGSIZE.
+    pub maxmsgsize: i64,
+    /// ZMQ_ROUTING_ID (empty: never set, libzmq assigns one per connection).
+    pub routing_id: Vec<u8>,
+}
+
+/// A received frame kept alive by the [`Bytes`] slices that point into it.
+struct Frame(zmq::Message);
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn is_again(err: &zmq::Error) -> bool {
+    *err == zmq::Error::EAGAIN
+}
+
+impl Connection {
+    /// Options for a connection to `endpoint`, ending in [`ConnectionBuilder::connect`].
+    pub fn builder(endpoint: &str) -> ConnectionBuilder {
+        ConnectionBuilder::new(endpoint)
+    }
+
+    pub(crate) fn open(options: ConnectionBuilder) -> Result<Connection> {
+        let endpoint = options.normalized_endpoint();
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::DEALER)?;
+        // validate() checked that every value fits an i32 / i64.
+        let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        socket.set_linger(0)?;
+        // Queue nothing for a server that is not connected: a reconnect delivers no backlog.
+        socket.set_immediate(true)?;
+        socket.set_reconnect_ivl(int(options.reconnect_ivl_ms))?;
+        socket.set_reconnect_ivl_max(int(options.reconnect_ivl_max_ms))?;
+        socket.set_heartbeat_ivl(int(options.heartbeat_ivl_ms))?;
+        socket.set_heartbeat_timeout(int(options.heartbeat_timeout_ms))?;
+        socket.set_sndhwm(int(options.send_hwm))?;
+        socket.set_rcvhwm(int(options.recv_hwm))?;
+        socket.set_sndtimeo(int(options.send_timeout_ms))?;
+        socket
+            .set_maxmsgsize(i64::try_from(options.limits.max_message_bytes).unwrap_or(i64::MAX))?;
+        socket
+            .connect(&endpoint)
+            .map_err(|e| Error::invalid(format!("cannot connect to {endpoint:?}: {e}")))?;
+        Ok(Connection {
+            shared: Arc::new(Shared {
+                endpoint,
+                client_id: options.client_id.unwrap_or_else(default_client_id),
+                client_type: options.client_type,
+                auth_token: options.auth_token,
+                single_payload_frame: options.single_payload_frame,
+                send_timeout_ms: options.send_timeout_ms,
+                limits: options.limits,
+                state: Mutex::new(State {
+                    socket: Some(socket),
+                    matcher: Matcher::new(options.limits),
+                }),
+            }),
+        })
+    }
+
+    /// A handle for observations to `model_id` and its replies: latency budget 50 ms,
+    /// priority 1, no deadline. Handles for the same model share its replies.
+    pub fn model(&self, model_id: &str) -> Result<Model> {
+        if model_id.is_empty() || model_id.len() > self.shared.limits.max_key_bytes {
+            return Err(Error::invalid(format!(
+                "model_id must be 1..={} bytes",
+                self.shared.limits.max_key_bytes
+            )));
+        }
+        drop(self.shared.lock_open()?);
+        Ok(Model {
+            shared: Arc::clone(&self.shared),
+            model_id: model_id.to_owned(),
+            latency_budget_ms: 50.0,
+            priority: 1,
+            deadline_ns: None,
+            actions_remaining: None,
+            control_rate_hz: None,
+        })
+    }
+
+    /// The endpoint, with its scheme.
+    pub fn endpoint(&self) -> &str {
+        &self.shared.endpoint
+    }
+
+    /// The robot's name sent in every observation.
+    pub fn client_id(&self) -> &str {
+        &self.shared.client_id
+    }
+
+    /// A snapshot of the counters (reads waiting replies first, so they are current).
+    pub fn stats(&self) -> Stats {
+        let mut state = self.shared.lock();
+        // A closed connection still reports what it counted.
+        let _ = state.drain();
+        state.matcher.stats().clone()
+    }
+
+    /// The DEALER's options read back from libzmq.
+    pub fn socket_options(&self) -> Result<SocketOptions> {
+        let state = self.shared.lock_open()?;
+        let s = state.socket()?;
+        Ok(SocketOptions {
+            reconnect_ivl: s.get_reconnect_ivl()?,
+            reconnect_ivl_max: s.get_reconnect_ivl_max()?,
+            heartbeat_ivl: s.get_heartbeat_ivl()?,
+            heartbeat_timeout: s.get_heartbeat_timeout()?,
+            immediate: i32::from(s.is_immediate()?),
+            sndtimeo: s.get_sndtimeo()?,
+            sndhwm: s.get_sndhwm()?,
+            rcvhwm: s.get_rcvhwm()?,
+            linger: s.get_linger()?,
+            maxmsgsize: s.get_maxmsgsize()?,
+            routing_id: s.get_identity()?,
+        })
+    }
+
+    /// Closes the socket at once (unsent messages are discarded). Idempotent; every later
+    /// call on this connection or its models fails with `closed`.
+    pub fn close(&self) {
+        let mut state = self.shared.lock();
+        state.socket = None;
+    }
+
+    /// Whether [`Connection::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().socket.is_none()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in user code while locked cannot leave the state half-updated (no user
+        // code runs under the lock), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_open(&self) -> Result<MutexGuard<'_, State>> {
+        let state = self.lock();
+        if state.socket.is_none() {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                format!("connection to {} is closed", self.endpoint),
+            ));
+        }
+        Ok(state)
+    }
+}
+
+impl State {
+    fn socket(&self) -> Result<&zmq::Socket> {
+        self.socket
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Closed, "connection is closed"))
+    }
+
+    /// Routes every message waiting on the socket, without blocking.
+    fn drain(&mut self) -> Result<()> {
+        let Some(socket) = self.socket.as_ref() else {
+            return Ok(());
+        };
+        loop {
+            let first = match socket.recv_msg(zmq::DONTWAIT) {
+                Ok(msg) => msg,
+                Err(err) if is_again(&err) => return Ok(()),
+                Err(err) => return Err(err.into()),
+            };
+            let mut frames = vec![Bytes::from_owner(Frame(first))];
+            // The rest of a multipart message is already here once its first frame is.
+            while socket.get_rcvmore()? {
+                frames.push(Bytes::from_owner(Frame(socket.recv_msg(0)?)));
+            }
+            self.matcher.on_reply(&frames, Instant::now());
+        }
+    }
+
+    /// Waits up to `timeout` for input on the socket.
+    fn poll(&self, timeout: Duration) -> Result<()> {
+        let ms = i64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
+        self.socket()?.poll(zmq::POLLIN, ms.max(1))?;
+        Ok(())
+    }
+}
+
+/// Observations to one model and its replies, over a [`Connection`].
+///
+/// The builder-style setters give the defaults of every observation sent through this
+/// handle; an [`Observation`] may override priority, deadline, actions remaining and
+/// control rate.
+#[derive(Debug, Clone)]
+pub struct Model {
+    shared: Arc<Shared>,
+    model_id: String,
+    latency_budget_ms: f32,
+    priority: u32,
+    deadline_ns: Option<u64>,
+    actions_remaining: Option<u32>,
+    control_rate_hz: Option<f32>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Model {
+    /// Answer wanted within this long after arrival (ms, finite, >= 0; 0 = server
+    /// default). Default 50.
+    pub fn latency_budget_ms(mut self, ms: f32) -> Self {
+        self.latency_budget_ms = ms;
+        self
+    }
+
+    /// Priority, 0 is highest. Default 1.
+    pub fn priority(mut self, priority: u32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Absolute deadline, Unix epoch ns; wins over the latency budget on the server.
+    pub fn deadline_ns(mut self, deadline_ns: u64) -> Self {
+        self.deadline_ns = Some(deadline_ns);
+        self
+    }
+
+    /// Actions left in the robot's action queue.
+    pub fn actions_remaining(mut self, actions: u32) -> Self {
+        self.actions_remaining = Some(actions);
+        self
+    }
+
+    /// Rate at which the robot consumes actions, Hz.
+    pub fn control_rate_hz(mut self, hz: f32) -> Self {
+        self.control_rate_hz = Some(hz);
+        self
+    }
+
+    /// The model id.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// The connection this handle sends on.
+    pub fn connection(&self) -> Connection {
+        Connection {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Sends one observation; returns its request id. Its reply is read with
+    /// [`Model::get_result`].
+    ///
+    /// Fails with `invalid_argument` (nothing sent) when the observation breaks a limit,
+    /// and with `server_unavailable` when no connected server accepts it within the
+    /// send timeout (it is then never delivered later).
+    pub fn observe(&self, obs: &Observation<'_>) -> Result<RequestId> {
+        self.send(obs, false)
+    }
+
+    fn send(&self, obs: &Observation<'_>, awaited: bool) -> Result<RequestId> {
+        let shared = &self.shared;
+        let mut state = shared.lock_open()?;
+        let rid = state.matcher.next_request_id();
+        let params = EncodeParams {
+            client_id: &shared.client_id,
+            client_type: &shared.client_type,
+            model_id: &self.model_id,
+            request_id: rid.0,
+            timestamp_ns: now_ns(),
+            latency_budget_ms: self.latency_budget_ms,
+            priority: self.priority,
+            deadline_ns: self.deadline_ns,
+            actions_remaining: self.actions_remaining,
+            control_rate_hz: self.control_rate_hz,
+            auth_token: &shared.auth_token,
+            single_payload_frame: shared.single_payload_frame,
+            limits: shared.limits,
+        };
+        let frames = encode_observation(&params, obs)?;
+        // Replies already waiting are routed first, so the outstanding table stays small.
+        state.drain()?;
+        state
+            .matcher
+            .track(rid, &self.model_id, awaited, Instant::now());
+        let result = {
+            let socket = state.socket()?;
+            let last = frames.len().saturating_sub(1);
+            frames.iter().enumerate().try_for_each(|(i, f)| {
+                let flags = if i < last { zmq::SNDMORE } else { 0 };
+                // Only the first frame can block (up to ZMQ_SNDTIMEO): once it is
+                // queued, libzmq takes the rest of the message.
+                socket.send(&f[..], flags)
+            })
+        };
+        match result {
+            Ok(()) => {
+                state.matcher.sent();
+                Ok(rid)
+            }
+            Err(err) => {
+                state.matcher.untrack(rid);
+                let err = if is_again(&err) {
+                    Error::new(
+                        ErrorKind::ServerUnavailable,
+                        format!(
+                            "no server at {} accepted the observation within {} ms \
+                             (not connected, or not reading)",
+                            shared.endpoint, shared.send_timeout_ms
+                        ),
+                    )
+                } else {
+                    Error::from(err)
+                };
+                Err(err.with_request(rid, &self.model_id))
+            }
+        }
+    }
+
+    /// The newest reply for this model not yet returned, waiting up to `timeout`
+    /// (`Duration::ZERO` only checks); `Ok(None)` when none arrived in time.
+    ///
+    /// Replies older than one already delivered for this model, and unread ones a newer
+    /// reply replaces, are dropped and counted stale. A SUPERSEDED reply is counted and
+    /// skipped (the newer observation's reply follows). Any other non-OK reply is
+    /// returned as the error of its status.
+    pub fn get_result(&self, timeout: Duration) -> Result<Option<Reply>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock_open()?;
+        loop {
+            state.drain()?;
+            if let Some(reply) = state.matcher.take_latest(&self.model_id) {
+                return reply.into_result().map(Some);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Ok(None);
+            }
+            state.poll(remaining)?;
+        }
+    }
+
+    /// Sends one observation and waits up to `timeout` for the reply to that very
+    /// request (whatever its age); that reply never reaches [`Model::get_result`].
+    ///
+    /// Errors: `timeout` (a later reply counts stale), the kind of a non-OK status,
+    /// `protocol` when the reply is malformed, plus those of [`Model::observe`].
+    pub fn request(&self, obs: &Observation<'_>, timeout: Duration) -> Result<Reply> {
+        let rid = self.send(obs, true)?;
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock_open()?;
+        loop {
+            state.drain()?;
+            if let Some(got) = state.matcher.take_awaited(rid) {
+                return got.and_then(Reply::into_result);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                state.matcher.abandon(rid);
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no reply to request {rid} from model '{}' within {} ms",
+                        self.model_id,
+                        timeout.as_millis()
+                    ),
+                )
+                .with_request(rid, &self.model_id));
+            }
+            state.poll(remaining)?;
+        }
+    }
+}

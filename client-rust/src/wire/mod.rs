@@ -1,0 +1,7 @@
+//! The wire vocabulary: dtypes, statuses, limits and observation tensors.
+pub mod dtype;
+pub mod limits;
+pub mod status;
+#[rustfmt::skip]
+pub(crate) mod tables;
+pub mod tensor;

@@ -1,0 +1,31 @@
+# The Rust client crate (client-rust/), its conformance testee and its fuzz target.
+# Cargo runs niced on two jobs: the machine's cores are shared.
+CARGO := CARGO_BUILD_JOBS=2 nice cargo
+RUST_GEN := client-rust/src/generated
+
+.PHONY: test-rust proto-rust proto-check-rust package-rust fuzz-rust bench-rust testee-rust example-rust
+
+TEST_TARGETS += test-rust
+proto-check: proto-check-rust
+
+# fmt, clippy (warnings are errors) and every test, the integration tests against the real
+# Python server (INFERENTIAL_PYTHON, default .venv/bin/python).
+test-rust: $(VENV)/.stamp
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy -p inferential --all-targets -- -D warnings
+	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) $(CARGO) test -p inferential
+
+# Regenerate the committed prost code from proto/ (prost-build runs protoc).
+proto-rust:
+	$(CARGO) run -q -p inferential-gen -- $(RUST_GEN) proto
+
+# Fails when the committed prost code drifts from proto/.
+proto-check-rust:
+	@tmp=$$(mktemp -d); \
+	$(CARGO) run -q -p inferential-gen -- $$tmp proto && \
+	diff -u $(RUST_GEN)/inferential.rs $$tmp/inferential.rs && \
+	echo "proto-check-rust: generated Rust code matches $(PROTO)"; rc=$$?; rm -rf $$tmp; exit $$rc
+
+# The crate as it would be published (builds the packaged sources on their own).
+package-rust:
+	$(CARGO) package -p inferential --allow-dirty
