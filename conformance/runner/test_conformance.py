@@ -410,8 +410,14 @@ class Session:
         if isinstance(want, dict) and want.get("tensors") == "echo":
             want = {k: v for k, v in want.items() if k != "tensors"}
             got = [{k: t[k] for k in ("key", "dtype", "shape", "data")} for t in reply.get("tensors", [])]
-            if sent is None or sorted(got, key=lambda t: t["key"]) != sorted(sent, key=lambda t: t["key"]):
-                raise Mismatch("echoed tensors differ from the ones sent")
+            if sent is None:
+                raise Mismatch("a reply to echo, but nothing was sent")
+            have = {t["key"]: t for t in got}
+            for t in sent:
+                if have.get(t["key"]) != t:
+                    raise Mismatch(f"echoed tensor {t['key']} differs: sent {t}, got {have.get(t['key'])}"[:600])
+            if len(have) != len(sent):
+                raise Mismatch(f"echo returned {sorted(have)}, sent {[t['key'] for t in sent]}")
         if want:
             check_subset(want, reply, "reply")
 

@@ -113,12 +113,8 @@ def reply_json(result: Any) -> dict[str, Any]:
     tensors = []
     for key in result:
         array = result[key]
-        raw = array.view(np.uint16) if array.dtype.name == "bfloat16" else array
-        dtype = "BFLOAT16" if array.dtype.name in ("bfloat16",) else None
-        if dtype is None:
-            dtype = next((name for name, code in _NUMPY.items() if np.dtype(code) == array.dtype), None)
-        if dtype is None and array.dtype == np.uint16:
-            dtype = "UINT16"
+        dtype = result.wire_dtype(key)
+        raw = array.view(np.uint16) if dtype == "BFLOAT16" else array
         tensors.append(
             {
                 "key": key,
