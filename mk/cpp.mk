@@ -1,0 +1,48 @@
+# The C++ client (client-cpp/): CMake + Ninja builds under build/, niced on two jobs
+# (the machine's cores are shared). Integration tests start the real Python server
+# (INFERENTIAL_PYTHON, default .venv/bin/python).
+APT_PACKAGES += libzmq3-dev cppzmq-dev libprotobuf-dev protobuf-compiler libgtest-dev pybind11-dev \
+  nlohmann-json3-dev cmake ninja-build clang libclang-rt-14-dev python3-dev bazel-bootstrap bazel-rules-java
+
+CPP_SRC := client-cpp
+CPP_BUILD := build/cpp
+CPP_ASAN_BUILD := build/cpp-asan
+CPP_FUZZ_BUILD := build/cpp-fuzz
+CPP_NINJA := nice ninja -j2
+CPP_ENV := INFERENTIAL_PYTHON=$(CURDIR)/$(PY)
+FUZZ_SECONDS ?= 60
+
+.PHONY: test-cpp test-cpp-asan fuzz-cpp testee-cpp check-bazel bench-cpp
+
+TEST_TARGETS += test-cpp test-cpp-asan
+
+# Configure, build, and run every googletest suite plus the install + outside-consumer check.
+test-cpp: $(VENV)/.stamp
+	cmake -S $(CPP_SRC) -B $(CPP_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DINFERENTIAL_BUILD_TESTS=ON -DINFERENTIAL_BUILD_EXAMPLES=ON >/dev/null
+	$(CPP_NINJA) -C $(CPP_BUILD)
+	cd $(CPP_BUILD) && $(CPP_ENV) ctest --output-on-failure
+
+# The same suites with AddressSanitizer and UndefinedBehaviorSanitizer; any report fails.
+test-cpp-asan: $(VENV)/.stamp
+	cmake -S $(CPP_SRC) -B $(CPP_ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+	  -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	  -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+	  -DINFERENTIAL_BUILD_TESTS=ON -DINFERENTIAL_BUILD_EXAMPLES=OFF -DINFERENTIAL_TEST_INSTALL=OFF >/dev/null
+	$(CPP_NINJA) -C $(CPP_ASAN_BUILD)
+	cd $(CPP_ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(CPP_ENV) ctest --output-on-failure
+
+# libFuzzer on the reply decoder and matcher (clang, ASan + UBSan), bounded to FUZZ_SECONDS.
+# Prints the runs made; a crash leaves its input in $(CPP_FUZZ_BUILD)/ and fails.
+fuzz-cpp: $(VENV)/.stamp
+	CXX=clang++ cmake -S $(CPP_SRC) -B $(CPP_FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=all" \
+	  -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+	  -DINFERENTIAL_BUILD_TESTS=OFF -DINFERENTIAL_BUILD_EXAMPLES=OFF -DINFERENTIAL_BUILD_FUZZ=ON >/dev/null
+	$(CPP_NINJA) -C $(CPP_FUZZ_BUILD) fuzz_decode_reply
+	mkdir -p $(CPP_FUZZ_BUILD)/corpus
+	$(PY) $(CPP_SRC)/fuzz/make_seeds.py $(CPP_FUZZ_BUILD)/corpus
+	cd $(CPP_FUZZ_BUILD) && nice ./fuzz_decode_reply -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	  -print_final_stats=1 corpus 2>&1 | grep -E "^(Done|stat::|==|SUMMARY|INFO: Seed)|ERROR|crash-" ; \
+	  test $${PIPESTATUS[0]} -eq 0
