@@ -423,7 +423,7 @@ def test_the_hints_are_declared_once_and_shown_in_every_signature():
 
     from inferential import AsyncModelHandle, ModelHandle, ObservationHints
 
-    names = [f for f in ObservationHints.__dataclass_fields__]
+    names = list(ObservationHints._fields)
     for method in (ModelHandle.observe, ModelHandle.request, AsyncModelHandle.observe, AsyncModelHandle.request):
         params = inspect.signature(method).parameters
         assert [p for p in params if p in names] == names
