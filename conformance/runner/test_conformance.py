@@ -54,10 +54,11 @@ def _codec_testee(pool: dict[str, Testee], language: str) -> Testee:
 
 
 def test_case(case: Case, language: str, codec_testees: dict[str, Testee], real_server: Any) -> None:
-    if case.kind in ("encode", "decode", "error_for"):
+    if case.kind in ("encode", "decode", "error_for", "chunks"):
         testee = _codec_testee(codec_testees, language)
         try:
-            {"encode": run_encode, "decode": run_decode, "error_for": run_error_for}[case.kind](case, testee)
+            run = {"encode": run_encode, "decode": run_decode, "error_for": run_error_for, "chunks": run_chunks}
+            run[case.kind](case, testee)
         except BaseException:
             testee.close()
             codec_testees.pop(language, None)
@@ -227,6 +228,32 @@ def run_error_for(case: Case, testee: Testee) -> None:
             raise Mismatch(f"expected no error, got {answer['error']}")
         return
     check_subset(expect["error"], answer.get("error"), "error")
+
+
+def run_chunks(case: Case, testee: Testee) -> None:
+    spec = case.spec
+    args = {
+        "blend": spec["blend"],
+        "new_weight": spec.get("new_weight", 0.7),
+        "start_step": spec.get("start_step", 0),
+        "now_ns": str(spec.get("now_ns", "0")),
+        "ops": [_chunk_op(op) for op in spec["ops"]],
+    }
+    answer = ok(testee.call("chunk_queue", **args), "chunk_queue")
+    check_subset(spec["expect"], {"results": answer.get("results"), "stats": answer.get("stats")}, "chunk_queue")
+
+
+def _chunk_op(op: dict[str, Any]) -> dict[str, Any]:
+    (name, body), = op.items()
+    if name == "add":
+        body = {**body, "rows": [[float(x) for x in row] for row in body["rows"]]}
+        if body.get("valid_until_ns") is not None:
+            body["valid_until_ns"] = str(body["valid_until_ns"])
+        else:
+            body["valid_until_ns"] = None
+    if name == "now_ns":
+        return {"now_ns": str(body)}
+    return {name: body}
 
 
 # -- sessions against the reference peer or the real server -----------------------------

@@ -27,6 +27,7 @@ from inferential.errors import (
     ServerUnavailable,
     error_for_status,
 )
+from inferential.chunks import ActionChunkQueue
 from inferential.options import ClientOptions, ObservationHints
 from inferential.wire import BFloat16
 from inferential.wire.limits import DEFAULT_LIMITS
@@ -263,6 +264,32 @@ class Worker:
                 retryable=bool(args.get("retryable", False)),
             )
             return {"error": error_json(exc)}
+        if cmd == "chunk_queue":
+            clock = [int(args.get("now_ns", "0"))]
+            queue = ActionChunkQueue(
+                args["blend"],
+                new_weight=float(args.get("new_weight", 0.7)),
+                start_step=int(args.get("start_step", 0)),
+                clock=lambda: clock[0],
+            )
+            results: list[Any] = []
+            for op in args["ops"]:
+                (name, body), = op.items()
+                if name == "add":
+                    until = body.get("valid_until_ns")
+                    rows = np.asarray(body["rows"], dtype=np.float64)
+                    results.append(queue.add(rows, int(body["start_step"]), None if until is None else int(until)))
+                elif name == "pop":
+                    action = queue.pop()
+                    results.append(None if action is None else [float(x) for x in np.ravel(action)])
+                elif name == "remaining":
+                    results.append(queue.actions_remaining())
+                elif name == "now_ns":
+                    clock[0] = int(body)
+                    results.append(None)
+            st = queue.stats
+            stats = {"executed": st.executed, "underruns": st.underruns, "held": st.held, "merged": st.merged, "late": st.late}
+            return {"results": results, "stats": stats}
         return {"__error__": {"kind": "unsupported", "message": f"unknown command {cmd!r}"}}
 
 
