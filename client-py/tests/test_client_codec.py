@@ -256,7 +256,9 @@ def test_a_malformed_tensor_is_dropped_but_fails_the_request_waiting_for_it():
         frames = reply_frames("m", rid, tensors={"a": np.zeros(4, np.float32)})
         assert matcher.on_reply(frames[:2] + [b"short"]) == (() if rid == r1 else (("m", r2, True),))
     assert matcher.take_latest("m") is None
-    assert isinstance(matcher.take_awaited(r2), WireError)
+    failure = matcher.take_awaited(r2)
+    assert type(failure) is errors.ProtocolError and not isinstance(failure, ValueError)
+    assert "malformed reply to request 2" in str(failure) and isinstance(failure.__cause__, WireError)
     assert matcher.stats.malformed_dropped == 2
 
 
@@ -326,6 +328,13 @@ def test_observations_breaking_a_string_limit_are_refused_before_sending(fields,
         encode(**fields)
 
 
+def test_a_bool_array_holding_bytes_other_than_0_and_1_is_refused_before_sending():
+    with pytest.raises(WireError, match="tensor 'mask': BOOL bytes must be 0 or 1"):
+        encode({"mask": np.frombuffer(b"\x01\x02", np.bool_)})
+    obs, tensors = parse(encode({"mask": np.array([True, False])}))
+    assert tensors["mask"].tolist() == [True, False]
+
+
 def test_string_limits_allow_their_exact_bound():
     obs, _ = parse(encode(client_id="r" * 256, model_id="m" * 256, client_type="t" * 256, auth_token="s" * 1024))
     assert len(obs.client.id) == 256 and len(obs.auth_token) == 1024
@@ -362,7 +371,7 @@ def test_a_reply_breaking_a_string_limit_is_malformed_and_fails_its_waiter():
     matcher = ReplyMatcher(LIMITS)
     rid = sent(matcher, "m", awaited=True)
     assert matcher.on_reply(_reply_with(metadata={"": "v"})) == (("m", rid, True),)
-    assert isinstance(matcher.take_awaited(rid), WireError)
+    assert type(matcher.take_awaited(rid)) is errors.ProtocolError
     assert matcher.stats.malformed_dropped == 1 and matcher.stats.by_status == {}
 
 

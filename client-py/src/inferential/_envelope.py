@@ -65,6 +65,10 @@ def split_inputs(
                 raise TypeError(f"observe(): tensor {key!r}: {err}") from None
             if value.ndim > limits.max_dims:
                 raise WireError(f"tensor '{key}'", f"{value.ndim} dimensions, limit is {limits.max_dims}")
+            # numpy keeps whatever byte a bool array was built from (np.frombuffer, views);
+            # the wire allows only 0 and 1.
+            if value.dtype.kind == "b" and value.size and value.view(np.uint8).max() > 1:
+                raise WireError(f"tensor '{key}'", "BOOL bytes must be 0 or 1")
             tensors.append((key, value))
         elif isinstance(value, BFloat16):
             tensors.append((key, value))

@@ -154,7 +154,11 @@ class ReplyMatcher:
             stats.malformed_dropped += 1
             log.debug("dropped a malformed reply to request %d: %s", rid, err)
             if p.mode == _AWAITED:
-                self._awaited[rid] = err
+                # A ProtocolError, not the WireError itself: that one is also a ValueError,
+                # which says "your input" to the caller, and the fault is the reply's.
+                failure = ProtocolError(f"malformed reply to request {rid} of model '{model_id}': {err}")
+                failure.__cause__ = err
+                self._awaited[rid] = failure
                 return ((model_id, rid, True),)
             return _NOTHING
         result.request_id = rid
