@@ -43,6 +43,8 @@ fuzz-cpp: $(VENV)/.stamp
 	$(CPP_NINJA) -C $(CPP_FUZZ_BUILD) fuzz_decode_reply
 	mkdir -p $(CPP_FUZZ_BUILD)/corpus
 	$(PY) $(CPP_SRC)/fuzz/make_seeds.py $(CPP_FUZZ_BUILD)/corpus
-	cd $(CPP_FUZZ_BUILD) && nice ./fuzz_decode_reply -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
-	  -print_final_stats=1 corpus 2>&1 | grep -E "^(Done|stat::|==|SUMMARY|INFO: Seed)|ERROR|crash-" ; \
-	  test $${PIPESTATUS[0]} -eq 0
+	cd $(CPP_FUZZ_BUILD) && { nice ./fuzz_decode_reply -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	  -print_final_stats=1 corpus >fuzz.log 2>&1; rc=$$?; \
+	  grep -E "^(Done|stat::number|stat::new)|^==|SUMMARY|crash-" fuzz.log; \
+	  echo "fuzz-cpp: exit $$rc; protobuf UTF-8 rejections logged: $$(grep -c 'invalid UTF-8' fuzz.log) (full log: $(CPP_FUZZ_BUILD)/fuzz.log)"; \
+	  exit $$rc; }
