@@ -13,7 +13,7 @@ TEST_TARGETS :=
 PROTO := proto/inferential.proto
 PY_GEN := client-py/src/inferential/_proto
 
-.PHONY: setup apt proto proto-check test test-py demo bench profile bench-scheduling bench-scheduling-quick bench-ray clean
+.PHONY: setup apt proto proto-check test test-py lint check-wheels demo bench profile bench-scheduling bench-scheduling-quick bench-ray clean
 
 setup: apt $(VENV)/.stamp $(PUBLISHED_VENV)/.stamp
 
@@ -60,10 +60,30 @@ proto-check: $(VENV)/.stamp
 # its targets, its APT_PACKAGES and its TEST_TARGETS.
 include $(sort $(wildcard mk/*.mk))
 
-test: setup proto-check test-py $(TEST_TARGETS)
+test: setup proto-check lint test-py check-wheels $(TEST_TARGETS)
 
 test-py: $(VENV)/.stamp
 	$(PY) -m pytest client-py/tests server-py/tests -q
+
+# ruff (lint and format check) and mypy on both Python packages; config in each pyproject.toml.
+PY_PACKAGES := client-py server-py
+lint: $(VENV)/.stamp
+	@for pkg in $(PY_PACKAGES); do \
+	  (cd $$pkg && ../$(VENV)/bin/ruff check -q src tests && ../$(VENV)/bin/ruff format --check -q src tests \
+	   && ../$(VENV)/bin/mypy src) || exit 1; \
+	done; echo "lint: ruff and mypy clean on $(PY_PACKAGES)"
+
+# Both wheels as pip builds them, installed into a fresh venv (ours from the folder only,
+# dependencies from the index at requirements-dev.txt's versions): `inferential --help`,
+# `inferential serve` and a round trip must work there, with no checkout on the path.
+check-wheels: $(VENV)/.stamp
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PIP) wheel -q --no-deps --no-build-isolation -w $$tmp/wheels ./client-py ./server-py && \
+	python3 -m venv $$tmp/venv && \
+	$$tmp/venv/bin/pip install -q --no-index --no-deps $$tmp/wheels/*.whl && \
+	sed 's/\[.*\]//' requirements-dev.txt > $$tmp/constraints.txt && \
+	$$tmp/venv/bin/pip install -q -c $$tmp/constraints.txt "inferential[server]==2.0.0.dev0" && \
+	cd $$tmp && env -u PYTHONPATH $$tmp/venv/bin/python $(CURDIR)/server-py/tools/wheel_smoke.py
 
 demo: setup
 	$(PY) -m inferential.cli demo $(DEMO_ARGS)

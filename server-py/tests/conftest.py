@@ -4,9 +4,9 @@ import textwrap
 from typing import Iterator
 
 import pytest
+from server_helpers import README_CUSTOM_SCHEDULER, running_server
 
 from inferential.server import Server
-from server_helpers import README_CUSTOM_SCHEDULER, running_server
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ PUBLISHED_PYTHON = REPO / ".venv-published" / "bin" / "python"
 # The published README's "Custom Scheduler" snippet, verbatim (from
 # ../shared/reference/inferential-package-readme.txt); the fixture
 # `readme_custom_scheduler` runs its definition, test_readme_snippets all of it.
-README_CUSTOM_SCHEDULER = '''
+README_CUSTOM_SCHEDULER = """
 from inferential.scheduler.base import Scheduler, register_scheduler
 
 @register_scheduler("my_scheduler")
@@ -40,7 +40,7 @@ class MyScheduler(Scheduler):
         return len(self._queue)
 
 server.use_scheduler("my_scheduler")
-'''
+"""
 
 TEST_MODELS = {
     "noop": "inferential.models.testing:NoOp",
@@ -64,11 +64,13 @@ def running_server(
             data[key] = {**data[key], **value}
         else:
             data[key] = value
-    server = Server(config=InferentialConfig.model_validate(data), models=models if models is not None else ({} if model_configs else TEST_MODELS))
+    server = Server(
+        config=InferentialConfig.model_validate(data),
+        models=models if models is not None else ({} if model_configs else TEST_MODELS),
+    )
     background = BackgroundServer(server)
     endpoint = background.start()
     try:
         yield server, endpoint
     finally:
         background.stop()
-

@@ -20,7 +20,9 @@ def _registry(config: InferentialConfig) -> ClientRegistry:
 
 
 def _decoded(model: str = "policy", timestamp_ns: int = 0, budget_ms: float = 0.0, token: str = "") -> Decoded:
-    obs = pb.Observation(model_id=model, request_id=7, timestamp_ns=timestamp_ns, latency_budget_ms=budget_ms, auth_token=token)
+    obs = pb.Observation(
+        model_id=model, request_id=7, timestamp_ns=timestamp_ns, latency_budget_ms=budget_ms, auth_token=token
+    )
     obs.client.id = "r1"
     obs.client.type = "arm"
     return Decoded(obs=obs, inputs={"x": 1}, payload_bytes=12)
@@ -66,7 +68,13 @@ def test_with_admission_reject_an_observation_that_waited_past_its_budget_is_unm
     waited_ms = 25.0
     assert waited_ms < config.scheduling.request_ttl_ms
     rej = admit(
-        _decoded(timestamp_ns=WALL0, budget_ms=waited_ms - 5), b"id1", registry, MODELS, config.scheduling, 0, WALL0 + int(waited_ms * MS)
+        _decoded(timestamp_ns=WALL0, budget_ms=waited_ms - 5),
+        b"id1",
+        registry,
+        MODELS,
+        config.scheduling,
+        0,
+        WALL0 + int(waited_ms * MS),
     )
     assert isinstance(rej, Rejection) and rej.status == Status.DEADLINE_UNMEETABLE
 

@@ -6,13 +6,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import pytest
+from server_helpers import running_server
 
 from inferential import Connection
 from inferential.config.schema import InferentialConfig
 from inferential.dispatch.base import Backend, Inputs, ModelInfo, Outcome
 from inferential.dispatch.registry import available_backends, create_backend, register_backend
-
-from server_helpers import running_server
 
 
 @register_backend("scaling")

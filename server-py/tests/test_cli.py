@@ -52,8 +52,24 @@ def test_unknown_strategy_and_missing_models_are_refused(capsys):
 
 def test_check_prints_the_merged_configuration(tmp_path, capsys):
     cfg = tmp_path / "server.yaml"
-    cfg.write_text("scheduling: {strategy: edf}\nmodels:\n  - {name: policy, target: 'inferential.models.vision_policy:VisionPolicy'}\n")
-    assert main(["serve", "--config", str(cfg), "--bind", "tcp://127.0.0.1:7000", "--model", "noop=inferential.models.testing:NoOp", "--check"]) == 0
+    cfg.write_text(
+        "scheduling: {strategy: edf}\nmodels:\n  - {name: policy, target: 'inferential.models.vision_policy:VisionPolicy'}\n"
+    )
+    assert (
+        main(
+            [
+                "serve",
+                "--config",
+                str(cfg),
+                "--bind",
+                "tcp://127.0.0.1:7000",
+                "--model",
+                "noop=inferential.models.testing:NoOp",
+                "--check",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "strategy: edf" in out and "tcp://127.0.0.1:7000" in out and "name: noop" in out and "name: policy" in out
 
@@ -62,9 +78,23 @@ def test_serve_answers_robots_exposes_metrics_and_stops_cleanly_on_sigterm(tmp_p
     port, http_port = free_port(), free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inferential.cli", "serve", "--bind", endpoint, "--model", "noop=inferential.models.testing:NoOp",
-         "--metrics-port", str(http_port), "--log-level", "INFO"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "inferential.cli",
+            "serve",
+            "--bind",
+            endpoint,
+            "--model",
+            "noop=inferential.models.testing:NoOp",
+            "--metrics-port",
+            str(http_port),
+            "--log-level",
+            "INFO",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         _wait_http(f"http://127.0.0.1:{http_port}/readyz", proc)

@@ -10,13 +10,12 @@ import time
 import numpy as np
 import pytest
 import zmq
+from server_helpers import PUBLISHED_PYTHON, running_server
 
 import inferential
 from inferential import Connection
 from inferential._proto import inferential_pb2 as pb
 from inferential.wire import pack_tensors
-
-from server_helpers import PUBLISHED_PYTHON, running_server
 
 
 class RawPeer:
@@ -59,7 +58,20 @@ def test_round_trip_of_every_dtype_through_a_model(shared_server):
     _, endpoint = shared_server
     inputs = {
         name: (np.arange(6) % 2).astype(name).reshape(2, 3)
-        for name in ["float16", "float32", "float64", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "bool"]
+        for name in [
+            "float16",
+            "float32",
+            "float64",
+            "uint8",
+            "int8",
+            "int16",
+            "uint16",
+            "int32",
+            "uint32",
+            "int64",
+            "uint64",
+            "bool",
+        ]
     }
     inputs["bf16"] = inferential.BFloat16.from_float32(np.array([1.5, -2.0], np.float32))
     with Connection(server=endpoint, client_id="dtypes") as conn:
@@ -264,7 +276,10 @@ def test_silent_robots_are_unregistered_after_the_timeout():
 
 
 def test_use_scheduler_at_run_time_keeps_queued_work():
-    with running_server(models={"slow": _sleep_model(100.0)}, scheduling={"strategy": "fifo", "max_batch_size": 1}) as (server, endpoint):
+    with running_server(models={"slow": _sleep_model(100.0)}, scheduling={"strategy": "fifo", "max_batch_size": 1}) as (
+        server,
+        endpoint,
+    ):
         peer = RawPeer(endpoint)
         for i in range(4):
             obs, payload = make_obs(i + 1, model="slow", x=np.zeros(1, np.float32))
@@ -283,7 +298,16 @@ def test_metrics_of_the_readme_are_recorded(shared_server):
     with Connection(server=endpoint, client_id="metrics") as conn:
         for _ in range(5):
             conn.model("noop").request(timeout_ms=5000, x=np.zeros(1, np.float32))
-    for name in ["inference_latency_ms", "scheduling_wait_ms", "e2e_latency_ms", "observation_staleness_ms", "payload_size_bytes", "queue_depth", "batch_size", "active_clients"]:
+    for name in [
+        "inference_latency_ms",
+        "scheduling_wait_ms",
+        "e2e_latency_ms",
+        "observation_staleness_ms",
+        "payload_size_bytes",
+        "queue_depth",
+        "batch_size",
+        "active_clients",
+    ]:
         assert server.metrics.get_stats(name).count > 0, name
     assert server.metrics.get_stats("e2e_latency_ms", window_seconds=60, labels={"client": "metrics"}).count == 5
     assert server.metrics.counter("replies", {"status": "OK"}) >= 5
@@ -322,7 +346,15 @@ def test_published_1_4_0_client_works_unchanged(shared_server):
 
 
 def test_a_model_runs_batches_concurrently_up_to_its_configured_concurrency():
-    models = [{"name": "slow", "target": "inferential.models.testing:Sleep", "options": {"base_ms": 300.0}, "concurrency": 2, "max_batch_size": 1}]
+    models = [
+        {
+            "name": "slow",
+            "target": "inferential.models.testing:Sleep",
+            "options": {"base_ms": 300.0},
+            "concurrency": 2,
+            "max_batch_size": 1,
+        }
+    ]
     with running_server(model_configs=models) as (server, endpoint):
         peer = RawPeer(endpoint)
         try:
@@ -459,7 +491,7 @@ def test_a_burst_to_an_inline_model_gets_exactly_one_reply_each():
             for p, peer in enumerate(peers):
                 for i in range(per_peer):
                     peer.send(*make_obs(10_000 + i, client=f"burst-{p}"))
-            for p, peer in enumerate(peers):
+            for peer in peers:
                 replies = peer.replies(per_peer, timeout_s=30)
                 assert sorted(r.request_id for r, _ in replies) == list(range(10_000, 10_000 + per_peer))
                 assert {r.status for r, _ in replies} <= {pb.OK, pb.DEADLINE_UNMEETABLE, pb.EXPIRED}

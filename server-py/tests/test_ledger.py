@@ -39,11 +39,15 @@ def _wired(gone: set[bytes]) -> tuple[Ledger, Engine, ClientRegistry, MetricsSto
     return ledger, engine, registry, metrics, transport
 
 
-def _queued(ledger: Ledger, engine: Engine, registry: ClientRegistry, client: str, identity: bytes, n: int) -> list[InferenceRequest]:
+def _queued(
+    ledger: Ledger, engine: Engine, registry: ClientRegistry, client: str, identity: bytes, n: int
+) -> list[InferenceRequest]:
     out = []
     for i in range(n):
         registry.on_observation(client, "", "policy", identity, 1_000_000_000)
-        req = InferenceRequest(client_id=client, model_id="policy", request_id=i, identity=identity, arrival_ns=1_000_000_000)
+        req = InferenceRequest(
+            client_id=client, model_id="policy", request_id=i, identity=identity, arrival_ns=1_000_000_000
+        )
         ledger.pending[req.seq] = req
         engine.submit(req)
         out.append(req)

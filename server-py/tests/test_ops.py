@@ -22,14 +22,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
-
 from server_helpers import TEST_MODELS, running_server
+
 from inferential import Connection, ModelError, UnknownModel
 from inferential.cli import main
 from inferential.config import InferentialConfig, ModelConfig
-from inferential.server import BackgroundServer, Server
 from inferential.dispatch.base import BackendHealth, ModelHealth
 from inferential.metrics.prometheus import PrometheusExporter
+from inferential.server import BackgroundServer, Server
 from inferential.server.http import HttpEndpoint
 from inferential.server.status import model_replicas, queue_depths
 
@@ -94,7 +94,11 @@ def value(families: dict[str, Any], sample_name: str, **labels: str) -> float:
 
 
 def exported_sample_names(families: dict[str, Any]) -> set[str]:
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"), "gauge": ("",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
     return {f.name + suffix for f in families.values() for suffix in suffixes[f.type]}
 
 
@@ -105,7 +109,10 @@ def test_metrics_count_replies_by_model_and_status_and_parse_with_prometheus_cli
     with running_server(models=TEST_MODELS) as (server, endpoint):
         http = HttpEndpoint(server, "127.0.0.1", 0)
         try:
-            with Connection(server=endpoint, client_id="arm-a") as a, Connection(server=endpoint, client_id="arm-b") as b:
+            with (
+                Connection(server=endpoint, client_id="arm-a") as a,
+                Connection(server=endpoint, client_id="arm-b") as b,
+            ):
                 for _ in range(5):
                     assert a.model("noop", latency_budget_ms=5000).request(timeout_ms=5000, x=ZEROS).ok
                 for _ in range(3):
@@ -118,7 +125,9 @@ def test_metrics_count_replies_by_model_and_status_and_parse_with_prometheus_cli
 
                 # The exporter is fed off the event loop: wait until it has seen all 11 replies.
                 fams = eventually(
-                    lambda: (f := scrape(http.url)) and sum(samples(f, "inferential_replies_total").values()) == 11 and f,
+                    lambda: (
+                        (f := scrape(http.url)) and sum(samples(f, "inferential_replies_total").values()) == 11 and f
+                    ),
                     what="11 replies in /metrics",
                 )
         finally:
@@ -245,7 +254,9 @@ def test_healthz_and_readyz_follow_startup_and_shutdown_which_answers_queued_req
 
 
 def test_replicas_and_queue_depths_are_read_from_the_health_record_and_every_scheduler_shape():
-    health = BackendHealth(models={"policy": ModelHealth(replicas=3, details={"alive": True}), "attached": ModelHealth()})
+    health = BackendHealth(
+        models={"policy": ModelHealth(replicas=3, details={"alive": True}), "attached": ModelHealth()}
+    )
     as_status = health.as_dict()  # what Server.status() carries under "backend"
     replicas = [model_replicas(as_status, m) for m in ("policy", "attached", "unknown")]
     assert replicas == [3, None, None]
@@ -258,7 +269,10 @@ def test_status_reports_per_robot_and_per_model_figures_that_top_renders(capsys)
     with running_server(models=TEST_MODELS) as (server, endpoint):
         http = HttpEndpoint(server, "127.0.0.1", 0)
         try:
-            with Connection(server=endpoint, client_id="arm-7", client_type="pick") as a, Connection(server=endpoint, client_id="cam-2") as b:
+            with (
+                Connection(server=endpoint, client_id="arm-7", client_type="pick") as a,
+                Connection(server=endpoint, client_id="cam-2") as b,
+            ):
                 for _ in range(6):
                     assert a.model("noop", latency_budget_ms=5000).request(timeout_ms=5000, x=ZEROS).ok
                 with pytest.raises(ModelError):
@@ -272,7 +286,14 @@ def test_status_reports_per_robot_and_per_model_figures_that_top_renders(capsys)
             http.close()
 
     arm, cam = status["per_robot"]["arm-7"], status["per_robot"]["cam-2"]
-    assert (arm["type"], arm["models"], arm["requests"], arm["last_status"], arm["slo"], arm["answered"]) == ("pick", ["noop"], 6, "OK", 1.0, 6)
+    assert (arm["type"], arm["models"], arm["requests"], arm["last_status"], arm["slo"], arm["answered"]) == (
+        "pick",
+        ["noop"],
+        6,
+        "OK",
+        1.0,
+        6,
+    )
     assert arm["rate_hz"] > 0 and 0 < arm["p50_ms"] <= arm["p99_ms"]
     assert (cam["last_status"], cam["slo"], cam["p50_ms"]) == ("MODEL_ERROR", 0.0, None)
     noop = status["per_model"]["noop"]
@@ -283,11 +304,11 @@ def test_status_reports_per_robot_and_per_model_figures_that_top_renders(capsys)
 
     lines = frame.splitlines()
     assert "deadline_aware" in lines[1] and "robots 2" in lines[1]
-    arm_line = next(l for l in lines if l.startswith("arm-7"))
+    arm_line = next(line for line in lines if line.startswith("arm-7"))
     assert arm_line.split()[1:2] == ["pick"] and "100.0%" in arm_line and "OK" in arm_line
-    cam_line = next(l for l in lines if l.startswith("cam-2"))
+    cam_line = next(line for line in lines if line.startswith("cam-2"))
     assert "0.0%" in cam_line and "MODEL_ERROR" in cam_line
-    assert any(l.startswith("noop") for l in lines) and any(l.startswith("failing") for l in lines)
+    assert any(line.startswith("noop") for line in lines) and any(line.startswith("failing") for line in lines)
     assert "\x1b[" not in frame  # no colour codes when the output is not a terminal
 
 
@@ -324,7 +345,8 @@ logging: {{level: INFO, json: {str(json_logs).lower()}}}
 def _serve(config: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "inferential.cli", "serve", "--config", str(config)],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -343,7 +365,11 @@ def test_sighup_reloads_strategy_weights_and_priorities_keeping_queued_requests(
     zmq_port, http_port = free_port(), free_port()
     base = f"http://127.0.0.1:{http_port}"
     cfg, log = tmp_path / "server.yaml", tmp_path / "server.log"
-    cfg.write_text(_server_yaml(zmq_port, http_port, "{strategy: deadline_aware, cadence_weight: 45}", "    - {id: r0, priority: 5}"))
+    cfg.write_text(
+        _server_yaml(
+            zmq_port, http_port, "{strategy: deadline_aware, cadence_weight: 45}", "    - {id: r0, priority: 5}"
+        )
+    )
     proc = _serve(cfg, log)
     try:
         _wait_ready(base, proc, log)
@@ -362,12 +388,28 @@ def test_sighup_reloads_strategy_weights_and_priorities_keeping_queued_requests(
             t.start()
         eventually(lambda: status_of(base)["pending"] == 4, what="4 requests admitted (1 running, 3 queued)")
 
-        cfg.write_text(_server_yaml(zmq_port, http_port, "{strategy: edf, cadence_weight: 10}", "    - {id: r0, priority: 0, pin_priority: true}"))
+        cfg.write_text(
+            _server_yaml(
+                zmq_port,
+                http_port,
+                "{strategy: edf, cadence_weight: 10}",
+                "    - {id: r0, priority: 0, pin_priority: true}",
+            )
+        )
         proc.send_signal(signal.SIGHUP)
-        status = eventually(lambda: (s := status_of(base))["scheduler"]["strategy"] == "edf" and s, what="edf after SIGHUP")
+        status = eventually(
+            lambda: (s := status_of(base))["scheduler"]["strategy"] == "edf" and s, what="edf after SIGHUP"
+        )
         assert status["config"]["scheduling"]["cadence_weight"] == 10
         assert status["config"]["clients"]["known"] == [
-            {"id": "r0", "model": None, "latency_budget_ms": None, "priority": 0, "pin_priority": True, "auth_token": None}
+            {
+                "id": "r0",
+                "model": None,
+                "latency_budget_ms": None,
+                "priority": 0,
+                "pin_priority": True,
+                "auth_token": None,
+            }
         ]
         for t in threads:
             t.join(15)
@@ -376,23 +418,30 @@ def test_sighup_reloads_strategy_weights_and_priorities_keeping_queued_requests(
         assert carried and int(carried.group(1)) >= 1
 
         # An invalid file is refused, naming the key; the server keeps its configuration.
-        cfg.write_text(_server_yaml(zmq_port, http_port, "{strategy: fifo, overflow_policy: sideways}", "    - {id: r0}"))
+        cfg.write_text(
+            _server_yaml(zmq_port, http_port, "{strategy: fifo, overflow_policy: sideways}", "    - {id: r0}")
+        )
         proc.send_signal(signal.SIGHUP)
         eventually(lambda: "scheduling.overflow_policy" in log.read_text(), what="the refusal in the log")
         cfg.write_text(_server_yaml(zmq_port, http_port, "{strategy: fastest}", "    - {id: r0}"))
         proc.send_signal(signal.SIGHUP)
-        eventually(lambda: "scheduling.strategy: unknown strategy 'fastest'" in log.read_text(), what="the second refusal")
+        eventually(
+            lambda: "scheduling.strategy: unknown strategy 'fastest'" in log.read_text(), what="the second refusal"
+        )
         status = status_of(base)
         assert status["scheduler"]["strategy"] == "edf" and status["config"]["clients"]["known"][0]["priority"] == 0
         with Connection(server=f"tcp://127.0.0.1:{zmq_port}", client_id="after") as conn:
             assert conn.model("slow", latency_budget_ms=5000).request(timeout_ms=10_000, x=ZEROS).ok
         fams = scrape(base)
-        assert samples(fams, "inferential_config_reloads_total") == {(("result", "ok"),): 1.0, (("result", "refused"),): 2.0}
+        assert samples(fams, "inferential_config_reloads_total") == {
+            (("result", "ok"),): 1.0,
+            (("result", "refused"),): 2.0,
+        }
         assert samples(fams, "inferential_scheduler_info") == {(("strategy", "edf"),): 1.0}
     finally:
         out = _stop(proc, log)
     assert proc.returncode == 0, out
-    refusals = [l for l in out.splitlines() if "refused" in l]
+    refusals = [line for line in out.splitlines() if "refused" in line]
     assert len(refusals) == 2 and "keeping the running configuration" in refusals[0]
 
 
@@ -438,7 +487,12 @@ def _schema_keys(model: type[BaseModel], prefix: str = ""):
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             yield from _schema_keys(ann, key + ".")
             continue
-        if get_origin(ann) is list and get_args(ann) and isinstance(get_args(ann)[0], type) and issubclass(get_args(ann)[0], BaseModel):
+        if (
+            get_origin(ann) is list
+            and get_args(ann)
+            and isinstance(get_args(ann)[0], type)
+            and issubclass(get_args(ann)[0], BaseModel)
+        ):
             yield key, field
             yield from _schema_keys(get_args(ann)[0], key + "[].")
             continue
@@ -468,8 +522,23 @@ def test_configuration_reference_lists_every_key_with_its_default():
 def test_demo_runs_briefly_on_the_local_backend_and_writes_its_report(tmp_path):
     report = tmp_path / "report"
     proc = subprocess.run(
-        [sys.executable, "-m", "inferential.cli", "demo", "--backend", "local", "--robots", "3", "--duration", "2", "--report", str(report)],
-        capture_output=True, text=True, timeout=90,
+        [
+            sys.executable,
+            "-m",
+            "inferential.cli",
+            "demo",
+            "--backend",
+            "local",
+            "--robots",
+            "3",
+            "--duration",
+            "2",
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads((report / "demo.json").read_text())

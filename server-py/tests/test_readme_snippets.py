@@ -12,12 +12,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from server_helpers import README_CUSTOM_SCHEDULER as CUSTOM_SCHEDULER
+from server_helpers import running_server
 
 from inferential import InferenceRequest, Server
 
-from server_helpers import README_CUSTOM_SCHEDULER as CUSTOM_SCHEDULER, running_server
-
-CLIENT_QUICKSTART = '''
+CLIENT_QUICKSTART = """
 import numpy as np
 from inferential import Connection
 
@@ -36,9 +36,9 @@ model.observe(
 result = model.get_result(timeout_ms=50)
 if result is not None:
     output = result["actions"]  # np.ndarray
-'''
+"""
 
-OBSERVATION_API = '''
+OBSERVATION_API = """
 # Multi-modal observation
 model.observe(
     urgency=0.5,
@@ -47,9 +47,9 @@ model.observe(
     image=np.zeros((3, 224, 224), dtype=np.uint8),
     prompt="describe the scene",
 )
-'''
+"""
 
-STANDALONE_SCHEDULER = '''
+STANDALONE_SCHEDULER = """
 from inferential.scheduler.base import create_scheduler
 from inferential.config.schema import SchedulingConfig
 
@@ -57,13 +57,13 @@ from inferential.config.schema import SchedulingConfig
 scheduler = create_scheduler(SchedulingConfig(strategy="batch_optimized"))
 scheduler.submit(request)
 batch = scheduler.next_batch()
-'''
+"""
 
-SWAP_AT_RUNTIME = '''
+SWAP_AT_RUNTIME = """
 server.use_scheduler("deadline_aware", cadence_weight=50.0, urgency_weight=30.0)
-'''
+"""
 
-CUSTOM_POLICY = '''
+CUSTOM_POLICY = """
 from inferential import register_policy, InferenceRequest
 
 @register_policy("safety_first")
@@ -73,9 +73,9 @@ def score(req: InferenceRequest) -> float:
     return req.priority * 10.0
 
 server.use_scheduler("deadline_aware", policy="safety_first")
-'''
+"""
 
-METRICS = '''
+METRICS = """
 # Query stats over a time window
 stats = server.metrics.get_stats("inference_latency_ms", window_seconds=60)
 print(f"p95 latency: {stats.p95:.1f}ms")
@@ -85,18 +85,18 @@ depth = server.metrics.get_latest("queue_depth")
 
 # Full snapshot of all metrics
 snapshot = server.metrics.snapshot()
-'''
+"""
 
-QUEUE_MANAGEMENT = '''
+QUEUE_MANAGEMENT = """
 server.use_scheduler(
     "deadline_aware",
     request_ttl_ms=2000,           # 2s TTL
     overflow_policy="drop_oldest", # keep fresh data, discard stale
     max_retries=2,                 # retry transient failures twice
 )
-'''
+"""
 
-CONFIGURATION = '''
+CONFIGURATION = """
 from inferential.config import InferentialConfig
 
 config = InferentialConfig(
@@ -120,7 +120,7 @@ config = InferentialConfig(
 )
 
 server = Server(config=config)
-'''
+"""
 
 
 def run(snippet: str, namespace: dict) -> dict:

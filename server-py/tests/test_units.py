@@ -63,7 +63,7 @@ def test_metrics_store_stats_latest_labels_and_callbacks():
     store.record("lat", 5.0)
     assert store.get_stats("lat", window_seconds=10).count == 1
     seen = []
-    store.on_metric(lambda n, v, l: seen.append((n, v)))
+    store.on_metric(lambda name, value, labels: seen.append((name, value)))
     store.increment("replies", {"status": "OK"})
     store.flush()
     assert ("replies", 1.0) in seen and store.counter("replies") == 1.0
@@ -73,13 +73,15 @@ def test_metrics_store_stats_latest_labels_and_callbacks():
 
 def test_config_errors_name_the_key(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         scheduling:
           strategy: edf
           max_queue_sise: 10
           request_ttl_ms: -5
         transport: {bind: "tcp://127.0.0.1:0"}
-    """))
+    """)
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     text = str(info.value)
@@ -95,7 +97,13 @@ def test_config_errors_name_the_key(tmp_path):
 def test_readme_config_example_parses():
     config = InferentialConfig(
         transport={"bind": "tcp://*:5555", "recv_hwm": 2000},
-        scheduling={"strategy": "deadline_aware", "max_queue_size": 500, "request_ttl_ms": 3000, "overflow_policy": "drop_oldest", "max_retries": 1},
+        scheduling={
+            "strategy": "deadline_aware",
+            "max_queue_size": 500,
+            "request_ttl_ms": 3000,
+            "overflow_policy": "drop_oldest",
+            "max_retries": 1,
+        },
         clients={
             "defaults": {"latency_budget_ms": 50.0, "priority": 1},
             "known": [{"id": "agent-01", "model": "policy-v2", "latency_budget_ms": 30.0, "priority": 2}],
@@ -120,10 +128,12 @@ def test_batch_contract_checks():
 
 def test_local_backend_runs_models_off_the_loop_with_per_request_errors():
     async def scenario():
-        backend = LocalBackend(objects={
-            "fail": "inferential.models.testing:Failing",
-            "fn": lambda inputs: inputs["x"] * 2,
-        })
+        backend = LocalBackend(
+            objects={
+                "fail": "inferential.models.testing:Failing",
+                "fn": lambda inputs: inputs["x"] * 2,
+            }
+        )
         await backend.start()
         assert set(backend.models()) == {"fail", "fn"}
         out = await backend.execute("fail", [{"fail": "no"}, {"fail": "yes"}])
@@ -131,6 +141,7 @@ def test_local_backend_runs_models_off_the_loop_with_per_request_errors():
         doubled = await backend.execute("fn", [{"x": np.arange(3)}])
         assert doubled[0]["actions"].tolist() == [0, 2, 4]
         from inferential.dispatch.base import BackendError
+
         with pytest.raises(BackendError, match="batch failure requested"):
             await backend.execute("fail", [{"fail": "batch"}])
         await backend.stop()
@@ -198,7 +209,7 @@ def test_models_can_refuse_inline_execution():
         await backend.start()
         for _ in range(INLINE_PROBE + 5):
             fut = asyncio.get_running_loop().create_future()
-            backend.submit("m", [{}], lambda out, err: fut.set_result(err))
+            backend.submit("m", [{}], lambda out, err, fut=fut: fut.set_result(err))
             assert await fut is None
         assert not backend.health().models["m"].details["inline"]
         await backend.stop()

@@ -43,17 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--backend", choices=["local", "ray"], help="where models run (default: local)")
     serve.add_argument("--scheduler", metavar="NAME", help="scheduling strategy, e.g. deadline_aware, edf, fifo")
-    serve.add_argument("--metrics-port", type=int, metavar="PORT", help="serve /metrics, /healthz, /readyz on this port")
+    serve.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve /metrics, /healthz, /readyz on this port"
+    )
     serve.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default from config: INFO)")
     serve.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     serve.add_argument("--check", action="store_true", help="validate the configuration, print it and exit")
 
-    demo = sub.add_parser("demo", help="run the server with a real policy and a simulated fleet", description="Start a server with a small vision policy and drive a simulated fleet of robots against it; print a live view and a summary.")
-    demo.add_argument("--backend", choices=["local", "ray"], default="ray", help="ray (embedded local Ray Serve, default) or local")
+    demo = sub.add_parser(
+        "demo",
+        help="run the server with a real policy and a simulated fleet",
+        description="Start a server with a small vision policy and drive a simulated fleet of robots against it; print a live view and a summary.",
+    )
+    demo.add_argument(
+        "--backend", choices=["local", "ray"], default="ray", help="ray (embedded local Ray Serve, default) or local"
+    )
     demo.add_argument("--robots", type=int, default=8, help="number of simulated robots (default 8)")
     demo.add_argument("--duration", type=float, default=10.0, help="seconds of traffic (default 10)")
-    demo.add_argument("--report", default="demo-report", metavar="DIR", help="where to write the report (default demo-report/)")
-    demo.add_argument("--scheduler", default="deadline_aware", metavar="NAME", help="scheduling strategy (default deadline_aware)")
+    demo.add_argument(
+        "--report", default="demo-report", metavar="DIR", help="where to write the report (default demo-report/)"
+    )
+    demo.add_argument(
+        "--scheduler", default="deadline_aware", metavar="NAME", help="scheduling strategy (default deadline_aware)"
+    )
 
     top = sub.add_parser(
         "top",
@@ -62,10 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
         "(queue, running batches, batch size, replicas), refreshed every --interval seconds. Reads the "
         "server's /status over HTTP: start it with `inferential serve --metrics-port PORT`.",
     )
-    top.add_argument("--server", "-s", default="http://127.0.0.1:9100", metavar="URL", help="the server's metrics HTTP address: URL, HOST:PORT or PORT (default http://127.0.0.1:9100)")
-    top.add_argument("--interval", "-n", type=_positive, default=1.0, metavar="SECONDS", help="refresh period (default 1)")
-    top.add_argument("--window", type=_positive, default=10.0, metavar="SECONDS", help="history behind rates and percentiles (default 10)")
-    top.add_argument("--once", action="store_true", help="print one frame and exit (for scripts); exit 1 if the server cannot be reached")
+    top.add_argument(
+        "--server",
+        "-s",
+        default="http://127.0.0.1:9100",
+        metavar="URL",
+        help="the server's metrics HTTP address: URL, HOST:PORT or PORT (default http://127.0.0.1:9100)",
+    )
+    top.add_argument(
+        "--interval", "-n", type=_positive, default=1.0, metavar="SECONDS", help="refresh period (default 1)"
+    )
+    top.add_argument(
+        "--window",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="history behind rates and percentiles (default 10)",
+    )
+    top.add_argument(
+        "--once",
+        action="store_true",
+        help="print one frame and exit (for scripts); exit 1 if the server cannot be reached",
+    )
     return parser
 
 
@@ -115,8 +145,8 @@ def config_from_args(args: argparse.Namespace) -> InferentialConfig:
 
 def serve(args: argparse.Namespace) -> int:
     from inferential.logs import configure_logging
-    from inferential.server import Server
     from inferential.scheduler import available_schedulers
+    from inferential.server import Server
 
     try:
         config = config_from_args(args)

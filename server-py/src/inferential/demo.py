@@ -165,8 +165,13 @@ def run_demo(args: argparse.Namespace) -> int:
         models=[ModelConfig(name=MODEL, target=POLICY_TARGET, num_cpus=0.5)],
         scheduling={"strategy": args.scheduler, "max_batch_size": 8},
     )
-    print(f"Inferential demo: {args.robots} robots, {args.duration:.0f} s, backend {args.backend}, scheduler {args.scheduler}")
-    print("starting the server and loading the policy" + (" on an embedded Ray Serve (takes a few seconds)" if args.backend == "ray" else ""))
+    print(
+        f"Inferential demo: {args.robots} robots, {args.duration:.0f} s, backend {args.backend}, scheduler {args.scheduler}"
+    )
+    print(
+        "starting the server and loading the policy"
+        + (" on an embedded Ray Serve (takes a few seconds)" if args.backend == "ray" else "")
+    )
     t0 = time.monotonic()
     server = Server(config=config)
     background = BackgroundServer(server, start_timeout_s=180)
@@ -182,11 +187,13 @@ def run_demo(args: argparse.Namespace) -> int:
         while any(r.is_alive() for r in robots):
             time.sleep(1.0)
             elapsed = max(1e-9, time.monotonic() - start)
-            lines = [f"t = {min(elapsed, args.duration):4.1f} s / {args.duration:.0f} s", HEADER] + [_row(l, elapsed) for l in logs]
+            lines = [f"t = {min(elapsed, args.duration):4.1f} s / {args.duration:.0f} s", HEADER] + [
+                _row(rec, elapsed) for rec in logs
+            ]
             if live:
                 sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
             else:
-                print(lines[0] + "  " + "  ".join(f"{l.name}:{l.sent}" for l in logs))
+                print(lines[0] + "  " + "  ".join(f"{rec.name}:{rec.sent}" for rec in logs))
             sys.stdout.flush()
     finally:
         for r in robots:
@@ -210,17 +217,17 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _summary(logs: list[RobotLog], duration: float, server_status: dict) -> dict[str, Any]:
-    sent = sum(l.sent for l in logs)
-    ok = sum(l.statuses["OK"] for l in logs)
-    within = sum(l.within_budget for l in logs)
-    lat = sorted(x for l in logs for x in l.latencies_ms)
+    sent = sum(rec.sent for rec in logs)
+    ok = sum(rec.statuses["OK"] for rec in logs)
+    within = sum(rec.within_budget for rec in logs)
+    lat = sorted(x for rec in logs for x in rec.latencies_ms)
     statuses: Counter = Counter()
-    for l in logs:
-        statuses.update(l.statuses)
-    final_err = [l.errors[-1][1] for l in logs if l.errors]
-    initial_err = [l.errors[0][1] for l in logs if l.errors]
+    for rec in logs:
+        statuses.update(rec.statuses)
+    final_err = [rec.errors[-1][1] for rec in logs if rec.errors]
+    initial_err = [rec.errors[0][1] for rec in logs if rec.errors]
     lines = [
-        f"observations sent: {sent}   answered OK: {ok}   no reply within the control period: {sum(l.no_reply for l in logs)}",
+        f"observations sent: {sent}   answered OK: {ok}   no reply within the control period: {sum(rec.no_reply for rec in logs)}",
         f"replies by status (robot side): {dict(statuses)}",
         f"replies by status (server side): {server_status.get('replies', {})}",
         f"round trip p50 {percentile(lat, 50):.2f} ms, p99 {percentile(lat, 99):.2f} ms; SLO attainment {100 * within / max(1, sent):.1f}% of observations",
@@ -242,16 +249,28 @@ def _summary(logs: list[RobotLog], duration: float, server_status: dict) -> dict
 def _write_report(folder: Path, logs: list[RobotLog], summary: dict, args: argparse.Namespace) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     data = {
-        "args": {"robots": args.robots, "duration": args.duration, "backend": args.backend, "scheduler": args.scheduler},
+        "args": {
+            "robots": args.robots,
+            "duration": args.duration,
+            "backend": args.backend,
+            "scheduler": args.scheduler,
+        },
         "summary": {k: v for k, v in summary.items() if k != "lines"},
         "robots": [
             {
-                "name": l.name, "kind": l.kind, "rate_hz": l.rate_hz, "budget_ms": l.budget_ms, "priority": l.priority,
-                "sent": l.sent, "slo": l.slo(), "statuses": dict(l.statuses), "no_reply": l.no_reply,
-                "p50_ms": percentile(sorted(l.latencies_ms), 50) if l.latencies_ms else None,
-                "p99_ms": percentile(sorted(l.latencies_ms), 99) if l.latencies_ms else None,
+                "name": rec.name,
+                "kind": rec.kind,
+                "rate_hz": rec.rate_hz,
+                "budget_ms": rec.budget_ms,
+                "priority": rec.priority,
+                "sent": rec.sent,
+                "slo": rec.slo(),
+                "statuses": dict(rec.statuses),
+                "no_reply": rec.no_reply,
+                "p50_ms": percentile(sorted(rec.latencies_ms), 50) if rec.latencies_ms else None,
+                "p99_ms": percentile(sorted(rec.latencies_ms), 99) if rec.latencies_ms else None,
             }
-            for l in logs
+            for rec in logs
         ],
     }
     (folder / "demo.json").write_text(json.dumps(data, indent=2, default=float))
@@ -267,7 +286,7 @@ def _write_report(folder: Path, logs: list[RobotLog], summary: dict, args: argpa
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head>
 <body><h1>Inferential demo</h1>
 <p>{args.robots} robots for {args.duration:.0f} s, backend <b>{args.backend}</b>, scheduler <b>{args.scheduler}</b>.</p>
-<ul>{''.join(f'<li>{line}</li>' for line in summary['lines'])}</ul>
+<ul>{"".join(f"<li>{line}</li>" for line in summary["lines"])}</ul>
 <img src="data:image/png;base64,{base64.b64encode(png).decode()}" style="max-width:100%">
 <table><tr><th>robot</th><th>Hz</th><th>budget ms</th><th>priority</th><th>sent</th><th>p50 ms</th><th>p99 ms</th><th>SLO</th><th>statuses</th></tr>{rows}</table>
 </body></html>"""
@@ -281,27 +300,27 @@ def _plot(logs: list[RobotLog]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for l in logs:
-        if l.timeline:
-            t, lat = zip(*l.timeline)
-            axes[0].plot(t, lat, ".", markersize=2, label=l.name)
+    for rec in logs:
+        if rec.timeline:
+            t, lat = zip(*rec.timeline, strict=True)
+            axes[0].plot(t, lat, ".", markersize=2, label=rec.name)
     axes[0].set_title("round trip per observation")
     axes[0].set_xlabel("time (s)")
     axes[0].set_ylabel("ms")
     axes[0].set_yscale("log")
-    names = [l.name for l in logs]
-    p50 = [percentile(sorted(l.latencies_ms), 50) if l.latencies_ms else 0 for l in logs]
-    p99 = [percentile(sorted(l.latencies_ms), 99) if l.latencies_ms else 0 for l in logs]
+    names = [rec.name for rec in logs]
+    p50 = [percentile(sorted(rec.latencies_ms), 50) if rec.latencies_ms else 0 for rec in logs]
+    p99 = [percentile(sorted(rec.latencies_ms), 99) if rec.latencies_ms else 0 for rec in logs]
     x = np.arange(len(logs))
     axes[1].bar(x - 0.2, p50, 0.4, label="p50")
     axes[1].bar(x + 0.2, p99, 0.4, label="p99")
-    axes[1].scatter(x, [l.budget_ms for l in logs], marker="_", s=300, color="red", label="budget", zorder=3)
+    axes[1].scatter(x, [rec.budget_ms for rec in logs], marker="_", s=300, color="red", label="budget", zorder=3)
     axes[1].set_xticks(x, names, rotation=60, ha="right", fontsize=7)
     axes[1].set_title("latency vs budget per robot")
     axes[1].legend()
-    for l in logs:
-        if l.errors:
-            t, e = zip(*l.errors)
+    for rec in logs:
+        if rec.errors:
+            t, e = zip(*rec.errors, strict=True)
             axes[2].plot(t, e, linewidth=0.8)
     axes[2].set_title("tracking error (target changes every 3 s)")
     axes[2].set_xlabel("time (s)")

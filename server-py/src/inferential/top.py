@@ -113,7 +113,12 @@ def render(status: dict[str, Any], url: str, color: bool = False) -> str:
         )
     lines.append("")
     models = status.get("per_model") or {}
-    lines.append(s(f"{'MODEL':<20}{'QUEUE':>7}{'RUNNING':>9}{'BATCH p50':>11}{'BATCH max':>11}{'BATCH/s':>9}{'INFER p50 ms':>14}{'REPLICAS':>10}", _BOLD))
+    lines.append(
+        s(
+            f"{'MODEL':<20}{'QUEUE':>7}{'RUNNING':>9}{'BATCH p50':>11}{'BATCH max':>11}{'BATCH/s':>9}{'INFER p50 ms':>14}{'REPLICAS':>10}",
+            _BOLD,
+        )
+    )
     if not models:
         lines.append(s("no models loaded", _DIM))
     for name, m in models.items():

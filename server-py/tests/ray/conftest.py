@@ -23,20 +23,16 @@ from inferential.config.schema import ModelConfig, RayConfig
 TESTING = "inferential.models.ray_testing"
 
 SESSION_MODELS = [
-    ModelConfig(name="linear", target=f"{TESTING}:LinearPolicy", options={"gain": 3.0},
-                num_replicas=2, num_cpus=0),
+    ModelConfig(name="linear", target=f"{TESTING}:LinearPolicy", options={"gain": 3.0}, num_replicas=2, num_cpus=0),
     ModelConfig(name="picky", target=f"{TESTING}:PickyPolicy", num_cpus=0, max_batch_size=4),
     ModelConfig(name="fn", target=f"{TESTING}:double", num_cpus=0),
-    ModelConfig(name="sleepy", target=f"{TESTING}:SleepyPolicy", num_cpus=0,
-                timeout_s=0.5, hung_after_s=1.0),
+    ModelConfig(name="sleepy", target=f"{TESTING}:SleepyPolicy", num_cpus=0, timeout_s=0.5, hung_after_s=1.0),
 ]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ray: starts a real Ray cluster (deselect with -m 'not ray')")
-    config.addinivalue_line(
-        "markers", "ray_own_cluster: starts its own Ray cluster; runs before the shared one exists"
-    )
+    config.addinivalue_line("markers", "ray_own_cluster: starts its own Ray cluster; runs before the shared one exists")
     # Ray's own pydantic models use deprecated Field() arguments: not ours to fix.
     config.addinivalue_line("filterwarnings", r"ignore::DeprecationWarning:ray\..*")
 

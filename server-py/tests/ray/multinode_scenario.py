@@ -48,7 +48,7 @@ async def timed_call(backend: RayBackend, sent: list[dict], t0: float) -> dict:
     else:
         expected = [s["state"] * 2 + (0.2 if "image" in s else 0.0) for s in sent]
         entry.update(
-            ok=all(np.allclose(o["actions"], e, atol=1e-5) for o, e in zip(outcomes, expected)),
+            ok=all(np.allclose(o["actions"], e, atol=1e-5) for o, e in zip(outcomes, expected, strict=True)),
             nodes=sorted({o["node"] for o in outcomes}),
         )
     entry["s"] = time.monotonic() - start
@@ -82,9 +82,7 @@ async def main() -> dict:
 
         seen: set[str] = set()
         for i in range(20):
-            pair = await asyncio.gather(
-                *(timed_call(backend, make_batch(i, False, 0.2), t0) for _ in range(2))
-            )
+            pair = await asyncio.gather(*(timed_call(backend, make_batch(i, False, 0.2), t0) for _ in range(2)))
             seen.update(n for e in pair for n in e.get("nodes", []))
             if len(seen) == 2:
                 break
@@ -93,8 +91,7 @@ async def main() -> dict:
         # max_ongoing_requests is 1, so the two slow batches land on different replicas.
         t_remove = time.monotonic()
         in_flight = [
-            asyncio.create_task(timed_call(backend, make_batch(100 + k, k == 1, SLOW_S), t_remove))
-            for k in range(2)
+            asyncio.create_task(timed_call(backend, make_batch(100 + k, k == 1, SLOW_S), t_remove)) for k in range(2)
         ]
         await asyncio.sleep(SLOW_S / 3)
         await asyncio.to_thread(cluster.remove_node, worker, False)
@@ -102,8 +99,9 @@ async def main() -> dict:
 
         after = []
         for i in range(10):
-            after.append(await asyncio.wait_for(
-                timed_call(backend, make_batch(200 + i, i % 2 == 1), t_remove), TIMEOUT_S * 3))
+            after.append(
+                await asyncio.wait_for(timed_call(backend, make_batch(200 + i, i % 2 == 1), t_remove), TIMEOUT_S * 3)
+            )
         report["after"] = after
         report["health"] = (await backend.refresh_health()).models["linear"].details
     finally:

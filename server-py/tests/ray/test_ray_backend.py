@@ -34,7 +34,7 @@ def test_deploy_runs_a_whole_batch_in_one_call_with_per_request_outputs(backend,
     batch = [obs(i) for i in range(5)]
     outcomes = loop.run(backend.execute("linear", batch))
     assert len(outcomes) == 5
-    for inputs, out in zip(batch, outcomes):
+    for inputs, out in zip(batch, outcomes, strict=True):
         np.testing.assert_allclose(out["actions"], inputs["state"] * 3 + 0.2, rtol=1e-6)
     # One replica saw all five requests in one execute() call.
     assert {int(o["batch_size"]) for o in outcomes} == {5}
@@ -122,13 +122,14 @@ def test_health_reports_replicas_per_model(backend, loop):
 def test_attach_to_applications_deployed_separately(backend, loop):
     from ray import serve
 
-    policy = ModelConfig(name="policy-v2", target=f"{TESTING}:LinearPolicy", num_cpus=0,
-                         options={"gain": 5.0})
+    policy = ModelConfig(name="policy-v2", target=f"{TESTING}:LinearPolicy", num_cpus=0, options={"gain": 5.0})
     legacy = serve.deployment(LegacyInferApp, ray_actor_options={"num_cpus": 0}).bind()
-    serve.run_many([
-        serve.RunTarget(target=build_app(policy), name="policy-v2", route_prefix=None),
-        serve.RunTarget(target=legacy, name="legacy-v1", route_prefix=None),
-    ])
+    serve.run_many(
+        [
+            serve.RunTarget(target=build_app(policy), name="policy-v2", route_prefix=None),
+            serve.RunTarget(target=legacy, name="legacy-v1", route_prefix=None),
+        ]
+    )
     attached = RayBackend(ray=RayConfig(attach=["policy-v2"]), attach=["legacy-v1"])
     try:
         loop.run(attached.start())

@@ -16,9 +16,7 @@ SCENARIO = Path(__file__).with_name("multinode_scenario.py")
 
 def test_replicas_on_two_nodes_serve_and_survive_the_loss_of_one():
     # A subprocess: the cluster must not share this process's Ray connection.
-    proc = subprocess.run(
-        [sys.executable, str(SCENARIO)], capture_output=True, text=True, timeout=200
-    )
+    proc = subprocess.run([sys.executable, str(SCENARIO)], capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     sys.path.insert(0, str(SCENARIO.parent))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import threading
 import time
-import textwrap
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from inferential.dispatch.ray.replica import build_app
 pytestmark = pytest.mark.ray
 
 # Copied exactly from ../shared/reference/inferential-package-readme.txt ("Quick Start", "Server").
-SERVER_QUICKSTART = '''
+SERVER_QUICKSTART = """
 import asyncio
 from inferential import Server
 
@@ -30,7 +30,7 @@ def log_latency(name, value, labels):
         print(f"Client {labels.get('client')}: {value:.1f}ms")
 
 asyncio.run(server.run())
-'''
+"""
 
 
 def test_readme_server_quickstart_serves_a_serve_application(backend, capsys):

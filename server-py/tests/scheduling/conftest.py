@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from sched_fakes import MS, FakeClock
 
 from inferential.config.schema import SchedulingConfig
 from inferential.scheduler import InferenceRequest, create_scheduler
-from sched_fakes import MS, FakeClock
 
 
 @pytest.fixture
@@ -48,4 +48,3 @@ def build(clock: FakeClock):
         return scheduler
 
     return factory
-

@@ -22,6 +22,7 @@ from inferential.scheduler import (
 from inferential.scheduler.interface import takes_ready_models
 from inferential.wire import Status
 
+
 def test_readme_custom_scheduler_runs_verbatim_through_the_factory(readme_custom_scheduler):
     assert "my_scheduler" in available_schedulers()
 
@@ -59,7 +60,8 @@ def test_readme_standalone_usage_with_the_default_clock():
 
 
 def test_readme_custom_policy_via_top_level_import(clock, make):
-    from inferential import InferenceRequest as TopRequest, register_policy
+    from inferential import InferenceRequest as TopRequest
+    from inferential import register_policy
 
     assert TopRequest is InferenceRequest
 
@@ -119,8 +121,15 @@ def test_package_exports_the_documented_names():
     import inferential.scheduler as pkg
 
     for name in (
-        "Scheduler", "QueuedScheduler", "register_scheduler", "create_scheduler", "available_schedulers",
-        "register_policy", "InferenceRequest", "QueueFullError", "derive_deadline_ns",
+        "Scheduler",
+        "QueuedScheduler",
+        "register_scheduler",
+        "create_scheduler",
+        "available_schedulers",
+        "register_policy",
+        "InferenceRequest",
+        "QueueFullError",
+        "derive_deadline_ns",
     ):
         assert hasattr(pkg, name), name
     assert inferential.Scheduler is Scheduler

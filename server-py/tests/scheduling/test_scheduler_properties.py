@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from sched_fakes import MS, FakeClock
+
 from inferential.config.schema import SchedulingConfig
 from inferential.scheduler import InferenceRequest, create_scheduler, effective_deadline_ns
 from inferential.wire import Status

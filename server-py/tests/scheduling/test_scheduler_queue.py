@@ -4,8 +4,8 @@ admission, retries, wakeups, hand-over, sanitising, service-time estimate."""
 from __future__ import annotations
 
 import pytest
-
 from sched_fakes import MS
+
 from inferential.config.schema import SchedulingConfig
 from inferential.scheduler import ServiceTimeModel, create_scheduler, derive_deadline_ns
 from inferential.wire import Status

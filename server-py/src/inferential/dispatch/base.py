@@ -126,9 +126,7 @@ def check_outcomes(outcomes: Any, batch_len: int) -> list[Outcome]:
         if isinstance(outcomes, np.ndarray) and len(outcomes) == batch_len:
             outcomes = list(outcomes)
         else:
-            raise TypeError(
-                f"execute() must return a list with one result per request, got {type(outcomes).__name__}"
-            )
+            raise TypeError(f"execute() must return a list with one result per request, got {type(outcomes).__name__}")
     if len(outcomes) != batch_len:
         raise TypeError(f"execute() returned {len(outcomes)} results for a batch of {batch_len}")
     result: list[Outcome] = []

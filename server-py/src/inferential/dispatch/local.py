@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import perf_counter
 from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
 from typing import Any, Mapping
 
 from inferential.config.schema import InferentialConfig, ModelConfig
@@ -183,7 +183,9 @@ class LocalBackend(Backend):
     def health(self) -> BackendHealth:
         return BackendHealth(
             models={
-                name: ModelHealth(replicas=m.info.concurrency, details={"calls": m.calls, "errors": m.errors, "inline": m.inline})
+                name: ModelHealth(
+                    replicas=m.info.concurrency, details={"calls": m.calls, "errors": m.errors, "inline": m.inline}
+                )
                 for name, m in self._models.items()
             }
         )

@@ -5,4 +5,12 @@ from inferential.dispatch.ray.backend import RayBackend
 from inferential.dispatch.ray.cluster import connect_ray, prepare_local_auth
 from inferential.dispatch.ray.replica import BatchFailed, ModelReplica, RemoteModelError, build_app
 
-__all__ = ["BatchFailed", "ModelReplica", "RayBackend", "RemoteModelError", "build_app", "connect_ray", "prepare_local_auth"]
+__all__ = [
+    "BatchFailed",
+    "ModelReplica",
+    "RayBackend",
+    "RemoteModelError",
+    "build_app",
+    "connect_ray",
+    "prepare_local_auth",
+]

@@ -19,15 +19,33 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _BYTES_BUCKETS = tuple(float(1 << k) for k in range(10, 27, 2))  # 1 KiB .. 64 MiB
 # Store metric (milliseconds) -> Prometheus histogram (seconds).
 _HISTOGRAMS = {
-    "scheduling_wait_ms": ("inferential_queue_wait_seconds", "Time from arrival to dispatch to the model, successful requests"),
+    "scheduling_wait_ms": (
+        "inferential_queue_wait_seconds",
+        "Time from arrival to dispatch to the model, successful requests",
+    ),
     "inference_latency_ms": ("inferential_inference_seconds", "Model execution time of one batch"),
     "e2e_latency_ms": ("inferential_server_latency_seconds", "Time from arrival to reply, successful requests"),
-    "observation_staleness_ms": ("inferential_observation_staleness_seconds", "Age of an observation when it arrived (robot and server clocks)"),
+    "observation_staleness_ms": (
+        "inferential_observation_staleness_seconds",
+        "Age of an observation when it arrived (robot and server clocks)",
+    ),
 }
 _COUNTERS = {
-    "replies": ("inferential_replies", "Replies sent, by model and status: every observation gets exactly one", ("model", "status")),
-    "observation_errors": ("inferential_rejected_observations", "Observations answered before scheduling (invalid, unknown model, unauthenticated, ...), by status", ("status",)),
-    "replies_undeliverable": ("inferential_replies_undeliverable", "Replies that could not be handed to the robot's connection", ("model", "reason")),
+    "replies": (
+        "inferential_replies",
+        "Replies sent, by model and status: every observation gets exactly one",
+        ("model", "status"),
+    ),
+    "observation_errors": (
+        "inferential_rejected_observations",
+        "Observations answered before scheduling (invalid, unknown model, unauthenticated, ...), by status",
+        ("status",),
+    ),
+    "replies_undeliverable": (
+        "inferential_replies_undeliverable",
+        "Replies that could not be handed to the robot's connection",
+        ("model", "reason"),
+    ),
     "dispatch_errors": ("inferential_dispatch_errors", "Batches whose backend call failed as a whole", ("model",)),
     "dispatch_retries": ("inferential_dispatch_retries", "Requests re-queued after a failed batch", ("model",)),
     "config_reloads": ("inferential_config_reloads", "Configuration reloads (SIGHUP), by result", ("result",)),
@@ -45,14 +63,36 @@ class PrometheusExporter:
             name: Histogram(prom, doc, ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry)
             for name, (prom, doc) in _HISTOGRAMS.items()
         }
-        self._batch = Histogram("inferential_batch_size", "Requests per batch sent to a model", ["model"], buckets=_BATCH_BUCKETS, registry=self.registry)
-        self._payload = Histogram("inferential_payload_bytes", "Tensor bytes per observation", ["model"], buckets=_BYTES_BUCKETS, registry=self.registry)
+        self._batch = Histogram(
+            "inferential_batch_size",
+            "Requests per batch sent to a model",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self._payload = Histogram(
+            "inferential_payload_bytes",
+            "Tensor bytes per observation",
+            ["model"],
+            buckets=_BYTES_BUCKETS,
+            registry=self.registry,
+        )
         self._counters = {
             name: (Counter(prom, doc, list(labels), registry=self.registry), labels)
             for name, (prom, doc, labels) in _COUNTERS.items()
         }
-        self._slo_total = Counter("inferential_slo_requests", "Requests counted for the latency SLO (every reply but SUPERSEDED)", ["client", "model"], registry=self.registry)
-        self._slo_met = Counter("inferential_slo_met", "Requests answered OK within their latency budget", ["client", "model"], registry=self.registry)
+        self._slo_total = Counter(
+            "inferential_slo_requests",
+            "Requests counted for the latency SLO (every reply but SUPERSEDED)",
+            ["client", "model"],
+            registry=self.registry,
+        )
+        self._slo_met = Counter(
+            "inferential_slo_met",
+            "Requests answered OK within their latency budget",
+            ["client", "model"],
+            registry=self.registry,
+        )
         self.registry.register(_LiveCollector(self))
         server.on_metric(self._on_metric)
 
@@ -96,15 +136,25 @@ class _LiveCollector:
     def _families(self) -> list[GaugeMetricFamily]:
         window = self.exporter.slo_window_s
         return [
-            GaugeMetricFamily("inferential_queue_depth", "Requests waiting in the scheduler, by model", labels=["model"]),
+            GaugeMetricFamily(
+                "inferential_queue_depth", "Requests waiting in the scheduler, by model", labels=["model"]
+            ),
             GaugeMetricFamily("inferential_batches_in_flight", "Batches running on a model", labels=["model"]),
             GaugeMetricFamily("inferential_model_concurrency", "Batches a model may run at once", labels=["model"]),
-            GaugeMetricFamily("inferential_model_replicas", "Healthy replicas (Ray) or worker threads (local) per model", labels=["model"]),
+            GaugeMetricFamily(
+                "inferential_model_replicas",
+                "Healthy replicas (Ray) or worker threads (local) per model",
+                labels=["model"],
+            ),
             GaugeMetricFamily("inferential_active_robots", "Robots registered (seen within disconnect_timeout_s)"),
             GaugeMetricFamily("inferential_queued_requests", "Requests waiting in the scheduler, all models"),
-            GaugeMetricFamily("inferential_pending_requests", "Requests admitted and not yet answered (queued or running)"),
+            GaugeMetricFamily(
+                "inferential_pending_requests", "Requests admitted and not yet answered (queued or running)"
+            ),
             GaugeMetricFamily("inferential_ready", "1 when the server admits robots (/readyz)"),
-            GaugeMetricFamily("inferential_scheduler_info", "The active scheduling strategy (value 1)", labels=["strategy"]),
+            GaugeMetricFamily(
+                "inferential_scheduler_info", "The active scheduling strategy (value 1)", labels=["strategy"]
+            ),
             GaugeMetricFamily(
                 "inferential_slo_attainment",
                 f"Share of requests answered OK within budget over the last {window:.0f} s (at most metrics.ring_buffer_size replies)",

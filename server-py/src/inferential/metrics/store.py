@@ -155,9 +155,7 @@ class MetricsStore:
 
     def counter(self, name: str, labels: Optional[Labels] = None) -> float:
         """Sum of a counter over every label set matching ``labels``."""
-        return sum(
-            v for (n, lbs), v in list(self._counters.items()) if n == name and _matches(dict(lbs), labels)
-        )
+        return sum(v for (n, lbs), v in list(self._counters.items()) if n == name and _matches(dict(lbs), labels))
 
     def counters(self) -> dict[str, list[tuple[dict, float]]]:
         out: dict[str, list[tuple[dict, float]]] = defaultdict(list)

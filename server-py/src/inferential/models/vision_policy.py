@@ -85,7 +85,10 @@ class VisionPolicy(Model):
         joints = rng.normal(scale=0.5, size=(n, JOINTS)).astype(np.float32)
         images = np.stack([render_scene(u, v, size, rng) for u, v in uv])
         targets = np.stack(
-            [expert_chunk(j, expert_target(u, v), self.horizon).reshape(-1) for j, (u, v) in zip(joints, uv)]
+            [
+                expert_chunk(j, expert_target(u, v), self.horizon).reshape(-1)
+                for j, (u, v) in zip(joints, uv, strict=True)
+            ]
         )
         x = self._features(images, joints)
         ridge = 1e-2 * np.eye(x.shape[1], dtype=np.float32)

@@ -110,9 +110,7 @@ class Scheduler(ABC):
         log = self.__dict__.get("shed_log")
         if log is None:
             log = self.__dict__["shed_log"] = deque(maxlen=self.shed_log_size)
-        log.append(
-            ShedRecord(request.client_id, request.model_id, request.request_id, request.seq, status, reason)
-        )
+        log.append(ShedRecord(request.client_id, request.model_id, request.request_id, request.seq, status, reason))
 
     def next_wakeup_ns(self) -> Optional[int]:
         """Earliest clock time at which ``tick``/``next_batch`` can produce something
@@ -128,10 +126,10 @@ class Scheduler(ABC):
         self.submit(request)
         return True
 
-    def record_service_time(self, model_id: str, batch_size: int, ms: float) -> None:
+    def record_service_time(self, model_id: str, batch_size: int, ms: float) -> None:  # noqa: B027 (optional hook)
         """Feedback: a batch of ``batch_size`` for ``model_id`` took ``ms``."""
 
-    def set_model_limits(
+    def set_model_limits(  # noqa: B027 (optional hook)
         self, model_id: str, max_batch_size: Optional[int] = None, concurrency: Optional[int] = None
     ) -> None:
         """Per-model limits (largest batch, batches that can run at once)."""
@@ -156,10 +154,10 @@ class Scheduler(ABC):
         return []
 
 
-_TAKES_READY: dict[type, bool] = {}
+_TAKES_READY: dict[type[Scheduler], bool] = {}
 
 
-def takes_ready_models(cls: type) -> bool:
+def takes_ready_models(cls: type[Scheduler]) -> bool:
     """Whether ``cls.next_batch`` takes an argument (the set of ready models): the
     one rule for every caller (README-style schedulers take none)."""
     known = _TAKES_READY.get(cls)

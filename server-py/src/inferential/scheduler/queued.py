@@ -68,9 +68,9 @@ from inferential.scheduler.interface import (
     Clock,
     Scheduler,
 )
-from inferential.wire import Status
 from inferential.scheduler.request import InferenceRequest
 from inferential.scheduler.service_time import ServiceTimeModel
+from inferential.wire import Status
 
 View = Mapping[str, Mapping[int, InferenceRequest]]
 """Per model, its queued requests by ``seq``. Only models with something to serve."""
@@ -315,9 +315,7 @@ class QueuedScheduler(Scheduler):
 
     # --- dispatching --------------------------------------------------------------
 
-    def next_batch(  # type: ignore[override]
-        self, ready_models: Optional[Iterable[str]] = None
-    ) -> list[InferenceRequest]:
+    def next_batch(self, ready_models: Optional[Iterable[str]] = None) -> list[InferenceRequest]:
         """The next batch: requests of one model, at most its batch limit, from
         ``ready_models`` when given (models whose executor is free). [] when
         nothing is ready."""

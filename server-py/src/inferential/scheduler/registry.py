@@ -79,9 +79,7 @@ def create_scheduler(config: Optional[SchedulingConfig] = None, clock: Optional[
     config = config if config is not None else SchedulingConfig()
     cls = _SCHEDULERS.get(config.strategy)
     if cls is None:
-        raise ValueError(
-            f"unknown scheduler strategy {config.strategy!r}; available: {available_schedulers()}"
-        )
+        raise ValueError(f"unknown scheduler strategy {config.strategy!r}; available: {available_schedulers()}")
     if issubclass(cls, QueuedScheduler):
         return cls(config, clock=clock or time.monotonic_ns)
     return cls(config)  # type: ignore[call-arg]

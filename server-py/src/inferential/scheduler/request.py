@@ -65,9 +65,7 @@ class InferenceRequest:
         """Recompute the live fields for ``now_ns``."""
         self.age_ms = max(0.0, (now_ns - self.arrival_ns) / 1e6)
         self.slack_ms = None if self.deadline_ns is None else (self.deadline_ns - now_ns) / 1e6
-        self.cadence_lateness = cadence_lateness(
-            self.expected_interval_ms, self.since_previous_ms, self.age_ms
-        )
+        self.cadence_lateness = cadence_lateness(self.expected_interval_ms, self.since_previous_ms, self.age_ms)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -75,9 +73,7 @@ class InferenceRequest:
         return (self.client_id, self.model_id)
 
 
-def cadence_lateness(
-    expected_interval_ms: Optional[float], since_previous_ms: Optional[float], age_ms: float
-) -> float:
+def cadence_lateness(expected_interval_ms: Optional[float], since_previous_ms: Optional[float], age_ms: float) -> float:
     """How far past its usual cadence this robot is, in units of its interval, in [0, 1].
 
     At arrival a robot that shows up exactly on cadence is at 0; one that arrived

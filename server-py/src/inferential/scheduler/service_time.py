@@ -75,8 +75,5 @@ class ServiceTimeModel:
             a, b = 0.0, mean_y / mean_x
         self._a, self._b = a, b
         # Residual sum of squares from the sums: sum (y - a - b x)^2, expanded.
-        ssr = (
-            self._syy - 2 * a * self._sy - 2 * b * self._sxy
-            + n * a * a + 2 * a * b * self._sx + b * b * self._sxx
-        )
+        ssr = self._syy - 2 * a * self._sy - 2 * b * self._sxy + n * a * a + 2 * a * b * self._sx + b * b * self._sxx
         self._margin = MARGIN_SIGMAS * math.sqrt(max(0.0, ssr) / n)

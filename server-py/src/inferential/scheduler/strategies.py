@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from inferential.config.schema import SchedulingConfig
-from inferential.scheduler.interface import Clock, Policy
-from inferential.scheduler.registry import get_policy, register_scheduler
 from inferential.scheduler.deadlines import effective_deadline_ns
+from inferential.scheduler.interface import Clock, Policy
 from inferential.scheduler.queued import QueuedScheduler, View, arrival_order
+from inferential.scheduler.registry import get_policy, register_scheduler
 from inferential.scheduler.request import InferenceRequest
 
 
 def _best_model_batch(
-    view: View, key: Callable[[InferenceRequest], object], limit_of: Callable[[str], int]
+    view: View, key: Callable[[InferenceRequest], Any], limit_of: Callable[[str], int]
 ) -> list[InferenceRequest]:
     """The request with the smallest ``key``, then the next smallest of its model."""
-    top = min((min(queue.values(), key=key) for queue in view.values()), key=key)  # type: ignore[type-var]
-    return heapq.nsmallest(limit_of(top.model_id), view[top.model_id].values(), key=key)  # type: ignore[arg-type]
+    top = min((min(queue.values(), key=key) for queue in view.values()), key=key)
+    return heapq.nsmallest(limit_of(top.model_id), view[top.model_id].values(), key=key)
 
 
 @register_scheduler("fifo")

@@ -210,7 +210,10 @@ class Server:
         return {
             "endpoint": self.endpoint,
             "ready": self.ready,
-            "models": {n: {"max_batch_size": i.max_batch_size, "concurrency": i.concurrency, "in_flight": engine.inflight[n]} for n, i in engine.models.items()},
+            "models": {
+                n: {"max_batch_size": i.max_batch_size, "concurrency": i.concurrency, "in_flight": engine.inflight[n]}
+                for n, i in engine.models.items()
+            },
             "pending": len(self._ledger.pending),
             "scheduler": engine.scheduler.status(),
             "robots": len(self._registry.robots),

@@ -94,7 +94,9 @@ class Engine:
 
     def _set_limits(self, sched: Scheduler, cfg: SchedulingConfig) -> None:
         for name, info in self.models.items():
-            sched.set_model_limits(name, max_batch_size=min(info.max_batch_size, cfg.max_batch_size), concurrency=info.concurrency)
+            sched.set_model_limits(
+                name, max_batch_size=min(info.max_batch_size, cfg.max_batch_size), concurrency=info.concurrency
+            )
 
     def swap_scheduler(self, cfg: SchedulingConfig) -> None:
         """Switch to the scheduler ``cfg`` describes, carrying the queued requests over."""
@@ -236,7 +238,9 @@ class Engine:
         ledger = self.ledger
         # Only this robot's queued requests: the others keep their place untouched.
         waiting = self.scheduler.cancel_client(client_id)
-        waiting += [r for r in ledger.pending.values() if r.client_id == client_id and not r.running]  # held by a custom scheduler
+        waiting += [
+            r for r in ledger.pending.values() if r.client_id == client_id and not r.running
+        ]  # held by a custom scheduler
         for r in waiting:
             if reachable:
                 ledger.answer(r, Status.CANCELLED, f"robot unregistered: {why}")
@@ -351,7 +355,7 @@ class Engine:
             self.launch_ready()  # keep the executor busy: start the next batch before replying
         answer = self.ledger.answer
         record = self.metrics.record
-        for r, out in zip(batch, outcomes):
+        for r, out in zip(batch, outcomes, strict=False):  # lengths: the backend contract
             # Per request, labelled by robot as the published README's callbacks expect.
             record("inference_latency_ms", infer_ms, request_labels(r))
             timing = ReplyTiming(

@@ -59,48 +59,48 @@ class Ledger:
 
     def answer(
         self,
-        req: InferenceRequest,
+        request: InferenceRequest,
         status: int,
-        error: str = "",
+        reason: str = "",
         outputs: Optional[Mapping[str, Any]] = None,
         timing: Optional[ReplyTiming] = None,
     ) -> None:
-        """Reply to ``req`` unless it was answered already. The signature of a
-        scheduler's ``on_shed(request, status, reason)`` too."""
-        if self.pending.pop(req.seq, None) is None:
+        """Reply to ``request`` unless it was answered already; ``reason`` is the
+        reply's error text. Installed as every scheduler's ``on_shed`` too."""
+        if self.pending.pop(request.seq, None) is None:
             return  # already answered: exactly one reply per observation
         now = self._clock()
         timing = timing or ReplyTiming()
-        timing.total_ms = (now - req.arrival_ns) / 1e6
+        timing.total_ms = (now - request.arrival_ns) / 1e6
         common = dict(
-            identity=req.identity,
-            client_id=req.client_id,
-            model_id=req.model_id,
-            request_id=req.request_id,
-            protocol_version=req.protocol_version,
+            identity=request.identity,
+            client_id=request.client_id,
+            model_id=request.model_id,
+            request_id=request.request_id,
+            protocol_version=request.protocol_version,
             timing=timing,
-            observation_timestamp_ns=req.observation_timestamp_ns,
+            observation_timestamp_ns=request.observation_timestamp_ns,
             now_ns=time.time_ns(),
         )
         try:
-            frames = encode_reply(status=status, error=error, outputs=outputs, **common)  # type: ignore[arg-type]
+            frames = encode_reply(status=status, error=reason, outputs=outputs, **common)  # type: ignore[arg-type]
         except (TypeError, ValueError) as err:  # an output the wire cannot carry
-            status, error = Status.MODEL_ERROR, f"model output cannot be sent: {err}"
-            frames = encode_reply(status=status, error=error, **common)  # type: ignore[arg-type]
-        self.send(frames, req.identity, req.model_id, status, req.client_id)
+            status, reason = Status.MODEL_ERROR, f"model output cannot be sent: {err}"
+            frames = encode_reply(status=status, error=reason, **common)  # type: ignore[arg-type]
+        self.send(frames, request.identity, request.model_id, status, request.client_id)
         # Bookkeeping after the reply is on its way.
-        labels = request_labels(req)
+        labels = request_labels(request)
         metrics = self._metrics
-        metric = _SHED_METRIC.get(status)  # type: ignore[call-overload]
+        metric = _SHED_METRIC.get(status)
         if metric:
             metrics.increment(metric, labels)
         if status == Status.OK:
             metrics.record("scheduling_wait_ms", timing.queue_wait_ms, labels)
             metrics.record("e2e_latency_ms", timing.total_ms, labels)
         if status != Status.SUPERSEDED:  # a superseded request's robot got a fresher answer
-            met = status == Status.OK and timing.total_ms <= req.latency_budget_ms
+            met = status == Status.OK and timing.total_ms <= request.latency_budget_ms
             metrics.record("slo_met", 1.0 if met else 0.0, labels)
-        robot = self._registry.robots.get(req.client_id)
+        robot = self._registry.robots.get(request.client_id)
         if robot is not None:
             robot.last_status = status_name(status)
 

@@ -6,7 +6,7 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Optional
 
-from inferential.config.schema import ClientsConfig, AuthConfig
+from inferential.config.schema import AuthConfig, ClientsConfig
 
 
 @dataclass
@@ -76,7 +76,9 @@ class ClientRegistry:
     unregistered after ``disconnect_timeout_s`` of silence or when its replies
     become undeliverable."""
 
-    def __init__(self, clients: ClientsConfig, auth: AuthConfig, cadence_alpha: float, disconnect_timeout_s: float) -> None:
+    def __init__(
+        self, clients: ClientsConfig, auth: AuthConfig, cadence_alpha: float, disconnect_timeout_s: float
+    ) -> None:
         self.clients = clients
         self.auth = auth
         self.alpha = cadence_alpha

@@ -21,7 +21,9 @@ def check_reloadable(config: Any) -> list[str]:
     """Problems that pydantic cannot see: a strategy or policy name nobody registered."""
     sched = config.scheduling
     if sched.strategy not in available_schedulers():
-        return [f"scheduling.strategy: unknown strategy {sched.strategy!r} (available: {', '.join(available_schedulers())})"]
+        return [
+            f"scheduling.strategy: unknown strategy {sched.strategy!r} (available: {', '.join(available_schedulers())})"
+        ]
     if sched.policy is not None and sched.policy not in available_policies():
         return [f"scheduling.policy: unknown policy {sched.policy!r} (available: {', '.join(available_policies())})"]
     try:
@@ -73,8 +75,10 @@ def install_reload(server: Any, config_path: Optional[str], load: Optional[Calla
         changed = [s for s in LIVE_SECTIONS if getattr(new, s) != getattr(old, s)]
         logger.info(
             "configuration reloaded from %s: %s; scheduler %s, %d known clients",
-            config_path, f"changed {', '.join(changed)}" if changed else "no live changes",
-            new.scheduling.strategy, len(new.clients.known),
+            config_path,
+            f"changed {', '.join(changed)}" if changed else "no live changes",
+            new.scheduling.strategy,
+            len(new.clients.known),
         )
         later = [s for s in _RESTART_SECTIONS if getattr(new, s) != getattr(old, s)]
         if later:

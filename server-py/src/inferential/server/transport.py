@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Callable, Optional
-
-import asyncio
 
 import zmq
 
@@ -84,7 +83,7 @@ class RouterTransport:
         self._loop = loop
         self._on_message = on_message
         self._on_burst_end = on_burst_end
-        loop.add_reader(self._sock.getsockopt(zmq.FD), self.drain)
+        loop.add_reader(self._sock.fileno(), self.drain)
         loop.call_soon(self.drain)  # anything that arrived before we watched
 
     def drain(self) -> None:
@@ -157,6 +156,6 @@ class RouterTransport:
     def close(self) -> None:
         if self._sock is not None:
             if self._loop is not None:
-                self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+                self._loop.remove_reader(self._sock.fileno())
             self._sock.close(linger=200)  # let replies already queued go out
             self._sock = None

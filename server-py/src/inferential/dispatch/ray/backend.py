@@ -151,18 +151,13 @@ class RayBackend(Backend):
         await asyncio.to_thread(serve.start, proxy_location="Disabled")
         if self._model_configs:
             targets = [
-                serve.RunTarget(target=build_app(m), name=m.name, route_prefix=None)
-                for m in self._model_configs
+                serve.RunTarget(target=build_app(m), name=m.name, route_prefix=None) for m in self._model_configs
             ]
             try:
-                await asyncio.wait_for(
-                    asyncio.to_thread(serve.run_many, targets), _DEPLOY_TIMEOUT_S
-                )
+                await asyncio.wait_for(asyncio.to_thread(serve.run_many, targets), _DEPLOY_TIMEOUT_S)
             except Exception as err:
                 reasons = await asyncio.to_thread(self._deploy_failures)
-                raise BackendError(
-                    f"deploying models failed: {reasons or _describe_error(err)}"
-                ) from err
+                raise BackendError(f"deploying models failed: {reasons or _describe_error(err)}") from err
         for target in self._targets.values():
             await self._open_handles(target)
         await asyncio.gather(*(self._warm_up(t) for t in self._targets.values()))
@@ -217,9 +212,7 @@ class RayBackend(Backend):
             raise BackendError(f"model '{target.name}' did not answer its warm-up call") from None
         except Exception as err:
             if target.deployed or isinstance(err, self._retryable):
-                raise BackendError(
-                    f"model '{target.name}' failed its warm-up call: {_describe_error(err)}"
-                ) from err
+                raise BackendError(f"model '{target.name}' failed its warm-up call: {_describe_error(err)}") from err
             # A missing describe() is the convention's way of saying "not a batch app".
             methods = methods_from_missing_method_error(err)
             if methods is not None and "execute_batch" in methods:
@@ -230,18 +223,16 @@ class RayBackend(Backend):
                 method = "__call__"
             self._set_method(target, method)
             log.info(
-                "attached '%s': calling %s (%s)", target.name, method,
+                "attached '%s': calling %s (%s)",
+                target.name,
+                method,
                 "one call per batch" if target.batched else "one call per request",
             )
             return
         if not isinstance(info, dict):
-            raise BackendError(
-                f"'{target.name}'.describe() returned {type(info).__name__}, not a dict"
-            )
+            raise BackendError(f"'{target.name}'.describe() returned {type(info).__name__}, not a dict")
         target.max_batch_size = int(info.get("max_batch_size", target.max_batch_size))
-        target.concurrency_per_replica = int(
-            info.get("concurrency", target.concurrency_per_replica)
-        )
+        target.concurrency_per_replica = int(info.get("concurrency", target.concurrency_per_replica))
 
     async def stop(self) -> None:
         if self._health_task is not None:
@@ -275,9 +266,7 @@ class RayBackend(Backend):
         for target in self._targets.values():
             if target.deployed:
                 try:
-                    await asyncio.wait_for(
-                        asyncio.to_thread(serve.delete, target.app), _CONTROL_CALL_TIMEOUT_S
-                    )
+                    await asyncio.wait_for(asyncio.to_thread(serve.delete, target.app), _CONTROL_CALL_TIMEOUT_S)
                 except Exception as err:
                     log.warning("could not delete Serve application '%s': %s", target.app, err)
         if connection == "connected":
@@ -314,9 +303,7 @@ class RayBackend(Backend):
             target.last_error = str(err)
             raise
 
-    async def _execute_batch(
-        self, target: _Target, batch: list[Inputs], deadline: float
-    ) -> list[Outcome]:
+    async def _execute_batch(self, target: _Target, batch: list[Inputs], deadline: float) -> list[Outcome]:
         result = await self._call(target, batch, deadline)
         if isinstance(result, BatchFailed):
             raise BackendError(f"model '{target.name}' failed the batch: {result.reason}")
@@ -325,9 +312,7 @@ class RayBackend(Backend):
         except TypeError as err:
             raise BackendError(f"model '{target.name}': {err}") from err
 
-    async def _execute_per_request(
-        self, target: _Target, batch: list[Inputs], deadline: float
-    ) -> list[Outcome]:
+    async def _execute_per_request(self, target: _Target, batch: list[Inputs], deadline: float) -> list[Outcome]:
         import ray.exceptions as rex
 
         results = await asyncio.gather(
@@ -361,19 +346,14 @@ class RayBackend(Backend):
             except asyncio.TimeoutError:
                 target.timeouts += 1
                 raise BackendError(
-                    f"model '{target.name}': no answer within {target.timeout_s:g} s; "
-                    "request cancelled"
+                    f"model '{target.name}': no answer within {target.timeout_s:g} s; request cancelled"
                 ) from None
             except self._retryable as err:
                 attempt += 1
                 if attempt > self._config.replica_failure_retries or time.monotonic() >= deadline:
-                    raise BackendError(
-                        f"model '{target.name}': replica failed: {_describe_error(err)}"
-                    ) from err
+                    raise BackendError(f"model '{target.name}': replica failed: {_describe_error(err)}") from err
                 target.retries += 1
-                log.warning(
-                    "model '%s': replica failed (%s); retrying", target.name, _describe_error(err)
-                )
+                log.warning("model '%s': replica failed (%s); retrying", target.name, _describe_error(err))
             except Exception as err:
                 if not target.batched:
                     raise  # the app's own exception for this one request
@@ -396,7 +376,9 @@ class RayBackend(Backend):
             )
             running = entry.get("running_replicas")
             models[name] = ModelHealth(replicas=running, healthy=bool(entry.get("alive", False)), details=entry)
-        return BackendHealth(ready=self._ready, error=self._health_error, models=models, details=dict(self._health_details))
+        return BackendHealth(
+            ready=self._ready, error=self._health_error, models=models, details=dict(self._health_details)
+        )
 
     async def refresh_health(self) -> BackendHealth:
         """Ask Serve for replica states now (health() returns the last answer)."""
@@ -404,9 +386,7 @@ class RayBackend(Backend):
 
         started = time.monotonic()
         try:
-            status = await asyncio.wait_for(
-                asyncio.to_thread(serve.status), _CONTROL_CALL_TIMEOUT_S
-            )
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), _CONTROL_CALL_TIMEOUT_S)
         except Exception as err:
             self._ready, self._health_error, self._serve_state = False, _describe_error(err), {}
             self._health_details = {"checked_at": time.time(), "cluster": self._cluster_info()}

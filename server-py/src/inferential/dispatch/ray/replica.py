@@ -114,8 +114,7 @@ class ModelReplica:
             oldest = min(self._running.values(), default=None)
         if oldest is not None and time.monotonic() - oldest > self._hung_after_s:
             raise RuntimeError(
-                f"a batch has been running for more than {self._hung_after_s:.1f} s; "
-                "asking Serve for a fresh replica"
+                f"a batch has been running for more than {self._hung_after_s:.1f} s; asking Serve for a fresh replica"
             )
 
 

@@ -1,0 +1,60 @@
+"""Run by `make check-wheels` with the python of a fresh venv holding only the two
+wheels and their dependencies: the CLI starts, `inferential serve` serves, and one
+observation makes the round trip. Exits non-zero on the first failure."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    import inferential
+    import inferential.cli
+    import inferential.server
+    from inferential import Connection
+
+    # The client's and the server's halves installed side by side into one folder,
+    # not found through a checkout.
+    package = Path(inferential.__file__).resolve().parent
+    assert "site-packages" in package.parts, package
+    for module in (inferential.cli, inferential.server):
+        assert package in Path(module.__file__).resolve().parents, module.__file__
+    cli = Path(sys.executable).parent / "inferential"
+    subprocess.run([str(cli), "--help"], check=True, stdout=subprocess.DEVNULL)
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    server = subprocess.Popen(
+        [str(cli), "serve", "--bind", endpoint, "--model", "noop=inferential.models.testing:NoOp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with Connection(server=endpoint, client_id="wheel-check") as conn:
+            # Generous: the server imports and loads its model after the client connects.
+            result = conn.model("noop").request(timeout_ms=60_000, x=np.zeros(3, np.float32))
+        assert result.ok, result
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+    if server.returncode != 0:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"check-wheels: `inferential --help`, `inferential serve` and a round trip work from the wheels ({package})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
