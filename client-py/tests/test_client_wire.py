@@ -304,3 +304,14 @@ def test_string_fields_are_checked_in_utf8_bytes(text, required, match):
     check_text("client.id", "é" * 128, 256, required=True)  # exactly 256 bytes: fine
     with pytest.raises(WireError, match=f"client.id: {match}"):
         check_text("client.id", text, 256, required=required)
+
+
+def test_a_received_bfloat16_tensor_sent_on_stays_bfloat16():
+    out, _, _ = round_trip({"b": BFloat16.from_float32(np.array([1.5, -2.0], np.float32))})
+    received = out["b"]
+    forwarded, wire, _ = round_trip({"b": received, "copy": received.reshape(2, 1).copy()})
+    assert [t.dtype for t in wire.tensors] == [pb.BFLOAT16, pb.BFLOAT16]
+    np.testing.assert_array_equal(forwarded["b"].view(np.uint16), received.view(np.uint16))
+    # A plain uint16 array is still UINT16, whatever was sent before it.
+    _, wire, _ = round_trip({"u": np.ones(2, np.uint16)})
+    assert wire.tensors[0].dtype == pb.UINT16

@@ -238,3 +238,21 @@ def test_replies_align_tensor_offsets_and_carry_the_retry_hint():
     resp = pb.ModelResponse.FromString(frames[2])
     assert resp.retry_after_ms == 30 and resp.retryable
     assert [t.byte_offset for t in resp.tensors] == [0, 8]
+
+
+def test_a_bfloat16_input_a_model_echoes_is_answered_as_bfloat16():
+    from inferential.wire import BFloat16
+
+    obs, payload = observation(b=BFloat16.from_float32(np.array([1.5, 3.0], np.float32)), u=np.ones(2, np.uint16))
+    _, decoded = decode_request(frames_of(obs, payload), LIMITS)
+    frames = encode_reply(
+        identity=b"peer",
+        client_id="arm-1",
+        model_id="policy",
+        request_id=7,
+        protocol_version=2,
+        status=pb.OK,
+        outputs=dict(decoded.inputs),
+    )
+    resp = pb.ModelResponse.FromString(frames[2])
+    assert {t.key: t.dtype for t in resp.tensors} == {"b": pb.BFLOAT16, "u": pb.UINT16}

@@ -115,7 +115,7 @@ class Result(Mapping[str, np.ndarray]):
 
     def wire_dtype(self, key: str) -> str:
         """The proto DType name an output travelled as ("BFLOAT16", "UINT16", ...): without
-        ml_dtypes a BFLOAT16 output is a uint16 array, which its numpy dtype cannot tell."""
+        ml_dtypes a BFLOAT16 output is a uint16 array (tagged only in its dtype's metadata)."""
         self[key]  # the KeyError of a missing output, with its hint
         number = self._wire_dtypes.get(key)
         if number is None:

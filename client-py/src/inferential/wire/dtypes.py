@@ -24,12 +24,17 @@ def _bfloat16_numpy() -> Optional[np.dtype]:
 
 _BF16 = _bfloat16_numpy()
 
+# Without ml_dtypes a received BFLOAT16 tensor is exposed as its raw bits: uint16, tagged in
+# the dtype's metadata so that sending the array on (a model echoing its input, a robot
+# forwarding a reply) keeps it BFLOAT16 rather than turning it into UINT16. numpy carries the
+# tag through views, copies and reshapes; it compares equal to plain uint16 otherwise.
+BFLOAT16_BITS = np.dtype("<u2", metadata={"inferential": "bfloat16"})
+
 
 def _numpy_dtype(number: int, name: str) -> Optional[np.dtype]:
     """The little-endian numpy dtype of a DType, None when numpy has no such type."""
     if number == pb.BFLOAT16:
-        # Without ml_dtypes a bfloat16 tensor is exposed as its raw uint16 bits.
-        return _BF16 if _BF16 is not None else np.dtype("<u2")
+        return _BF16 if _BF16 is not None else BFLOAT16_BITS
     try:
         dt = np.dtype(name.lower()).newbyteorder("<")
     except TypeError:
@@ -97,6 +102,9 @@ _WIRE_DTYPE_CACHE: dict[np.dtype, int] = {}  # dtype.name is slow; dtype objects
 
 def wire_dtype(array: np.ndarray) -> int:
     """The DType number for a numpy array; raises TypeError when there is none."""
+    tag = array.dtype.metadata
+    if tag is not None and tag.get("inferential") == "bfloat16":
+        return pb.BFLOAT16  # never cached: the tagged dtype hashes like plain uint16
     cached = _WIRE_DTYPE_CACHE.get(array.dtype)
     if cached is not None:
         return cached
