@@ -29,3 +29,12 @@ proto-check-rust:
 # The crate as it would be published (builds the packaged sources on their own).
 package-rust:
 	$(CARGO) package -p inferential --allow-dirty
+
+# The conformance testee (conformance/testees/rust, a maturin-built pyo3 module) installed
+# into the venv; `make conformance` builds it first and runs the rust column.
+CONFORMANCE_LANGS += rust
+CONFORMANCE_TESTEES += testee-rust
+testee-rust: $(VENV)/.stamp
+	@$(VENV)/bin/maturin --version >/dev/null 2>&1 || $(PIP) install -q maturin==1.16.0
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) CARGO_TARGET_DIR=$(CURDIR)/target CARGO_BUILD_JOBS=2 nice \
+	  $(VENV)/bin/maturin develop --release -q -m conformance/testees/rust/Cargo.toml

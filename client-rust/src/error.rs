@@ -150,6 +150,29 @@ impl Error {
         })
     }
 
+    /// The error a reply with `status` raises (`None` for OK): what `get_result()` and
+    /// `request()` return for it, without the reply. `retryable` is the reply's field (for
+    /// a 1.x reply, [`Status::table_retryable`]).
+    pub fn from_status(
+        status: Status,
+        message: &str,
+        retryable: bool,
+        request_id: RequestId,
+        model_id: &str,
+    ) -> Option<Error> {
+        let kind = ErrorKind::for_status(status)?;
+        Some(Error {
+            kind,
+            message: message.to_owned(),
+            status: Some(status),
+            retryable,
+            retry_after_ms: 0,
+            request_id: Some(request_id),
+            model_id: model_id.to_owned(),
+            reply: None,
+        })
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
         self.kind

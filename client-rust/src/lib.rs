@@ -69,6 +69,9 @@ pub use wire::limits::Limits;
 pub use wire::status::Status;
 pub use wire::tensor::Observation;
 
+/// This crate's version (`"2.0.0"`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The wire protocol version this crate speaks (sent in every observation).
 pub const PROTOCOL_VERSION: u32 = 2;
 
