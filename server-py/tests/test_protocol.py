@@ -43,7 +43,13 @@ def test_one_x_single_payload_frame_decodes():
     obs.client.id = "legacy"
     a, b = np.arange(4, dtype=np.float32), np.arange(3, dtype=np.int64)
     for key, arr, off in (("a", a, 0), ("b", b, 16)):
-        t = obs.tensors.add(key=key, dtype=pb.FLOAT32 if arr.dtype == np.float32 else pb.INT64, byte_offset=off, byte_length=arr.nbytes, encoding=pb.RAW)
+        t = obs.tensors.add(
+            key=key,
+            dtype=pb.FLOAT32 if arr.dtype == np.float32 else pb.INT64,
+            byte_offset=off,
+            byte_length=arr.nbytes,
+            encoding=pb.RAW,
+        )
         t.shape.extend(arr.shape)
     _, decoded = decode_request(frames_of(obs, [a.tobytes() + b.tobytes()]), LIMITS)
     np.testing.assert_array_equal(decoded.inputs["b"], b)
@@ -56,10 +62,18 @@ def _mutate(fn):
 
 
 CASES = [
-    ("shape disagrees with byte length", lambda o: o.tensors[0].shape.__setitem__(0, 5), "needs 80 bytes but byte_length is 64"),
+    (
+        "shape disagrees with byte length",
+        lambda o: o.tensors[0].shape.__setitem__(0, 5),
+        "needs 80 bytes but byte_length is 64",
+    ),
     ("negative dimension", lambda o: o.tensors[0].shape.__setitem__(0, -4), "negative dimension"),
     ("unknown dtype", lambda o: setattr(o.tensors[0], "dtype", 99), "unknown or unspecified dtype"),
-    ("unspecified dtype", lambda o: setattr(o.tensors[0], "dtype", pb.DTYPE_UNSPECIFIED), "unknown or unspecified dtype"),
+    (
+        "unspecified dtype",
+        lambda o: setattr(o.tensors[0], "dtype", pb.DTYPE_UNSPECIFIED),
+        "unknown or unspecified dtype",
+    ),
     ("jpeg encoding", lambda o: setattr(o.tensors[0], "encoding", pb.JPEG), "encoding JPEG is not supported"),
     ("offset past payload", lambda o: setattr(o.tensors[0], "byte_offset", 10), "outside the 64-byte payload"),
     ("offset overflow", lambda o: setattr(o.tensors[0], "byte_offset", 2**64 - 8), "outside"),
@@ -124,8 +138,13 @@ def test_too_many_tensors_and_metadata_limits():
 def test_reply_to_v2_peer_keeps_frames_and_status():
     big = np.ones((64, 64), np.float32)
     frames = encode_reply(
-        identity=b"peer", client_id="arm-1", model_id="policy", request_id=9, protocol_version=2,
-        status=pb.OK, outputs={"actions": big, "small": np.zeros(3, np.int8), "note": "hi"},
+        identity=b"peer",
+        client_id="arm-1",
+        model_id="policy",
+        request_id=9,
+        protocol_version=2,
+        status=pb.OK,
+        outputs={"actions": big, "small": np.zeros(3, np.int8), "note": "hi"},
         timing=Timing(1.0, 2.0, 3.5, 4),
     )
     assert frames[0] == b"peer" and frames[1] == b""
@@ -137,8 +156,13 @@ def test_reply_to_v2_peer_keeps_frames_and_status():
 
 def test_reply_to_one_x_peer_is_one_payload_frame_with_status_in_metadata():
     frames = encode_reply(
-        identity=b"legacy", client_id="legacy", model_id="policy", request_id=0, protocol_version=0,
-        status=pb.QUEUE_FULL, error="queue is full",
+        identity=b"legacy",
+        client_id="legacy",
+        model_id="policy",
+        request_id=0,
+        protocol_version=0,
+        status=pb.QUEUE_FULL,
+        error="queue is full",
     )
     assert len(frames) == 4
     resp = pb.ModelResponse.FromString(frames[2])
@@ -231,8 +255,14 @@ def test_bool_bytes_other_than_0_and_1_are_rejected():
 
 def test_replies_align_tensor_offsets_and_carry_the_retry_hint():
     frames = encode_reply(
-        identity=b"peer", client_id="arm-1", model_id="policy", request_id=9, protocol_version=2,
-        status=pb.QUEUE_FULL, error="full", retry_after_ms=30,
+        identity=b"peer",
+        client_id="arm-1",
+        model_id="policy",
+        request_id=9,
+        protocol_version=2,
+        status=pb.QUEUE_FULL,
+        error="full",
+        retry_after_ms=30,
         outputs={"a": np.arange(3, dtype=np.uint8), "b": np.ones(2, np.float64)},
     )
     resp = pb.ModelResponse.FromString(frames[2])

@@ -13,7 +13,7 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence, cast
 
 import numpy as np
 
@@ -90,7 +90,11 @@ def decode_observation(
     except WireError as err:
         raise Rejection(pb.INVALID_REQUEST, str(err), obs) from None
     # One comparison per hint in the common case; NaN fails 0 <= x < inf as it should.
-    if not (0.0 <= obs.urgency < math.inf and 0.0 <= obs.latency_budget_ms < math.inf and 0.0 <= obs.control_rate_hz < math.inf):
+    if not (
+        0.0 <= obs.urgency < math.inf
+        and 0.0 <= obs.latency_budget_ms < math.inf
+        and 0.0 <= obs.control_rate_hz < math.inf
+    ):
         for name in _HINTS:
             value = getattr(obs, name)
             if not math.isfinite(value):
@@ -247,7 +251,7 @@ def encode_reply(
     resp.timestamp_ns = now_ns
     resp.model_id = model_id
     resp.request_id = request_id
-    resp.status = status
+    resp.status = cast("pb.Status", status)  # the stubs want the enum class; the field takes any int
     resp.retryable = status in RETRYABLE
     resp.protocol_version = PROTOCOL_VERSION
     resp.observation_timestamp_ns = observation_timestamp_ns
