@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from inferential.config import InferentialConfig
 from inferential.server import BackgroundServer, Server
@@ -74,3 +75,15 @@ def running_server(
         yield server, endpoint
     finally:
         background.stop()
+
+
+def eventually(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy."""
+    end = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

@@ -11,18 +11,17 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 import numpy as np
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
-from server_helpers import TEST_MODELS, running_server
+from server_helpers import TEST_MODELS, eventually, running_server
 
 from inferential import Connection, ModelError, UnknownModel
 from inferential.cli import main
@@ -59,18 +58,6 @@ def status_of(base: str) -> dict[str, Any]:
     code, body = http_get(f"{base}/status")
     assert code == 200, body
     return json.loads(body)
-
-
-def eventually(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy."""
-    end = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def scrape(base: str) -> dict[str, Any]:

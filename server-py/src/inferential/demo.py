@@ -33,8 +33,9 @@ from inferential.server import BackgroundServer, Server
 
 MODEL = "policy"
 POLICY_TARGET = "inferential.models.vision_policy:VisionPolicy"
-# (kind, control rate Hz, latency budget ms, priority): a welding cell at 20 Hz,
-# pick-and-place arms at 30 and 50 Hz; every fourth robot is a critical one.
+# (kind, control rate Hz, latency budget ms): a welding cell at 20 Hz, pick-and-place
+# and assembly arms at 50 and 30 Hz. Priority is not per profile: every fourth robot
+# is a critical one (priority 0, the others 2).
 PROFILES = [("pick", 50.0, 20.0), ("weld", 20.0, 50.0), ("assembly", 30.0, 33.0)]
 
 

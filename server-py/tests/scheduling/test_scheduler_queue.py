@@ -387,9 +387,10 @@ def test_service_time_model_fits_fixed_plus_per_item_cost():
     assert model.estimate(4) is None
     for size in (1, 2, 4, 8, 1, 8):
         model.record(size, 3.0 + 0.4 * size)
-    a, b = model.coefficients
-    assert a == pytest.approx(3.0) and b == pytest.approx(0.4)
-    assert model.estimate(5) == pytest.approx(5.0)
+    # Exact points on a line: the fit is that line (3 ms fixed + 0.4 ms per item).
+    assert model.estimate(1, margin=False) == pytest.approx(3.4)
+    assert model.estimate(5, margin=False) == pytest.approx(5.0)
+    assert model.estimate(5) == pytest.approx(5.0)  # no noise: no margin
 
 
 def test_service_time_model_adds_a_margin_for_noise():

@@ -111,10 +111,6 @@ class AuthConfig(_Section):
     # A token every robot must send (auth_token); per-robot tokens in clients.known win.
     token: Optional[str] = None
 
-    @property
-    def enabled(self) -> bool:
-        return self.token is not None
-
 
 class ModelConfig(_Section):
     name: str
@@ -201,9 +197,3 @@ class InferentialConfig(_Section):
         if dup:
             raise ValueError(f"clients.known lists {sorted(dup)} more than once")
         return self
-
-    def get_client_budget(self, client_id: str) -> float:
-        known = self.clients.get(client_id)
-        if known is not None and known.latency_budget_ms is not None:
-            return known.latency_budget_ms
-        return self.clients.defaults.latency_budget_ms

@@ -58,11 +58,6 @@ class ServiceTimeModel:
             return None
         return self._a + self._b * batch_size + (self._margin if margin else 0.0)
 
-    @property
-    def coefficients(self) -> tuple[float, float]:
-        """(a, b) of the fitted line, without the margin."""
-        return self._a, self._b
-
     def _fit(self) -> None:
         n = self._n
         mean_x, mean_y = self._sx / n, self._sy / n

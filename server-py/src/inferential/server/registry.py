@@ -136,11 +136,6 @@ class ClientRegistry:
     def silent(self, now_ns: int) -> list[str]:
         return [cid for cid, r in self.robots.items() if now_ns - r.last_seen_ns > self.timeout_ns]
 
-    def next_silence_ns(self) -> Optional[int]:
-        if not self.robots:
-            return None
-        return min(r.last_seen_ns for r in self.robots.values()) + self.timeout_ns
-
     def buffer_wait_ns(self, client_id: str, wall_ns: int, timestamp_ns: int) -> int:
         """Time this observation waited before being read (0 without a timestamp)."""
         if not timestamp_ns:
