@@ -48,3 +48,11 @@ fuzz-cpp: $(VENV)/.stamp
 	  grep -E "^(Done|stat::number|stat::new)|^==|SUMMARY|crash-" fuzz.log; \
 	  echo "fuzz-cpp: exit $$rc; protobuf UTF-8 rejections logged: $$(grep -c 'invalid UTF-8' fuzz.log) (full log: $(CPP_FUZZ_BUILD)/fuzz.log)"; \
 	  exit $$rc; }
+
+# The conformance testee (conformance/testees/cpp/, pybind11): builds
+# build/testee-cpp/inferential_testee_cpp*.so, which the runner finds there
+# (conformance/runner/testee.py puts build/testee-cpp on PYTHONPATH).
+testee-cpp: $(VENV)/.stamp
+	cmake -S conformance/testees/cpp -B build/testee-cpp-build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DPython_EXECUTABLE=$(CURDIR)/$(PY) -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(CURDIR)/build/testee-cpp >/dev/null
+	$(CPP_NINJA) -C build/testee-cpp-build inferential_testee_cpp

@@ -396,7 +396,7 @@ std::optional<Error> error_for_reply(const Reply& reply) {
   e.retry_after_ms = reply.retry_after_ms;
   e.request_id = reply.request_id;
   e.model_id = reply.model_id;
-  e.message = reply.error.empty() ? status_name(reply.status) : reply.error;
+  e.message = reply.error;  // the server's text; to_string() names the status
   return e;
 }
 

@@ -45,6 +45,7 @@ ErrorKind error_kind_for_status(int s) noexcept {
 
 std::string Error::to_string() const {
   std::string out = error_kind_name(kind);
+  if (status) out += " (" + status_name(status) + ")";
   if (request_id) {
     out += ": request " + std::to_string(request_id);
     if (!model_id.empty()) out += " to model '" + model_id + "'";
