@@ -5,6 +5,7 @@ Skipped when only the client distribution is installed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -13,7 +14,7 @@ import zmq
 
 pytest.importorskip("inferential.server")
 
-from inferential import Connection, WireError  # noqa: E402
+from inferential import AsyncConnection, Connection, Limits, RequestTimeout, WireError  # noqa: E402
 from inferential._proto import inferential_pb2 as pb  # noqa: E402
 from inferential.config import InferentialConfig  # noqa: E402
 from inferential.server import BackgroundServer, Server  # noqa: E402
@@ -123,3 +124,36 @@ def _reply(sock: zmq.Socket, timeout_s: float = 5.0) -> tuple[pb.ModelResponse, 
             frames = sock.recv_multipart()
             return pb.ModelResponse.FromString(frames[1]), frames[2:]
     raise AssertionError("no reply from the server")
+
+
+def test_server_info_reports_the_protocol_version_and_limits(endpoint):
+    with Connection(server=endpoint, client_id="asker") as conn:
+        info = conn.server_info(timeout_ms=5000)
+        assert conn.stats.by_status == {"OK": 1} and conn.stats.unknown_dropped == 0
+    assert info.protocol_version == 2 and info.server.startswith("inferential-server")
+    assert info.limits == Limits()
+
+
+def test_server_info_from_asyncio(endpoint):
+    async def ask():
+        async with AsyncConnection(server=endpoint, client_id="async-asker") as conn:
+            return await conn.server_info(timeout_ms=5000)
+
+    assert asyncio.run(ask()).protocol_version == 2
+
+
+def test_server_info_times_out_against_a_peer_that_never_answers_like_a_1x_server():
+    ctx = zmq.Context.instance()
+    silent = ctx.socket(zmq.ROUTER)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with Connection(server=f"tcp://127.0.0.1:{port}", client_id="asker") as conn:
+            started = time.monotonic()
+            with pytest.raises(RequestTimeout, match="1.x server"):
+                conn.server_info(timeout_ms=200)
+            assert 0.15 < time.monotonic() - started < 2.0
+        frames = silent.recv_multipart()
+        obs = pb.Observation.FromString(frames[2])
+        assert obs.model_id == "" and obs.metadata == {"inferential.describe": "1"} and obs.protocol_version == 2
+    finally:
+        silent.close(linger=0)

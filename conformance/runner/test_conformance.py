@@ -374,6 +374,12 @@ class Session:
             answer = ok(self.call("stats", {}, step), "stats")
             if expect is not None:
                 check_subset(resolve(expect.get("stats", expect), self.refs), answer["stats"], "stats")
+        elif name == "server_info":
+            answer = self.call("server_info", body, step)
+            if expect is not None and "error" in expect:
+                check_error(answer, expect["error"], self.refs, name)
+            elif expect is not None:
+                check_subset(expect, ok(answer, name)["info"], "info")
         elif name == "socket_options":
             answer = ok(self.call("socket_options", {}, step), "socket_options")
             if expect is not None:

@@ -7,6 +7,7 @@ and `decode` call the client's codec module directly, with no socket.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import traceback
@@ -188,6 +189,11 @@ class Worker:
             handle = self.model({"model_id": args["model_id"]})
             result = handle.get_result(timeout_ms=args.get("timeout_ms", 0))
             return {"reply": None if result is None else reply_json(result)}
+        if cmd == "server_info":
+            assert self.conn is not None
+            info = self.conn.server_info(timeout_ms=args.get("timeout_ms", 1000))
+            limits = dataclasses.asdict(info.limits)
+            return {"info": {"protocol_version": info.protocol_version, "server": info.server, "limits": limits}}
         if cmd == "stats":
             assert self.conn is not None
             s = self.conn.stats

@@ -9,8 +9,8 @@ import pytest
 
 from inferential._proto import inferential_pb2 as pb
 from inferential.result import Timing
-from inferential.server.protocol import Rejection, decode_request, encode_reply
-from inferential.wire import Limits, pack_tensors
+from inferential.server.protocol import Describe, Rejection, decode_request, describe_reply, encode_reply
+from inferential.wire import DESCRIBE_KEY, Limits, pack_tensors
 
 LIMITS = Limits()
 
@@ -286,3 +286,32 @@ def test_a_bfloat16_input_a_model_echoes_is_answered_as_bfloat16():
     )
     resp = pb.ModelResponse.FromString(frames[2])
     assert {t.key: t.dtype for t in resp.tensors} == {"b": pb.BFLOAT16, "u": pb.UINT16}
+
+
+def test_a_describe_request_is_recognised_and_answered_with_version_and_limits():
+    obs = pb.Observation(request_id=12, protocol_version=2, timestamp_ns=5)
+    obs.client.id = "asker"
+    obs.metadata[DESCRIBE_KEY] = "1"
+    with pytest.raises(Describe) as info:
+        decode_request(frames_of(obs, []), LIMITS)
+    frames = describe_reply(b"peer", info.value.obs, LIMITS, "inferential-server/test", now_ns=7)
+    assert frames[0] == b"peer" and frames[1] == b""
+    resp = pb.ModelResponse.FromString(frames[2])
+    assert (resp.status, resp.request_id, resp.model_id, resp.client.id) == (pb.OK, 12, "", "asker")
+    assert resp.metadata["protocol_version"] == "2" and resp.metadata["server"] == "inferential-server/test"
+    assert int(resp.metadata["max_message_bytes"]) == LIMITS.max_message_bytes
+    assert int(resp.metadata["max_auth_token_bytes"]) == LIMITS.max_auth_token_bytes
+
+
+def test_the_describe_key_with_a_model_id_is_plain_metadata():
+    obs, payload = observation(x=np.zeros(2, np.float32))
+    obs.metadata[DESCRIBE_KEY] = "1"
+    _, decoded = decode_request(frames_of(obs, payload), LIMITS)
+    assert decoded.inputs[DESCRIBE_KEY] == "1"
+
+
+def test_an_empty_model_id_without_the_describe_key_is_still_invalid():
+    obs = pb.Observation(request_id=1, protocol_version=2)
+    obs.client.id = "r"
+    with pytest.raises(Rejection, match="model_id"):
+        decode_request(frames_of(obs, []), LIMITS)

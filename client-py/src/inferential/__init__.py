@@ -15,6 +15,7 @@ __path__ = extend_path(__path__, __name__)  # the server's half may live in anot
 # the name inferential.Model is the server's model contract.)
 from inferential._matching import ConnectionStats  # noqa: E402
 from inferential.aio import AsyncConnection, AsyncModelHandle  # noqa: E402
+from inferential.chunks import ActionChunkQueue  # noqa: E402
 from inferential.client import Connection, ModelHandle, default_client_id  # noqa: E402
 from inferential.errors import (  # noqa: E402
     Cancelled,
@@ -36,13 +37,14 @@ from inferential.errors import (  # noqa: E402
     WireError,
 )
 from inferential.options import ClientOptions, ObservationHints  # noqa: E402
-from inferential.result import Result, Timing  # noqa: E402
+from inferential.result import Result, ServerInfo, Timing  # noqa: E402
 from inferential.wire import PROTOCOL_VERSION, BFloat16, Limits, Status  # noqa: E402
 
 __version__ = "2.0.0.dev0"
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "ActionChunkQueue",
     "AsyncConnection",
     "AsyncModelHandle",
     "BFloat16",
@@ -64,6 +66,7 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "Result",
+    "ServerInfo",
     "ServerUnavailable",
     "ShuttingDown",
     "Status",

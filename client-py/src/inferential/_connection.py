@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Union
 
 import zmq
 
-from inferential._envelope import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PRIORITY, encode_observation
+from inferential._envelope import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PRIORITY, encode_describe, encode_observation
 from inferential._matching import ConnectionStats, ReplyMatcher
 from inferential.errors import ConnectionClosed, RequestTimeout, ServerUnavailable
 from inferential.options import ClientOptions, ObservationHints, resolve_options
@@ -143,6 +143,27 @@ class ConnectionBase:
         return ServerUnavailable(
             f"no server at {self.server} accepted the observation within "
             f"{self.options.send_timeout_ms} ms (not connected, or not reading)"
+        )
+
+    def _describe(self) -> tuple[int, list[Any]]:
+        """A request id and the frames of a describe request (``server_info()``)."""
+        self._check_open()
+        rid = self._matcher.next_request_id()
+        frames = encode_describe(
+            client_id=self.client_id,
+            client_type=self.client_type,
+            request_id=rid,
+            timestamp_ns=time.time_ns(),
+            auth_token=self.options.auth_token,
+        )
+        return rid, frames
+
+    def _describe_timed_out(self, request_id: int, wait: Any) -> RequestTimeout:
+        self._matcher.abandon(request_id)
+        return RequestTimeout(
+            f"no describe reply from {self.server} within {wait} ms: a 1.x server, or none reachable",
+            request_id=request_id,
+            model_id="",
         )
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from inferential._proto import inferential_pb2 as pb
 from inferential.errors import WireError
 from inferential.options import ObservationHints
 from inferential.result import Result, Timing
-from inferential.wire import PROTOCOL_VERSION, RETRYABLE, BFloat16, Limits, Status, wire_dtype
+from inferential.wire import DESCRIBE_KEY, PROTOCOL_VERSION, RETRYABLE, BFloat16, Limits, Status, wire_dtype
 from inferential.wire.limits import check_metadata, check_text, nbytes, split_frames
 from inferential.wire.tensors import decode_tensors, join_payload, pack_tensors
 
@@ -153,6 +153,24 @@ def encode_observation(
     if single_payload_frame and len(payload) != 1:
         payload = [join_payload(payload)] if payload else [b""]
     return [b"", envelope, *payload]
+
+
+def encode_describe(
+    *, client_id: str, client_type: str, request_id: int, timestamp_ns: int, auth_token: Optional[str] = None
+) -> list[Any]:
+    """The frames of a describe request (docs/protocol.md §12): no model, no tensors, the
+    DESCRIBE_KEY metadata entry."""
+    obs = pb.Observation()
+    obs.client.id = client_id
+    if client_type:
+        obs.client.type = client_type
+    obs.request_id = request_id
+    obs.protocol_version = PROTOCOL_VERSION
+    obs.timestamp_ns = timestamp_ns
+    obs.metadata[DESCRIBE_KEY] = "1"
+    if auth_token:
+        obs.auth_token = auth_token
+    return [b"", obs.SerializeToString()]
 
 
 # --- frames -> reply ----------------------------------------------------------

@@ -32,7 +32,7 @@ from inferential._connection import (
 from inferential._envelope import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PRIORITY
 from inferential.errors import ConnectionClosed
 from inferential.options import ClientOptions, ObservationHints, takes_hints
-from inferential.result import Result
+from inferential.result import Result, ServerInfo
 
 __all__ = ["AsyncConnection", "AsyncModel", "AsyncModelHandle"]
 
@@ -144,6 +144,45 @@ class AsyncConnection(ConnectionBase):
         matcher.sent()
         self._on_readable()  # a send can hide input from the edge-triggered descriptor
 
+    async def server_info(self, timeout_ms: _Num = 1000) -> ServerInfo:
+        """Ask the server for its protocol version and limits (docs/protocol.md §12).
+
+        Raises RequestTimeout when no answer comes in time (a 1.x server never answers),
+        ServerUnavailable when no server accepts the request.
+        """
+        rid, frames = self._describe()
+        got = await self._send_and_await(frames, rid, "", timeout_ms)
+        if got is None:
+            raise self._describe_timed_out(rid, timeout_ms)
+        return ServerInfo.from_result(got.raise_for_status())
+
+    async def _send_and_await(self, frames: list[Any], rid: int, model_id: str, wait: _Num) -> Optional[Result]:
+        """Send a request that a caller waits for; its reply (raising its protocol error),
+        or None after ``wait`` ms (the caller words the timeout)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        try:
+            await self._send(frames, rid, model_id, awaited=True)
+        except BaseException:
+            self._waiters.pop(rid, None)
+            raise
+        # A timer rather than asyncio.wait_for: no task per request.
+        timer = asyncio.get_running_loop().call_later(max(0.0, wait) / 1000.0, _time_out, fut)
+        try:
+            got = await fut
+        except asyncio.CancelledError:
+            self._waiters.pop(rid, None)
+            self._matcher.abandon(rid)
+            raise
+        finally:
+            timer.cancel()
+        if got is _TIMED_OUT:
+            self._waiters.pop(rid, None)
+            return None
+        if isinstance(got, Exception):
+            raise got
+        return got
+
     async def _send_frames(self, frames: list[Any]) -> None:
         """Hand the message to ZMQ without blocking the loop; while no server accepts
         it (IMMEDIATE: nothing is queued for an absent one), retry until
@@ -216,29 +255,9 @@ class AsyncModelHandle(ModelHandleBase):
         conn = self.connection
         wait = conn.options.request_timeout_ms if timeout_ms is None else timeout_ms
         rid, frames = self._prepare(ObservationHints.take(inputs), inputs)
-        matcher = conn._matcher
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        conn._waiters[rid] = fut
-        try:
-            await conn._send(frames, rid, self.model_id, awaited=True)
-        except BaseException:
-            conn._waiters.pop(rid, None)
-            raise
-        # A timer rather than asyncio.wait_for: no task per request.
-        timer = asyncio.get_running_loop().call_later(max(0.0, wait) / 1000.0, _time_out, fut)
-        try:
-            got = await fut
-        except asyncio.CancelledError:
-            conn._waiters.pop(rid, None)
-            matcher.abandon(rid)
-            raise
-        finally:
-            timer.cancel()
-        if got is _TIMED_OUT:
-            conn._waiters.pop(rid, None)
+        got = await conn._send_and_await(frames, rid, self.model_id, wait)
+        if got is None:
             raise self._timed_out(rid, wait)
-        if isinstance(got, Exception):
-            raise got
         return got.raise_for_status()
 
 

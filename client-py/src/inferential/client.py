@@ -28,7 +28,7 @@ from inferential._connection import (
 )
 from inferential._envelope import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PRIORITY
 from inferential.options import ClientOptions, ObservationHints, takes_hints
-from inferential.result import Result
+from inferential.result import Result, ServerInfo
 
 __all__ = ["DEFAULT_SERVER", "Connection", "Model", "ModelHandle", "default_client_id", "normalize_server"]
 
@@ -101,6 +101,35 @@ class Connection(ConnectionBase):
             raise
         matcher.sent()
 
+    def server_info(self, timeout_ms: _Num = 1000) -> ServerInfo:
+        """Ask the server for its protocol version and limits (docs/protocol.md §12).
+
+        Raises RequestTimeout when no answer comes in time (a 1.x server never answers),
+        ServerUnavailable when no server accepts the request.
+        """
+        rid, frames = self._describe()
+        self._send(frames, rid, "", awaited=True)
+        got = self._await(rid, timeout_ms)
+        if got is None:
+            raise self._describe_timed_out(rid, timeout_ms)
+        return ServerInfo.from_result(got.raise_for_status())
+
+    def _await(self, rid: int, timeout_ms: _Num) -> Optional[Result]:
+        """The reply to ``rid`` (raising its protocol error), or None after ``timeout_ms``."""
+        deadline = time.monotonic() + max(0.0, timeout_ms) / 1000.0
+        matcher = self._matcher
+        while True:
+            self._drain()
+            got = matcher.take_awaited(rid)
+            if got is not None:
+                if isinstance(got, Exception):
+                    raise got
+                return got
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._poll(remaining)
+
     def _drain(self) -> None:
         on_reply = self._matcher.on_reply
         for frames in waiting_messages(self._socket):
@@ -172,19 +201,10 @@ class ModelHandle(ModelHandleBase):
         conn = self.connection
         wait = conn.options.request_timeout_ms if timeout_ms is None else timeout_ms
         rid = self._observe(ObservationHints.take(inputs), inputs, awaited=True)
-        deadline = time.monotonic() + max(0.0, wait) / 1000.0
-        matcher = conn._matcher
-        while True:
-            conn._drain()
-            got = matcher.take_awaited(rid)
-            if got is not None:
-                if isinstance(got, Exception):
-                    raise got
-                return got.raise_for_status()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._timed_out(rid, wait)
-            conn._poll(remaining)
+        got = conn._await(rid, wait)
+        if got is None:
+            raise self._timed_out(rid, wait)
+        return got.raise_for_status()
 
 
 # The 1.x name of the handle, kept for compatibility (``inferential.Model`` is the

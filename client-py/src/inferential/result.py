@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional, Union
 
 import numpy as np
 
 from inferential._proto import inferential_pb2 as pb
-from inferential.errors import error_for_status
+from inferential.errors import ProtocolError, error_for_status
 from inferential.wire.dtypes import dtype_name
+from inferential.wire.limits import Limits
 from inferential.wire.status import Status
 
 
@@ -152,3 +154,26 @@ class Result(Mapping[str, np.ndarray]):
             f"Result(model_id={self.model_id!r}, request_id={self.request_id}, "
             f"status={self.status_name}{err}, outputs={{{outputs}}})"
         )
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a server says of itself (``Connection.server_info()``, docs/protocol.md §12).
+
+    ``protocol_version`` of the server, ``server`` its name and version, ``limits`` the
+    bounds it enforces: keep ``ClientOptions.limits`` equal to them.
+    """
+
+    protocol_version: int
+    server: str
+    limits: Limits
+
+    @classmethod
+    def from_result(cls, result: "Result") -> "ServerInfo":
+        meta = result.metadata
+        try:
+            known = {f.name for f in dataclasses.fields(Limits)}
+            limits = Limits(**{k: int(v) for k, v in meta.items() if k in known})
+            return cls(int(meta["protocol_version"]), meta.get("server", ""), limits)
+        except (KeyError, ValueError) as err:
+            raise ProtocolError(f"the server's describe reply is malformed: {err}") from None

@@ -27,8 +27,13 @@ from inferential.wire.tensors import SMALL_TENSOR_BYTES, decode_tensors, join_pa
 
 PROTOCOL_VERSION = 2
 
+# Discovery (docs/protocol.md §12): an observation with an empty model_id and this metadata
+# key asks the server for its protocol version and limits.
+DESCRIBE_KEY = "inferential.describe"
+
 __all__ = [
     "DEFAULT_LIMITS",
+    "DESCRIBE_KEY",
     "DTYPE_TO_NUMPY",
     "ITEM_SIZE",
     "PROTOCOL_VERSION",

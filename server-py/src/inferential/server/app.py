@@ -26,7 +26,7 @@ from inferential.scheduler import Scheduler
 from inferential.server.admission import admit
 from inferential.server.engine import Engine
 from inferential.server.ledger import Ledger
-from inferential.server.protocol import Rejection, decode_request
+from inferential.server.protocol import Describe, Rejection, decode_request, describe_reply, server_name
 from inferential.server.registry import ClientRegistry
 from inferential.server.transport import RouterTransport
 from inferential.wire import Limits, Status
@@ -72,6 +72,7 @@ class Server:
             config.response_tracking.disconnect_timeout_s,
         )
         self._limits = Limits(max_message_bytes=config.transport.max_message_bytes)
+        self._server_name = server_name()
         self._ledger = Ledger(self.metrics, self._registry, clock)
         self._engine = Engine(config, self._backend, self._ledger, self._registry, self.metrics, clock)
         self._transport: Optional[RouterTransport] = None
@@ -295,6 +296,11 @@ class Server:
             identity, decoded = decode_request(frames, self._limits)
         except Rejection as rej:
             ledger.reject(bytes(frames[0].buffer) if frames else b"", rej, wall)
+            return
+        except Describe as ask:
+            identity = bytes(frames[0].buffer)
+            reply = describe_reply(identity, ask.obs, self._limits, self._server_name, wall)
+            ledger.send(reply, identity, "", Status.OK, ask.obs.client.id)
             return
         if self._stopping:
             ledger.reject(identity, Rejection(Status.SHUTTING_DOWN, _SHUTTING_DOWN, decoded.obs), wall)

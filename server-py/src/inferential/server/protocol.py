@@ -9,6 +9,8 @@ rules are the client's own (``inferential.wire``), so both sides word them alike
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import itertools
 import math
 import os
@@ -20,6 +22,7 @@ import numpy as np
 from inferential._proto import inferential_pb2 as pb
 from inferential.result import Timing
 from inferential.wire import (
+    DESCRIBE_KEY,
     PROTOCOL_VERSION,
     RETRYABLE,
     Limits,
@@ -42,6 +45,14 @@ class Rejection(Exception):
         super().__init__(f"{status_name(status)}: {message}")
         self.status = status
         self.message = message
+        self.obs = obs
+
+
+class Describe(Exception):
+    """A describe request (docs/protocol.md §12), answered at once by :func:`describe_reply`."""
+
+    def __init__(self, obs: pb.Observation) -> None:
+        super().__init__("describe")
         self.obs = obs
 
 
@@ -82,6 +93,8 @@ def decode_observation(
 ) -> Decoded:
     try:
         check_text("client.id", obs.client.id, limits.max_id_bytes, required=True)
+        if not obs.model_id and DESCRIBE_KEY in obs.metadata:
+            raise Describe(obs)
         check_text("model_id", obs.model_id, limits.max_id_bytes, required=True)
         if obs.client.type:
             check_text("client.type", obs.client.type, limits.max_id_bytes)
@@ -279,6 +292,32 @@ def encode_reply(
             resp.metadata["error"] = error
         payload = [join_payload(payload)] if payload else [b""]
     return [identity, b"", resp.SerializeToString(), *payload]
+
+
+def server_name() -> str:
+    """``inferential-server/<version>``, as a describe reply names the server."""
+    try:
+        return f"inferential-server/{importlib.metadata.version('inferential-server')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "inferential-server"
+
+
+def describe_reply(identity: bytes, obs: pb.Observation, limits: Limits, server: str, now_ns: int) -> list[Any]:
+    """The answer to a describe request: OK, its request id, the protocol version, the
+    server's name and version, and every limit in force, as metadata strings."""
+    info = {"protocol_version": str(PROTOCOL_VERSION), "server": server}
+    info.update({name: str(value) for name, value in dataclasses.asdict(limits).items()})
+    return encode_reply(
+        identity=identity,
+        client_id=obs.client.id,
+        model_id="",
+        request_id=obs.request_id,
+        protocol_version=obs.protocol_version,
+        status=pb.OK,
+        outputs=info,
+        observation_timestamp_ns=obs.timestamp_ns,
+        now_ns=now_ns,
+    )
 
 
 def outputs_are_sendable(outputs: Mapping[str, Any]) -> Optional[str]:
