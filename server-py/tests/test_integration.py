@@ -154,6 +154,36 @@ def test_every_observation_gets_exactly_one_reply_under_overflow():
     assert all(r.retryable for r, _ in replies if r.status == pb.QUEUE_FULL)
 
 
+def test_queue_full_replies_carry_a_retry_hint_once_the_model_is_measured():
+    run_ms = 20.0
+    with running_server(
+        models={"slow": _sleep_model(run_ms)},
+        # Admission off: with the default 50 ms budget these would be DEADLINE_UNMEETABLE (hinted alike).
+        scheduling={
+            "max_queue_size": 2,
+            "overflow_policy": "reject_newest",
+            "strategy": "fifo",
+            "max_batch_size": 1,
+            "admission": "off",
+        },
+    ) as (_, endpoint):
+        peer = RawPeer(endpoint)
+        try:
+            peer.send(*make_obs(1, model="slow", x=np.zeros(1, np.float32)))
+            ((first, _),) = peer.replies(1)  # the model's run time is measured now
+            for i in range(2, 8):  # two queue (max_queue_size), the others are refused
+                peer.send(*make_obs(i, model="slow", x=np.zeros(1, np.float32)))
+            replies = [r for r, _ in peer.replies(6)]
+        finally:
+            peer.close()
+    assert first.status == pb.OK and first.retry_after_ms == 0
+    full = [r for r in replies if r.status == pb.QUEUE_FULL]
+    assert len(full) >= 3 and {r.status for r in replies} == {pb.OK, pb.QUEUE_FULL}
+    # At least the two queued batches must clear first (plus what is left of the running one).
+    assert all(r.retry_after_ms >= 2 * run_ms for r in full), [r.retry_after_ms for r in full]
+    assert all(r.retry_after_ms == 0 for r in replies if r.status == pb.OK)
+
+
 def _sleep_model(ms: float):
     from inferential.models.testing import Sleep
 

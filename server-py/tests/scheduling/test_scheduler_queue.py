@@ -127,6 +127,28 @@ def test_reject_newest_refuses_the_incoming_and_reports_queue_full(build, make, 
     assert [r.client_id for r in s.next_batch()] == ["a", "b"]
 
 
+def test_queue_full_carries_the_time_the_backlog_needs_once_the_model_is_measured(build, make, clock):
+    s = build("fifo", max_queue_size=4, overflow_policy="reject_newest")
+    s.set_model_limits("m", max_batch_size=2)
+    for client in ("a", "b", "c", "d", "e"):
+        s.submit(make(client))
+    assert statuses(s) == [("e", "QUEUE_FULL")] and s.sheds[0][0].retry_after_ms == 0  # nothing measured yet
+    for size, ms in ((1, 6.0), (2, 10.0), (1, 6.0), (2, 10.0)):
+        s.record_service_time("m", size, ms)  # 2 ms + 4 ms per item: a full batch of 2 takes 10 ms
+    late = make("f")
+    s.submit(late)
+    # Four queued = two full batches of 10 ms on one executor, nothing running: 20 ms.
+    assert s.sheds[-1][0] is late and late.retry_after_ms == 20
+    assert len(s.next_batch()) == 2  # one batch running (expected to take 10 ms), two queued
+    clock.advance_ms(4)
+    s.submit(make("g"))
+    s.submit(make("h"))
+    later = make("i")
+    s.submit(later)
+    # 6 ms left of the running batch, then four queued: two more batches, 26 ms.
+    assert s.sheds[-1][0] is later and later.retry_after_ms == 26
+
+
 def test_drop_oldest_evicts_deprioritized_requests_first(build, make, clock):
     s = build("fifo", max_queue_size=2, admission="deprioritize")
     linear_service(s)
@@ -183,6 +205,21 @@ def test_other_strategies_keep_every_observation_unless_configured(build, make, 
     assert coalescing.queue_len() == 1 and statuses(coalescing) == [("r1", "SUPERSEDED")]
 
 
+def test_coalescing_keys_on_the_connection_not_only_the_client_id(build, make, clock):
+    """Two connections sharing a client id each get the reply to their own newest
+    observation: one never supersedes the other's (the reply would go to the other)."""
+    s = build("edf")
+    first = make("r1", identity=b"conn-1")
+    s.submit(first)
+    clock.advance_ms(1)
+    s.submit(make("r1", identity=b"conn-2"))
+    assert s.sheds == [] and s.queue_len() == 2
+    clock.advance_ms(1)
+    s.submit(make("r1", identity=b"conn-1"))
+    assert [(r.request_id, status) for r, status, _ in s.sheds] == [(first.request_id, Status.SUPERSEDED)]
+    assert s.queue_len() == 2
+
+
 def test_coalescing_can_be_turned_off_for_edf(build, make):
     s = build("edf", coalesce=False)
     s.submit(make("r1"))
@@ -218,6 +255,7 @@ def test_admission_reject_sheds_what_cannot_meet_its_deadline(build, make):
     assert s.submit(make("b", deadline_ms=4.5)) is True  # a and b: one batch, done at 4 ms
     assert s.submit(make("c", deadline_ms=5)) is False  # needs a second batch: 4 + 3 ms
     assert statuses(s) == [("c", "DEADLINE_UNMEETABLE")]
+    assert s.sheds[0][0].retry_after_ms == 4  # a fresh observation has a chance once a and b are done
     assert s.submit(make("d", deadline_ms=7)) is True
 
 

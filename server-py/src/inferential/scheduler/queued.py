@@ -14,8 +14,10 @@ Rules, in the order ``submit`` applies them:
    at submit, by ``tick()``, and before every ``next_batch()``, so none is ever
    returned late. ``next_wakeup_ns()`` gives the exact time of the next expiry.
 3. Coalescing (``coalesce``; None = the strategy's default, on for ``edf`` only).
-   A newer observation for the same (robot, model) supersedes the queued one,
-   which is shed SUPERSEDED.
+   A newer observation for the same robot, connection and model
+   (``InferenceRequest.stream``) supersedes the queued one, which is shed
+   SUPERSEDED: its robot gets the newer one's reply on the same connection. Two
+   connections sharing a client id never supersede each other's observations.
 4. Admission control (``admission``). The request is placed among the queued
    requests of its model in deadline order and the batches ahead of it are
    costed with the service-time estimate, starting when the model's executor is
@@ -46,7 +48,11 @@ Deprioritized requests of a model are served only when none of its other
 requests is queued (per model: each model has its own executor).
 
 Every shed goes through ``on_shed(request, status, reason)``; the server
-replaces it to answer the robot. ``submit``/``requeue``/``adopt`` never raise
+replaces it to answer the robot. A request shed QUEUE_FULL or DEADLINE_UNMEETABLE
+carries a hint in ``retry_after_ms``: the estimated time for the work ahead of it on
+that model (batches running, then what is queued, in full batches over the model's
+concurrency) to clear, rounded up to whole ms and at least 1; 0 (no hint) until
+the model's service time has been measured. ``submit``/``requeue``/``adopt`` never raise
 for a shed. Not thread-safe: one event loop drives it.
 """
 
@@ -71,6 +77,9 @@ from inferential.scheduler.interface import (
 from inferential.scheduler.request import InferenceRequest
 from inferential.scheduler.service_time import ServiceTimeModel
 from inferential.wire import Status
+
+# Sheds after which a fresh observation may succeed once the backlog clears.
+_HINTED = (QUEUE_FULL, DEADLINE_UNMEETABLE)
 
 View = Mapping[str, Mapping[int, InferenceRequest]]
 """Per model, its queued requests by ``seq``. Only models with something to serve."""
@@ -102,7 +111,7 @@ class QueuedScheduler(Scheduler):
         self._normal: dict[str, dict[int, InferenceRequest]] = {}
         self._late: dict[str, dict[int, InferenceRequest]] = {}
         self._by_client: dict[str, dict[int, InferenceRequest]] = {}
-        self._latest: dict[tuple[str, str], InferenceRequest] = {}
+        self._latest: dict[tuple[str, bytes, str], InferenceRequest] = {}
         self._expiry: list[tuple[int, int, InferenceRequest]] = []
         self._batch_limits: dict[str, int] = {}
         self._concurrency: dict[str, int] = {}
@@ -183,7 +192,7 @@ class QueuedScheduler(Scheduler):
             self._shed(request, EXPIRED, f"waited {waited_ns / 1e6:.1f} ms, TTL {self.config.request_ttl_ms:g} ms", now)
             return False
         if self.coalesce:
-            queued = self._latest.get(request.key)
+            queued = self._latest.get(request.stream)
             if queued is not None and queued is not request:
                 if arrival_order(queued) > arrival_order(request):
                     self._shed(request, SUPERSEDED, "a newer observation of this robot and model is queued", now)
@@ -415,6 +424,18 @@ class QueuedScheduler(Scheduler):
             return now
         return busy[0]
 
+    def _backlog_ms(self, model: str, now: int) -> int:
+        """When the work ahead on ``model`` should have cleared, in whole ms from now
+        (0: not measured yet). O(1): sheds are frequent exactly when the queue is long."""
+        limit = self.max_batch_size(model)
+        full_batch_ms = self.estimate_service_ms(model, limit, margin=False)
+        if full_batch_ms is None:
+            return 0
+        queued = len(self._normal.get(model, ())) + len(self._late.get(model, ()))
+        batches = -(-queued // limit)
+        ahead_ns = self._free_at(model, now) - now + batches * full_batch_ms * 1e6 / self._concurrency.get(model, 1)
+        return max(1, math.ceil(ahead_ns / 1e6))
+
     # --- limits -------------------------------------------------------------------
 
     def set_model_limits(
@@ -479,7 +500,7 @@ class QueuedScheduler(Scheduler):
         (self._late if late else self._normal).setdefault(request.model_id, {})[seq] = request
         self._by_client.setdefault(request.client_id, {})[seq] = request
         if self.coalesce:
-            self._latest[request.key] = request
+            self._latest[request.stream] = request
         heapq.heappush(self._expiry, (request.arrival_ns + self._ttl_ns, seq, request))
         if len(self._expiry) > 2 * len(self._queued) + 64:
             self._expiry = [e for e in self._expiry if self._queued.get(e[1]) is e[2]]
@@ -491,8 +512,8 @@ class QueuedScheduler(Scheduler):
             return
         _discard(self._late if request.deprioritized else self._normal, request.model_id, seq)
         _discard(self._by_client, request.client_id, seq)
-        if self._latest.get(request.key) is request:
-            del self._latest[request.key]
+        if self._latest.get(request.stream) is request:
+            del self._latest[request.stream]
 
     def _deprioritize(self, request: InferenceRequest) -> None:
         if request.deprioritized:
@@ -504,6 +525,8 @@ class QueuedScheduler(Scheduler):
     def _shed(self, request: InferenceRequest, status: Status, reason: str, now: int) -> None:
         self._remove(request)
         request.refresh(now)
+        if status in _HINTED:
+            request.retry_after_ms = self._backlog_ms(request.model_id, now)
         self.shed_counts[status] += 1
         self.on_shed(request, status, reason)
 

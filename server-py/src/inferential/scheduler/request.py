@@ -60,6 +60,9 @@ class InferenceRequest:
     # The (robot, model) labels of the request's metrics, made once at admission
     # (None for a request built outside the server; the ledger makes them then).
     labels: Optional[dict[str, str]] = None
+    # Set by a scheduler that sheds it QUEUE_FULL or DEADLINE_UNMEETABLE: when a fresh
+    # observation has a chance (ms; 0 = no hint). Sent as the reply's retry_after_ms.
+    retry_after_ms: int = 0
 
     def refresh(self, now_ns: int) -> None:
         """Recompute the live fields for ``now_ns``."""
@@ -69,8 +72,15 @@ class InferenceRequest:
 
     @property
     def key(self) -> tuple[str, str]:
-        """Identity of the stream this request belongs to (robot, model)."""
+        """The robot and model this request belongs to (cadence is tracked per key)."""
         return (self.client_id, self.model_id)
+
+    @property
+    def stream(self) -> tuple[str, bytes, str]:
+        """The reply stream this request belongs to: robot, connection (routing
+        identity; empty outside the server) and model. Coalescing keys on it, so a
+        newer observation only supersedes one whose reply goes to the same connection."""
+        return (self.client_id, self.identity, self.model_id)
 
 
 def cadence_lateness(expected_interval_ms: Optional[float], since_previous_ms: Optional[float], age_ms: float) -> float:

@@ -81,6 +81,7 @@ class Ledger:
             timing=timing,
             observation_timestamp_ns=request.observation_timestamp_ns,
             now_ns=time.time_ns(),
+            retry_after_ms=request.retry_after_ms,  # set only by a QUEUE_FULL or DEADLINE_UNMEETABLE shed
         )
         try:
             frames = encode_reply(status=status, error=reason, outputs=outputs, **common)  # type: ignore[arg-type]
