@@ -154,6 +154,26 @@ def test_every_observation_gets_exactly_one_reply_under_overflow():
     assert all(r.retryable for r, _ in replies if r.status == pb.QUEUE_FULL)
 
 
+def test_two_connections_sharing_a_client_id_never_supersede_each_other():
+    """Coalescing keys on the connection: each gets the reply to its own newest observation."""
+    with running_server(
+        models={"slow": _sleep_model(100.0)},
+        scheduling={"strategy": "edf", "max_batch_size": 1, "admission": "off"},
+    ) as (server, endpoint):
+        first, second = RawPeer(endpoint), RawPeer(endpoint)
+        try:
+            first.send(*make_obs(1, model="slow", client="shared", x=np.zeros(1, np.float32)))
+            eventually(lambda: server.status_threadsafe()["models"]["slow"]["in_flight"] == 1, what="1 running")
+            first.send(*make_obs(2, model="slow", client="shared", x=np.zeros(1, np.float32)))
+            second.send(*make_obs(3, model="slow", client="shared", x=np.zeros(1, np.float32)))
+            mine = {r.request_id: r.status for r, _ in first.replies(2)}
+            theirs = {r.request_id: r.status for r, _ in second.replies(1)}
+        finally:
+            first.close()
+            second.close()
+    assert mine == {1: pb.OK, 2: pb.OK} and theirs == {3: pb.OK}
+
+
 def test_queue_full_replies_carry_a_retry_hint_once_the_model_is_measured():
     run_ms = 20.0
     with running_server(
