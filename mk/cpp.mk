@@ -56,3 +56,12 @@ testee-cpp: $(VENV)/.stamp
 	cmake -S conformance/testees/cpp -B build/testee-cpp-build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DPython_EXECUTABLE=$(CURDIR)/$(PY) -DCMAKE_LIBRARY_OUTPUT_DIRECTORY=$(CURDIR)/build/testee-cpp >/dev/null
 	$(CPP_NINJA) -C build/testee-cpp-build inferential_testee_cpp
+
+# The Bazel BUILD files (root MODULE.bazel/BUILD.bazel, client-cpp/BUILD.bazel) checked offline
+# with Debian's bazel-bootstrap 4.2.3 in WORKSPACE mode, system libraries standing in for the
+# registry modules: builds the library, the example and the integration test binary, runs the
+# codec and matcher tests. What it proves and what not: client-cpp/README.md.
+check-bazel:
+	@nice $(CPP_SRC)/bazel-check/check.sh . build/bazel-check >build/bazel-check.log 2>&1; rc=$$?; \
+	  grep -E "^(//|Executed|ERROR|FAILED)|Build completed" build/bazel-check.log | sort -u; \
+	  echo "check-bazel: exit $$rc (log: build/bazel-check.log)"; exit $$rc

@@ -12,6 +12,11 @@
 #include <cstdlib>
 #include <thread>
 
+// CMake points this at the repository's .venv; elsewhere (Bazel) INFERENTIAL_PYTHON is used.
+#ifndef INFERENTIAL_DEFAULT_PYTHON
+#define INFERENTIAL_DEFAULT_PYTHON "python3"
+#endif
+
 namespace testing_support {
 
 namespace {
