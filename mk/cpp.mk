@@ -14,7 +14,7 @@ FUZZ_SECONDS ?= 60
 
 .PHONY: test-cpp test-cpp-asan fuzz-cpp testee-cpp check-bazel bench-cpp
 
-TEST_TARGETS += test-cpp test-cpp-asan
+TEST_TARGETS += test-cpp test-cpp-asan check-bazel
 
 # Configure, build, and run every googletest suite plus the install + outside-consumer check.
 test-cpp: $(VENV)/.stamp

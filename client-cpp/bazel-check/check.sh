@@ -10,7 +10,9 @@
 set -euo pipefail
 root=$(cd "$1" && pwd)
 out_root=$(mkdir -p "$2" && cd "$2" && pwd)
-ws=$(mktemp -d /tmp/inferential-bazel-check.XXXXXX)
+# A fixed path keeps the output base (keyed on it) reused between runs.
+ws=/tmp/inferential-bazel-check-$(id -u)
+rm -rf "$ws" && mkdir -p "$ws"
 trap 'rm -rf "$ws"' EXIT
 
 ln -s "$root/BUILD.bazel" "$ws/BUILD.bazel"
