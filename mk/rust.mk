@@ -38,3 +38,10 @@ testee-rust: $(VENV)/.stamp
 	@$(VENV)/bin/maturin --version >/dev/null 2>&1 || $(PIP) install -q maturin==1.16.0
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) CARGO_TARGET_DIR=$(CURDIR)/target CARGO_BUILD_JOBS=2 nice \
 	  $(VENV)/bin/maturin develop --release -q -m conformance/testees/rust/Cargo.toml
+
+# Fuzz the reply decoder for FUZZ_SECONDS (default 60) from the committed seeds; prints
+# libFuzzer's run count; any crash leaves its input in client-rust/fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+fuzz-rust:
+	cd client-rust/fuzz && mkdir -p corpus/decode_reply && CARGO_BUILD_JOBS=2 nice cargo +nightly fuzz run \
+	  decode_reply corpus/decode_reply seeds -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1

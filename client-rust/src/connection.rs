@@ -98,6 +98,33 @@ impl Connection {
         ConnectionBuilder::new(endpoint)
     }
 
+    /// A connection with default options: the 1.4 constructor, now returning a `Result`
+    /// instead of panicking. Same as `Connection::builder(endpoint).client_id(..)
+    /// .client_type(..).connect()`.
+    pub fn new(endpoint: &str, client_id: &str, client_type: &str) -> Result<Connection> {
+        Self::builder(endpoint)
+            .client_id(client_id)
+            .client_type(client_type)
+            .connect()
+    }
+
+    /// The 1.4 constructor with reconnection intervals (`reconnect_ivl_ms` >= 1;
+    /// `reconnect_max_ms` 0 = no doubling). Other options need [`Connection::builder`].
+    pub fn with_options(
+        endpoint: &str,
+        client_id: &str,
+        client_type: &str,
+        reconnect_ivl_ms: u32,
+        reconnect_max_ms: u32,
+    ) -> Result<Connection> {
+        Self::builder(endpoint)
+            .client_id(client_id)
+            .client_type(client_type)
+            .reconnect_ivl_ms(reconnect_ivl_ms)
+            .reconnect_ivl_max_ms(reconnect_max_ms)
+            .connect()
+    }
+
     pub(crate) fn open(options: ConnectionBuilder) -> Result<Connection> {
         let endpoint = options.normalized_endpoint();
         let ctx = zmq::Context::new();

@@ -52,6 +52,7 @@ fn error_json(err: &Error) -> Value {
         out["message"] = json!(err.message());
         out["status"] = json!(err.status().map(|s| s.name()).unwrap_or_default());
         out["retryable"] = json!(err.retryable());
+        out["retry_after_ms"] = json!(err.retry_after_ms());
         out["request_id"] = json!(err.request_id().map(|r| r.get()).unwrap_or(0).to_string());
     }
     out
@@ -129,13 +130,23 @@ fn text<'v>(args: &'v Value, name: &str) -> Result<Option<&'v str>, Fail> {
 fn observation(args: &Value) -> Result<Observation<'static>, Fail> {
     let mut obs = Observation::new();
     if let Some(tensors) = field(args, "tensors") {
-        for t in tensors.as_array().ok_or_else(|| bad("tensors: not a list"))? {
+        for t in tensors
+            .as_array()
+            .ok_or_else(|| bad("tensors: not a list"))?
+        {
             let key = text(t, "key")?.unwrap_or("");
             let name = text(t, "dtype")?.unwrap_or("");
-            let dtype = DType::from_name(name).ok_or_else(|| bad(format!("unknown dtype {name:?}")))?;
+            let dtype =
+                DType::from_name(name).ok_or_else(|| bad(format!("unknown dtype {name:?}")))?;
             let mut shape = Vec::new();
-            for d in field(t, "shape").and_then(Value::as_array).into_iter().flatten() {
-                let d = d.as_u64().ok_or_else(|| bad(format!("tensor '{key}': bad dimension {d}")))?;
+            for d in field(t, "shape")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let d = d
+                    .as_u64()
+                    .ok_or_else(|| bad(format!("tensor '{key}': bad dimension {d}")))?;
                 shape.push(usize::try_from(d).map_err(|_| bad("dimension too large"))?);
             }
             let data = hex_decode(text(t, "data")?.unwrap_or(""))?;
@@ -143,8 +154,15 @@ fn observation(args: &Value) -> Result<Observation<'static>, Fail> {
         }
     }
     if let Some(meta) = field(args, "metadata") {
-        for (k, v) in meta.as_object().ok_or_else(|| bad("metadata: not an object"))? {
-            obs = obs.metadata(k, v.as_str().ok_or_else(|| bad("metadata values are strings"))?);
+        for (k, v) in meta
+            .as_object()
+            .ok_or_else(|| bad("metadata: not an object"))?
+        {
+            obs = obs.metadata(
+                k,
+                v.as_str()
+                    .ok_or_else(|| bad("metadata values are strings"))?,
+            );
         }
     }
     if let Some(u) = float(args, "urgency")? {
@@ -204,7 +222,9 @@ fn reply_json(reply: &Reply) -> Value {
 }
 
 fn timeout(args: &Value) -> Result<Duration, Fail> {
-    let ms = field(args, "timeout_ms").and_then(Value::as_f64).unwrap_or(0.0);
+    let ms = field(args, "timeout_ms")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
     if !(ms.is_finite() && ms >= 0.0) {
         return Err(bad(format!("timeout_ms: {ms}")));
     }
@@ -231,7 +251,10 @@ fn connect(args: &Value) -> Answer {
         b = b.auth_token(v);
     }
     if let Some(v) = field(o, "single_payload_frame") {
-        b = b.single_payload_frame(v.as_bool().ok_or_else(|| bad("single_payload_frame: not a bool"))?);
+        b = b.single_payload_frame(
+            v.as_bool()
+                .ok_or_else(|| bad("single_payload_frame: not a bool"))?,
+        );
     }
     type Setter = fn(inferential::ConnectionBuilder, u32) -> inferential::ConnectionBuilder;
     let setters: [(&str, Setter); 7] = [
@@ -258,17 +281,21 @@ fn connect(args: &Value) -> Answer {
 
 fn stats() -> Answer {
     let s = current()?.stats();
-    Ok(json!({"stats": {"sent": s.sent, "send_failed": s.send_failed, "received": s.received,
+    Ok(
+        json!({"stats": {"sent": s.sent, "send_failed": s.send_failed, "received": s.received,
         "stale": s.stale_dropped, "unknown": s.unknown_dropped, "malformed": s.malformed_dropped,
-        "by_status": s.by_status}}))
+        "by_status": s.by_status}}),
+    )
 }
 
 fn socket_options() -> Answer {
     let o = current()?.socket_options()?;
-    Ok(json!({"options": {"reconnect_ivl": o.reconnect_ivl, "reconnect_ivl_max": o.reconnect_ivl_max,
+    Ok(
+        json!({"options": {"reconnect_ivl": o.reconnect_ivl, "reconnect_ivl_max": o.reconnect_ivl_max,
         "heartbeat_ivl": o.heartbeat_ivl, "heartbeat_timeout": o.heartbeat_timeout,
         "immediate": o.immediate, "sndtimeo": o.sndtimeo, "sndhwm": o.sndhwm, "rcvhwm": o.rcvhwm,
-        "linger": o.linger, "maxmsgsize": o.maxmsgsize, "routing_id": hex(&o.routing_id)}}))
+        "linger": o.linger, "maxmsgsize": o.maxmsgsize, "routing_id": hex(&o.routing_id)}}),
+    )
 }
 
 fn encode(args: &Value) -> Answer {
@@ -288,7 +315,9 @@ fn encode(args: &Value) -> Answer {
         actions_remaining: u32_of(spec, "actions_remaining")?,
         control_rate_hz: float(spec, "control_rate_hz")?.filter(|&v| v != 0.0),
         auth_token: text(args, "auth_token")?.unwrap_or(""),
-        single_payload_frame: field(args, "single_payload_frame").and_then(Value::as_bool).unwrap_or(false),
+        single_payload_frame: field(args, "single_payload_frame")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         limits: Limits::default(),
     };
     let frames = encode_observation(&params, &obs)?;
@@ -297,35 +326,53 @@ fn encode(args: &Value) -> Answer {
 
 fn decode(args: &Value) -> Answer {
     let mut frames = Vec::new();
-    for f in field(args, "frames").and_then(Value::as_array).into_iter().flatten() {
-        frames.push(Bytes::from(hex_decode(f.as_str().ok_or_else(|| bad("frames are hex strings"))?)?));
+    for f in field(args, "frames")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        frames.push(Bytes::from(hex_decode(
+            f.as_str().ok_or_else(|| bad("frames are hex strings"))?,
+        )?));
     }
     match decode_reply(&frames, &Limits::default()) {
         Ok(reply) => Ok(json!({"reply": reply_json(&reply)})),
-        Err(m) => Ok(json!({"malformed": {"message": m.message, "request_id": m.request_id.to_string()}})),
+        Err(m) => {
+            Ok(json!({"malformed": {"message": m.message, "request_id": m.request_id.to_string()}}))
+        }
     }
 }
 
 fn error_for(args: &Value) -> Answer {
     let status = match field(args, "status") {
-        Some(Value::Number(n)) => n.as_i64().and_then(|v| i32::try_from(v).ok()).map(Status::from_code),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .and_then(|v| i32::try_from(v).ok())
+            .map(Status::from_code),
         Some(Value::String(s)) => Status::from_name(s),
         _ => None,
     }
     .ok_or_else(|| bad("status: a name or a number"))?;
-    let v2 = field(args, "protocol_version").and_then(Value::as_u64).unwrap_or(2) >= 2;
+    let v2 = field(args, "protocol_version")
+        .and_then(Value::as_u64)
+        .unwrap_or(2)
+        >= 2;
     let retryable = if v2 {
-        field(args, "retryable").and_then(Value::as_bool).unwrap_or(false)
+        field(args, "retryable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
     } else {
         status.table_retryable().unwrap_or(false)
     };
     let message = text(args, "error")?.unwrap_or("");
     let rid = RequestId(uint(args, "request_id")?.unwrap_or(0));
     let model_id = text(args, "model_id")?.unwrap_or("");
-    Ok(match Error::from_status(status, message, retryable, rid, model_id) {
-        Some(err) => json!({"error": error_json(&err)}),
-        None => json!({"error": null}),
-    })
+    Ok(
+        match Error::from_status(status, message, retryable, rid, model_id) {
+            Some(err) => json!({"error": error_json(&err)}),
+            None => json!({"error": null}),
+        },
+    )
 }
 
 fn dispatch(cmd: &Value) -> Answer {
@@ -384,9 +431,9 @@ fn answer(line: &str) -> Value {
 /// One command line in, one answer line out (conformance/TESTEE.md).
 #[pyfunction]
 fn handle(line: &str) -> String {
-    let out = catch_unwind(AssertUnwindSafe(|| answer(line))).unwrap_or_else(|_| {
-        json!({"ok": false, "error": {"kind": "testee_bug", "message": "panic in the testee"}})
-    });
+    let out = catch_unwind(AssertUnwindSafe(|| answer(line))).unwrap_or_else(
+        |_| json!({"ok": false, "error": {"kind": "testee_bug", "message": "panic in the testee"}}),
+    );
     out.to_string()
 }
 
@@ -394,4 +441,3 @@ fn handle(line: &str) -> String {
 fn inferential_testee_rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(handle, m)?)
 }
-
