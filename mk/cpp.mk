@@ -65,3 +65,12 @@ check-bazel:
 	@nice $(CPP_SRC)/bazel-check/check.sh . build/bazel-check >build/bazel-check.log 2>&1; rc=$$?; \
 	  grep -E "^(//|Executed|ERROR|FAILED)|Build completed" build/bazel-check.log | sort -u; \
 	  echo "check-bazel: exit $$rc (log: build/bazel-check.log)"; exit $$rc
+
+# Round trip p50/p99 of the C++ client to our server (noop model, 150 KB observation) against a
+# raw cppzmq DEALER sending the same frames to a raw pyzmq ROUTER echo, in one run (Release).
+BENCH_CPP_ITERATIONS ?= 2000
+bench-cpp: $(VENV)/.stamp
+	cmake -S $(CPP_SRC) -B build/cpp-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DINFERENTIAL_BUILD_TESTS=OFF \
+	  -DINFERENTIAL_BUILD_EXAMPLES=OFF -DINFERENTIAL_BUILD_BENCH=ON >/dev/null
+	$(CPP_NINJA) -C build/cpp-bench bench_roundtrip
+	$(CPP_ENV) build/cpp-bench/bench_roundtrip $(BENCH_CPP_ITERATIONS)

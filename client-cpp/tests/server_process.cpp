@@ -63,6 +63,12 @@ std::vector<std::string> test_models() {
 ServerProcess::ServerProcess(std::vector<std::string> extra, int port)
     : extra_(std::move(extra)), port_(port ? port : free_port()) {}
 
+ServerProcess ServerProcess::script(std::string code, int port) {
+  ServerProcess p({}, port);
+  p.script_ = std::move(code);
+  return p;
+}
+
 ServerProcess::~ServerProcess() { stop(); }
 
 bool ServerProcess::start() {
@@ -70,6 +76,7 @@ bool ServerProcess::start() {
   std::vector<std::string> args = {python(), "-m", "inferential.cli", "serve", "--bind", endpoint(),
                                    "--log-level", "WARNING"};
   args.insert(args.end(), extra_.begin(), extra_.end());
+  if (!script_.empty()) args = {python(), "-c", script_, endpoint()};
   pid_ = ::fork();
   if (pid_ == 0) {
     // The server's logs go to stderr: keep them out of the test output unless asked.

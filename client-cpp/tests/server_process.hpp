@@ -15,7 +15,13 @@ class ServerProcess {
  public:
   // `extra` are appended to `python -m inferential.cli serve --bind tcp://127.0.0.1:PORT`.
   explicit ServerProcess(std::vector<std::string> extra, int port = 0);
+  // Any Python program instead of the server: `python -c code ENDPOINT`, ready when the port accepts.
+  static ServerProcess script(std::string code, int port);
   ~ServerProcess();
+  ServerProcess(ServerProcess&& other) noexcept
+      : extra_(std::move(other.extra_)), script_(std::move(other.script_)), port_(other.port_), pid_(other.pid_) {
+    other.pid_ = -1;
+  }
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
 
@@ -27,6 +33,7 @@ class ServerProcess {
 
  private:
   std::vector<std::string> extra_;
+  std::string script_;
   int port_;
   pid_t pid_ = -1;
 };
