@@ -45,3 +45,15 @@ FUZZ_SECONDS ?= 60
 fuzz-rust:
 	cd client-rust/fuzz && mkdir -p corpus/decode_reply && CARGO_BUILD_JOBS=2 nice cargo +nightly fuzz run \
 	  decode_reply corpus/decode_reply seeds -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
+
+# Round trip p50/p99 of this client vs a bare zmq DEALER (to a bare echo and to our server,
+# noop model, 150 KB observation) and the Python client, in one run; then the crate's cold
+# build time (a fresh target dir; set BENCH_COLD_BUILD=0 to skip).
+BENCH_N ?= 2000
+BENCH_COLD_BUILD ?= 1
+bench-rust: $(VENV)/.stamp
+	BENCH_N=$(BENCH_N) INFERENTIAL_PYTHON=$(CURDIR)/$(PY) $(CARGO) bench -p inferential --bench roundtrip
+	@if [ "$(BENCH_COLD_BUILD)" = 1 ]; then tmp=$$(mktemp -d); start=$$(date +%s.%N); \
+	  CARGO_TARGET_DIR=$$tmp $(CARGO) build -q -p inferential --release && \
+	  awk -v s=$$start -v e=$$(date +%s.%N) 'BEGIN { printf "cold release build of the crate (2 jobs): %.0f s\n", e - s }'; \
+	  rm -rf $$tmp; fi

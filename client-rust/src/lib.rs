@@ -44,6 +44,7 @@
 #[cfg(target_endian = "big")]
 compile_error!("inferential supports little-endian targets only");
 
+pub mod chunks;
 pub mod codec;
 mod connection;
 mod error;

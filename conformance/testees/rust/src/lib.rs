@@ -3,10 +3,12 @@
 //! line. State (one connection at most) lives between calls. Nothing escapes `handle`: an
 //! error is an answer, a panic becomes `testee_bug`.
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use inferential::chunks::{ActionChunkQueue, Blend};
 use inferential::codec::{decode_reply, encode_observation, EncodeParams};
 use inferential::{
     Connection, DType, Error, ErrorKind, Limits, Model, Observation, Reply, RequestId, Status,
@@ -375,6 +377,66 @@ fn error_for(args: &Value) -> Answer {
     )
 }
 
+/// `chunk_queue`: the ops on an ActionChunkQueue with a fake clock.
+fn chunk_queue(args: &Value) -> Answer {
+    let blend = match text(args, "blend")?.unwrap_or("latest") {
+        "latest" => Blend::Latest,
+        "average" => Blend::Average,
+        "exponential" => Blend::Exponential(
+            field(args, "new_weight")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.7),
+        ),
+        other => return Err(bad(format!("unknown blend {other:?}"))),
+    };
+    let now = Arc::new(AtomicU64::new(uint(args, "now_ns")?.unwrap_or(0)));
+    let clock = Arc::clone(&now);
+    let mut queue = ActionChunkQueue::with_clock(
+        blend,
+        uint(args, "start_step")?.unwrap_or(0),
+        Box::new(move || clock.load(Ordering::Relaxed)),
+    )?;
+    let mut results = Vec::new();
+    for op in field(args, "ops")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let result = if let Some(add) = field(op, "add") {
+            let mut values = Vec::new();
+            let mut row_len = 0;
+            for row in field(add, "rows")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let row = row.as_array().ok_or_else(|| bad("rows are lists"))?;
+                row_len = row.len();
+                for v in row {
+                    values.push(v.as_f64().ok_or_else(|| bad("row values are numbers"))?);
+                }
+            }
+            let start = uint(add, "start_step")?.unwrap_or(0);
+            json!(queue.add(&values, row_len.max(1), start, uint(add, "valid_until_ns")?)?)
+        } else if field(op, "pop").is_some() {
+            json!(queue.pop())
+        } else if field(op, "remaining").is_some() {
+            json!(queue.actions_remaining())
+        } else if let Some(t) = uint(op, "now_ns")? {
+            now.store(t, Ordering::Relaxed);
+            Value::Null
+        } else {
+            return Err(bad(format!("unknown op {op}")));
+        };
+        results.push(result);
+    }
+    let s = queue.stats();
+    Ok(
+        json!({"results": results, "stats": {"executed": s.executed, "underruns": s.underruns,
+        "held": s.held, "merged": s.merged, "late": s.late}}),
+    )
+}
+
 fn dispatch(cmd: &Value) -> Answer {
     let name = text(cmd, "cmd")?.unwrap_or("");
     match name {
@@ -409,6 +471,7 @@ fn dispatch(cmd: &Value) -> Answer {
         "encode" => encode(cmd),
         "decode" => decode(cmd),
         "error_for" => error_for(cmd),
+        "chunk_queue" => chunk_queue(cmd),
         other => Err(fail("unsupported", format!("command {other:?}"))),
     }
 }
