@@ -3,7 +3,9 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -208,6 +210,30 @@ TEST_F(Integration, MovedConnectionAndModelsKeepWorking) {
   auto after = copy.observe(inf::Observation());
   ASSERT_FALSE(after.ok());
   EXPECT_EQ(after.error().kind, inf::ErrorKind::closed);
+}
+
+TEST_F(Integration, ThreadsShareOneConnectionSafely) {
+  auto conn = connect();
+  auto echo = model(conn, "echo");
+  auto noop = model(conn, "noop");
+  constexpr int kEach = 40;
+  std::atomic<int> ok{0};
+  auto worker = [&](const inf::Model& m, float tag) {
+    for (int i = 0; i < kEach; ++i) {
+      const float x[1] = {tag + static_cast<float>(i)};
+      auto r = m.request(inf::Observation().tensor("x", {1}, x, 1), 5000);
+      if (!r.ok()) continue;
+      // Each thread gets the reply to its own request, never the other's.
+      if (m.model_id() == "echo" && (*r->tensor("x")->values<float>())[0] != x[0]) continue;
+      ++ok;
+    }
+  };
+  std::thread a(worker, std::cref(echo), 1000.0f), b(worker, std::cref(noop), 0.0f), c(worker, std::cref(echo), 2000.0f);
+  a.join();
+  b.join();
+  c.join();
+  EXPECT_EQ(ok.load(), 3 * kEach);
+  EXPECT_EQ(conn.stats().sent, 3u * kEach);
 }
 
 TEST_F(Integration, SocketOptionsAreThoseOfTheSpec) {
