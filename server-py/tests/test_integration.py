@@ -525,6 +525,46 @@ def test_a_custom_scheduler_that_holds_requests_back_does_not_stall_the_server()
     assert late[0][0].request_id == 3 and late[0][0].status == pb.EXPIRED
 
 
+def test_a_custom_scheduler_refusing_a_request_gets_it_answered():
+    """QueueFullError from submit is QUEUE_FULL; any other exception is the scheduler's bug,
+    answered INVALID_REQUEST: either way the robot gets its one reply."""
+    from inferential.scheduler import QueueFullError, Scheduler, register_scheduler
+
+    @register_scheduler("refuses")
+    class Refuses(Scheduler):
+        def __init__(self, config):
+            pass
+
+        def submit(self, request):
+            if request.request_id == 1:
+                raise QueueFullError(request, "no room")
+            raise RuntimeError("bug")
+
+        def next_batch(self):
+            return []
+
+        def tick(self):
+            pass
+
+        def status(self):
+            return {}
+
+        def queue_len(self):
+            return 0
+
+    with running_server(scheduling={"strategy": "refuses"}) as (server, endpoint):
+        peer = RawPeer(endpoint)
+        try:
+            peer.send(*make_obs(1, x=np.zeros(1, np.float32)))
+            peer.send(*make_obs(2, x=np.zeros(1, np.float32)))
+            replies = {r.request_id: (r.status, r.error) for r, _ in peer.replies(2)}
+        finally:
+            peer.close()
+        assert server.status_threadsafe()["pending"] == 0
+    assert replies[1][0] == pb.QUEUE_FULL and "no room" in replies[1][1]
+    assert replies[2] == (pb.INVALID_REQUEST, "RuntimeError: bug")
+
+
 def test_a_burst_to_an_inline_model_gets_exactly_one_reply_each():
     """Batches of a model that runs in microseconds complete synchronously on the loop
     (no trip through it per batch); a burst of thousands from several robots is still

@@ -49,7 +49,7 @@ def _queued(
             client_id=client, model_id="policy", request_id=i, identity=identity, arrival_ns=1_000_000_000
         )
         ledger.pending[req.seq] = req
-        engine.submit(req)
+        engine.scheduler.submit(req)  # as the server's receive step does
         out.append(req)
     return out
 

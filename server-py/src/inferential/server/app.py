@@ -321,4 +321,7 @@ class Server:
             metrics.record("observation_staleness_ms", (wall - req.observation_timestamp_ns) / 1e6, labels)
         metrics.record("payload_size_bytes", req.payload_bytes, labels)
         ledger.pending[req.seq] = req
-        engine.submit(req)
+        try:
+            engine.scheduler.submit(req)
+        except Exception as err:  # only a custom scheduler raises; the built-ins shed instead
+            engine.refused(req, err)

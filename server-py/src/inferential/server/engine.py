@@ -113,15 +113,15 @@ class Engine:
         pending = self.ledger.pending
         return [r for r in self.scheduler.drain() if r.seq in pending]
 
-    def submit(self, req: InferenceRequest) -> None:
-        """Queue an admitted request (already in the ledger)."""
-        try:
-            self.scheduler.submit(req)
-        except QueueFullError as err:  # a custom scheduler refusing it (the built-ins shed instead)
+    def refused(self, req: InferenceRequest, err: Exception) -> None:
+        """Answer an admitted request whose ``scheduler.submit`` raised (the server
+        calls ``submit`` itself, on the receive path, to spare a call per request)."""
+        if isinstance(err, QueueFullError):  # a custom scheduler refusing it
             self.ledger.answer(req, Status.QUEUE_FULL, str(err))
-        except Exception as err:  # a custom scheduler's bug must not cost the robot its reply
-            logger.exception("scheduler %s failed to take a request", type(self.scheduler).__name__)
-            self.ledger.answer(req, Status.INVALID_REQUEST, f"{type(err).__name__}: {err}")
+            return
+        # A custom scheduler's bug must not cost the robot its reply.
+        logger.error("scheduler %s failed to take a request: %r", type(self.scheduler).__name__, err)
+        self.ledger.answer(req, Status.INVALID_REQUEST, f"{type(err).__name__}: {err}")
 
     # -- the loop and its timers -----------------------------------------------------
 
