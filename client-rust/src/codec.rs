@@ -236,6 +236,41 @@ pub fn encode_observation<'a>(
     Ok(frames)
 }
 
+/// The metadata key that marks a describe request (protocol §12).
+pub const DESCRIBE_KEY: &str = "inferential.describe";
+
+/// The frames of a describe request (protocol §12): no model, no tensors, the
+/// [`DESCRIBE_KEY`] metadata entry; `params.model_id` and the per-model hints are ignored.
+pub fn encode_describe(params: &EncodeParams<'_>) -> Result<Vec<Vec<u8>>> {
+    let limits = &params.limits;
+    check_text("client_id", params.client_id, limits.max_id_bytes, true)?;
+    check_text(
+        "client_type",
+        params.client_type,
+        limits.max_id_bytes,
+        false,
+    )?;
+    check_text(
+        "auth_token",
+        params.auth_token,
+        limits.max_auth_token_bytes,
+        false,
+    )?;
+    let envelope = pb::Observation {
+        client: Some(pb::Client {
+            id: params.client_id.to_owned(),
+            r#type: params.client_type.to_owned(),
+        }),
+        timestamp_ns: params.timestamp_ns,
+        metadata: [(DESCRIBE_KEY.to_owned(), "1".to_owned())].into(),
+        request_id: params.request_id,
+        protocol_version: PROTOCOL_VERSION,
+        auth_token: params.auth_token.to_owned(),
+        ..Default::default()
+    };
+    Ok(vec![Vec::new(), envelope.encode_to_vec()])
+}
+
 /// A reply that breaks the protocol: the client counts it malformed and drops it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed {
@@ -531,6 +566,22 @@ mod tests {
         .concat();
         assert_eq!(hex(&out[1]), expected);
         assert_eq!(hex(&out[2]), "0000803f00000040");
+    }
+
+    #[test]
+    fn a_describe_request_has_no_model_no_tensors_and_the_describe_key() {
+        let frames = encode_describe(&params(Limits::default())).unwrap();
+        assert_eq!(frames.len(), 2);
+        let env = pb::Observation::decode(&frames[1][..]).unwrap();
+        assert_eq!(
+            (env.model_id.as_str(), env.request_id, env.protocol_version),
+            ("", 1, 2)
+        );
+        assert_eq!(
+            env.metadata.get(DESCRIBE_KEY).map(String::as_str),
+            Some("1")
+        );
+        assert!(env.tensors.is_empty());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::codec::{encode_observation, EncodeParams};
+use crate::codec::{encode_describe, encode_observation, EncodeParams};
 use crate::error::{Error, ErrorKind, Result};
 use crate::matching::Matcher;
 pub use crate::matching::Stats;
@@ -77,6 +77,59 @@ pub struct SocketOptions {
     pub maxmsgsize: i64,
     /// ZMQ_ROUTING_ID (empty: never set, libzmq assigns one per connection).
     pub routing_id: Vec<u8>,
+}
+
+/// What a server says of itself ([`Connection::server_info`], protocol §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// The server's protocol version.
+    pub protocol_version: u32,
+    /// Its name and version, e.g. `inferential-server/2.0.0`.
+    pub server: String,
+    /// The bounds it enforces: keep the connection's limits equal to them.
+    pub limits: Limits,
+}
+
+impl ServerInfo {
+    fn from_reply(reply: &Reply) -> Result<ServerInfo> {
+        let meta = reply.metadata();
+        let number = |key: &str| -> Result<usize> {
+            meta.get(key)
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Protocol,
+                        format!("the server's describe reply lacks a numeric '{key}'"),
+                    )
+                })
+        };
+        let defaults = Limits::default();
+        let or_default = |key: &str, default: usize| number(key).unwrap_or(default);
+        Ok(ServerInfo {
+            protocol_version: u32::try_from(number("protocol_version")?).unwrap_or(u32::MAX),
+            server: meta.get("server").cloned().unwrap_or_default(),
+            limits: Limits {
+                max_message_bytes: number("max_message_bytes")?,
+                max_payload_frames: or_default("max_payload_frames", defaults.max_payload_frames),
+                max_tensors: or_default("max_tensors", defaults.max_tensors),
+                max_dims: or_default("max_dims", defaults.max_dims),
+                max_key_bytes: or_default("max_key_bytes", defaults.max_key_bytes),
+                max_metadata_entries: or_default(
+                    "max_metadata_entries",
+                    defaults.max_metadata_entries,
+                ),
+                max_metadata_value_bytes: or_default(
+                    "max_metadata_value_bytes",
+                    defaults.max_metadata_value_bytes,
+                ),
+                max_id_bytes: or_default("max_id_bytes", defaults.max_id_bytes),
+                max_auth_token_bytes: or_default(
+                    "max_auth_token_bytes",
+                    defaults.max_auth_token_bytes,
+                ),
+            },
+        })
+    }
 }
 
 /// A received frame kept alive by the [`Bytes`] slices that point into it.
@@ -166,10 +219,10 @@ impl Connection {
     /// A handle for observations to `model_id` and its replies: latency budget 50 ms,
     /// priority 1, no deadline. Handles for the same model share its replies.
     pub fn model(&self, model_id: &str) -> Result<Model> {
-        if model_id.is_empty() || model_id.len() > self.shared.limits.max_key_bytes {
+        if model_id.is_empty() || model_id.len() > self.shared.limits.max_id_bytes {
             return Err(Error::invalid(format!(
                 "model_id must be 1..={} bytes",
-                self.shared.limits.max_key_bytes
+                self.shared.limits.max_id_bytes
             )));
         }
         drop(self.shared.lock_open()?);
@@ -182,6 +235,49 @@ impl Connection {
             actions_remaining: None,
             control_rate_hz: None,
         })
+    }
+
+    /// Asks the server for its protocol version and limits (protocol §12), waiting up to
+    /// `timeout`. `timeout` when nothing answers (a 1.x server never does), `protocol` when
+    /// the answer lacks a field, `server_unavailable` when no server accepts the request.
+    pub fn server_info(&self, timeout: Duration) -> Result<ServerInfo> {
+        let shared = &self.shared;
+        let mut state = shared.lock_open()?;
+        let rid = state.matcher.next_request_id();
+        let params = EncodeParams {
+            client_id: &shared.client_id,
+            client_type: &shared.client_type,
+            model_id: "",
+            request_id: rid.0,
+            timestamp_ns: now_ns(),
+            latency_budget_ms: 0.0,
+            priority: 0,
+            deadline_ns: None,
+            actions_remaining: None,
+            control_rate_hz: None,
+            auth_token: &shared.auth_token,
+            single_payload_frame: false,
+            limits: shared.limits,
+        };
+        let frames = encode_describe(&params)?;
+        let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        shared.send_frames(&mut state, &frames, rid, "", true)?;
+        drop(state);
+        let reply = shared
+            .await_reply(rid, timeout)?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no describe reply from {} within {} ms: a 1.x server, or none reachable",
+                        shared.endpoint,
+                        timeout.as_millis()
+                    ),
+                )
+                .with_request(rid, "")
+            })??
+            .into_result()?;
+        ServerInfo::from_reply(&reply)
     }
 
     /// The endpoint, with its scheme.
@@ -235,6 +331,72 @@ impl Connection {
 }
 
 impl Shared {
+    /// Sends one message for request `rid`, tracked before it leaves so no reply can
+    /// outrun it; `server_unavailable` when no connected server takes it in time.
+    fn send_frames(
+        &self,
+        state: &mut State,
+        frames: &[&[u8]],
+        rid: RequestId,
+        model_id: &str,
+        awaited: bool,
+    ) -> Result<()> {
+        // Replies already waiting are routed first, so the outstanding table stays small.
+        state.drain()?;
+        state.matcher.track(rid, model_id, awaited, Instant::now());
+        let result = {
+            let socket = state.socket()?;
+            let last = frames.len().saturating_sub(1);
+            frames.iter().enumerate().try_for_each(|(i, f)| {
+                let flags = if i < last { zmq::SNDMORE } else { 0 };
+                // Only the first frame can block (up to ZMQ_SNDTIMEO): once it is
+                // queued, libzmq takes the rest of the message.
+                socket.send(*f, flags)
+            })
+        };
+        match result {
+            Ok(()) => {
+                state.matcher.sent();
+                Ok(())
+            }
+            Err(err) => {
+                state.matcher.untrack(rid);
+                let err = if is_again(&err) {
+                    Error::new(
+                        ErrorKind::ServerUnavailable,
+                        format!(
+                            "no server at {} accepted the observation within {} ms \
+                             (not connected, or not reading)",
+                            self.endpoint, self.send_timeout_ms
+                        ),
+                    )
+                } else {
+                    Error::from(err)
+                };
+                Err(err.with_request(rid, model_id))
+            }
+        }
+    }
+
+    /// The reply to the awaited request `rid`, or `None` after `timeout` (the request is
+    /// then abandoned: a late reply counts stale).
+    fn await_reply(&self, rid: RequestId, timeout: Duration) -> Result<Option<Result<Reply>>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock_open()?;
+        loop {
+            state.drain()?;
+            if let Some(got) = state.matcher.take_awaited(rid) {
+                return Ok(Some(got));
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                state.matcher.abandon(rid);
+                return Ok(None);
+            }
+            state.poll(remaining)?;
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic in user code while locked cannot leave the state half-updated (no user
         // code runs under the lock), so a poisoned lock is still consistent.
@@ -385,43 +547,9 @@ impl Model {
             limits: shared.limits,
         };
         let frames = encode_observation(&params, obs)?;
-        // Replies already waiting are routed first, so the outstanding table stays small.
-        state.drain()?;
-        state
-            .matcher
-            .track(rid, &self.model_id, awaited, Instant::now());
-        let result = {
-            let socket = state.socket()?;
-            let last = frames.len().saturating_sub(1);
-            frames.iter().enumerate().try_for_each(|(i, f)| {
-                let flags = if i < last { zmq::SNDMORE } else { 0 };
-                // Only the first frame can block (up to ZMQ_SNDTIMEO): once it is
-                // queued, libzmq takes the rest of the message.
-                socket.send(&f[..], flags)
-            })
-        };
-        match result {
-            Ok(()) => {
-                state.matcher.sent();
-                Ok(rid)
-            }
-            Err(err) => {
-                state.matcher.untrack(rid);
-                let err = if is_again(&err) {
-                    Error::new(
-                        ErrorKind::ServerUnavailable,
-                        format!(
-                            "no server at {} accepted the observation within {} ms \
-                             (not connected, or not reading)",
-                            shared.endpoint, shared.send_timeout_ms
-                        ),
-                    )
-                } else {
-                    Error::from(err)
-                };
-                Err(err.with_request(rid, &self.model_id))
-            }
-        }
+        let frames: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        shared.send_frames(&mut state, &frames, rid, &self.model_id, awaited)?;
+        Ok(rid)
     }
 
     /// The newest reply for this model not yet returned, waiting up to `timeout`
@@ -454,27 +582,17 @@ impl Model {
     /// `protocol` when the reply is malformed, plus those of [`Model::observe`].
     pub fn request(&self, obs: &Observation<'_>, timeout: Duration) -> Result<Reply> {
         let rid = self.send(obs, true)?;
-        let deadline = Instant::now() + timeout;
-        let mut state = self.shared.lock_open()?;
-        loop {
-            state.drain()?;
-            if let Some(got) = state.matcher.take_awaited(rid) {
-                return got.and_then(Reply::into_result);
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                state.matcher.abandon(rid);
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no reply to request {rid} from model '{}' within {} ms",
-                        self.model_id,
-                        timeout.as_millis()
-                    ),
-                )
-                .with_request(rid, &self.model_id));
-            }
-            state.poll(remaining)?;
+        match self.shared.await_reply(rid, timeout)? {
+            Some(got) => got.and_then(Reply::into_result),
+            None => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no reply to request {rid} from model '{}' within {} ms",
+                    self.model_id,
+                    timeout.as_millis()
+                ),
+            )
+            .with_request(rid, &self.model_id)),
         }
     }
 }

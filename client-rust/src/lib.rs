@@ -61,7 +61,7 @@ mod generated {
 }
 pub(crate) use generated as pb;
 
-pub use connection::{Connection, Model, SocketOptions, Stats};
+pub use connection::{Connection, Model, ServerInfo, SocketOptions, Stats};
 pub use error::{Error, ErrorKind, Result};
 pub use options::ConnectionBuilder;
 pub use reply::{Reply, Tensor, Timing};

@@ -161,17 +161,17 @@ impl ConnectionBuilder {
             }
         }
         if let Some(id) = &self.client_id {
-            if id.is_empty() || id.len() > self.limits.max_key_bytes {
+            if id.is_empty() || id.len() > self.limits.max_id_bytes {
                 return Err(Error::invalid(format!(
                     "client_id must be 1..={} bytes",
-                    self.limits.max_key_bytes
+                    self.limits.max_id_bytes
                 )));
             }
         }
-        if self.client_type.len() > self.limits.max_key_bytes {
+        if self.client_type.len() > self.limits.max_id_bytes {
             return Err(Error::invalid(format!(
                 "client_type is longer than {} bytes",
-                self.limits.max_key_bytes
+                self.limits.max_id_bytes
             )));
         }
         if self.auth_token.len() > self.limits.max_auth_token_bytes {

@@ -119,6 +119,11 @@ fn get_result_returns_the_newest_reply_and_counts_the_rest() {
         }
     }
     assert_eq!(newest, Some(last));
+    // Every observation is answered exactly once: wait for the replies still in flight.
+    let deadline = Instant::now() + WAIT;
+    while conn.stats().received < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let s = conn.stats();
     let superseded = s.by_status.get("SUPERSEDED").copied().unwrap_or(0);
     // Every observation was answered once: delivered, replaced (stale) or superseded.
@@ -257,4 +262,32 @@ fn the_socket_carries_the_protocol_options_and_bad_options_are_refused() {
     conn.close();
     let err = conn.model("echo").map(|_| ()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed);
+}
+
+#[test]
+fn server_info_reports_the_protocol_version_and_the_limits() {
+    let server = Server::start();
+    let conn = connect(&server);
+    let info = conn.server_info(WAIT).unwrap();
+    assert_eq!(info.protocol_version, 2);
+    assert!(info.server.starts_with("inferential"), "{}", info.server);
+    assert_eq!(info.limits, inferential::Limits::default());
+    let s = conn.stats();
+    assert_eq!((s.by_status.get("OK"), s.unknown_dropped), (Some(&1), 0));
+}
+
+#[test]
+fn server_info_times_out_when_nothing_answers() {
+    // A bare ROUTER that reads and never answers, like a 1.x server.
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.bind("tcp://127.0.0.1:*").unwrap();
+    let endpoint = router.get_last_endpoint().unwrap().unwrap();
+    let conn = Connection::builder(&endpoint).connect().unwrap();
+    let started = Instant::now();
+    let err = conn.server_info(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let frames = router.recv_multipart(0).unwrap();
+    assert_eq!(frames.len(), 3, "identity, delimiter, envelope: no payload");
 }

@@ -12,8 +12,10 @@ pub struct Limits {
     pub max_payload_frames: usize,
     /// Dimensions per tensor.
     pub max_dims: usize,
-    /// Tensor key, metadata key, model id, client id and client type, UTF-8 bytes.
+    /// Tensor key and metadata key, UTF-8 bytes.
     pub max_key_bytes: usize,
+    /// Client id, client type and model id, UTF-8 bytes.
+    pub max_id_bytes: usize,
     /// Metadata entries.
     pub max_metadata_entries: usize,
     /// Metadata value, UTF-8 bytes.
@@ -30,6 +32,7 @@ impl Default for Limits {
             max_payload_frames: 64,
             max_dims: 8,
             max_key_bytes: 256,
+            max_id_bytes: 256,
             max_metadata_entries: 64,
             max_metadata_value_bytes: 4096,
             max_auth_token_bytes: 1024,

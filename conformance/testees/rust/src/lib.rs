@@ -459,6 +459,20 @@ fn dispatch(cmd: &Value) -> Answer {
             let reply = m.request(&observation(cmd)?, timeout(cmd)?)?;
             Ok(json!({"reply": reply_json(&reply)}))
         }
+        "server_info" => {
+            let info = current()?.server_info(timeout(cmd)?)?;
+            let l = info.limits;
+            Ok(
+                json!({"info": {"protocol_version": info.protocol_version, "server": info.server,
+                "limits": {"max_message_bytes": l.max_message_bytes,
+                    "max_payload_frames": l.max_payload_frames, "max_tensors": l.max_tensors,
+                    "max_dims": l.max_dims, "max_key_bytes": l.max_key_bytes,
+                    "max_metadata_entries": l.max_metadata_entries,
+                    "max_metadata_value_bytes": l.max_metadata_value_bytes,
+                    "max_id_bytes": l.max_id_bytes,
+                    "max_auth_token_bytes": l.max_auth_token_bytes}}}),
+            )
+        }
         "stats" => stats(),
         "socket_options" => socket_options(),
         "close" => {
