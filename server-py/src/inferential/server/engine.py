@@ -31,6 +31,9 @@ from inferential.wire import Status
 
 logger = logging.getLogger("inferential.server")
 
+# Plain ints for the per-request replies (an IntEnum member is slow to read on 3.11).
+_OK, _MODEL_ERROR = int(Status.OK), int(Status.MODEL_ERROR)
+
 Completed = tuple[str, list[InferenceRequest], int, Optional[list[Any]], Optional[BaseException]]
 
 
@@ -364,9 +367,9 @@ class Engine:
                 batch_size=len(batch),
             )
             if isinstance(out, BaseException):
-                answer(r, Status.MODEL_ERROR, f"{type(out).__name__}: {out}", timing=timing)
+                answer(r, _MODEL_ERROR, f"{type(out).__name__}: {out}", timing=timing)
             else:
-                answer(r, Status.OK, outputs=out, timing=timing)
+                answer(r, _OK, outputs=out, timing=timing)
         self._after_batch()
 
     def _failed(self, model: str, batch: list[InferenceRequest], error: BaseException) -> None:
