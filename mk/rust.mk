@@ -13,7 +13,8 @@ proto-check: proto-check-rust
 test-rust: $(VENV)/.stamp
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy -p inferential --all-targets -- -D warnings
-	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) $(CARGO) test -p inferential
+	$(CARGO) clippy -p inferential --all-targets --all-features -- -D warnings
+	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) $(CARGO) test -p inferential --all-features
 
 # Regenerate the committed prost code from proto/ (prost-build runs protoc).
 proto-rust:

@@ -26,21 +26,21 @@ pub struct Connection {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     endpoint: String,
     client_id: String,
     client_type: String,
     auth_token: String,
     single_payload_frame: bool,
-    send_timeout_ms: u32,
+    pub(crate) send_timeout_ms: u32,
     limits: Limits,
     state: Mutex<State>,
 }
 
-struct State {
+pub(crate) struct State {
     // None once closed.
     socket: Option<zmq::Socket>,
-    matcher: Matcher,
+    pub(crate) matcher: Matcher,
 }
 
 impl std::fmt::Debug for State {
@@ -280,6 +280,11 @@ impl Connection {
         ServerInfo::from_reply(&reply)
     }
 
+    #[cfg(feature = "tokio")]
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// The endpoint, with its scheme.
     pub fn endpoint(&self) -> &str {
         &self.shared.endpoint
@@ -362,14 +367,7 @@ impl Shared {
             Err(err) => {
                 state.matcher.untrack(rid);
                 let err = if is_again(&err) {
-                    Error::new(
-                        ErrorKind::ServerUnavailable,
-                        format!(
-                            "no server at {} accepted the observation within {} ms \
-                             (not connected, or not reading)",
-                            self.endpoint, self.send_timeout_ms
-                        ),
-                    )
+                    self.unavailable()
                 } else {
                     Error::from(err)
                 };
@@ -397,13 +395,24 @@ impl Shared {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn unavailable(&self) -> Error {
+        Error::new(
+            ErrorKind::ServerUnavailable,
+            format!(
+                "no server at {} accepted the observation within {} ms \
+                 (not connected, or not reading)",
+                self.endpoint, self.send_timeout_ms
+            ),
+        )
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic in user code while locked cannot leave the state half-updated (no user
         // code runs under the lock), so a poisoned lock is still consistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_open(&self) -> Result<MutexGuard<'_, State>> {
+    pub(crate) fn lock_open(&self) -> Result<MutexGuard<'_, State>> {
         let state = self.lock();
         if state.socket.is_none() {
             return Err(Error::new(
@@ -416,14 +425,14 @@ impl Shared {
 }
 
 impl State {
-    fn socket(&self) -> Result<&zmq::Socket> {
+    pub(crate) fn socket(&self) -> Result<&zmq::Socket> {
         self.socket
             .as_ref()
             .ok_or_else(|| Error::new(ErrorKind::Closed, "connection is closed"))
     }
 
     /// Routes every message waiting on the socket, without blocking.
-    fn drain(&mut self) -> Result<()> {
+    pub(crate) fn drain(&mut self) -> Result<()> {
         let Some(socket) = self.socket.as_ref() else {
             return Ok(());
         };
@@ -440,6 +449,36 @@ impl State {
             }
             self.matcher.on_reply(&frames, Instant::now());
         }
+    }
+
+    /// Sends one message without blocking: `Ok(false)` when no connected server can take
+    /// it now and the socket says it is not writable (wait for its descriptor, then retry).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_send(&mut self, frames: &[Vec<u8>]) -> Result<bool> {
+        let socket = self.socket()?;
+        let last = frames.len().saturating_sub(1);
+        for (i, f) in frames.iter().enumerate() {
+            let flags = zmq::DONTWAIT | if i < last { zmq::SNDMORE } else { 0 };
+            match socket.send(&f[..], flags) {
+                Ok(()) => {}
+                // Only the first frame can be refused: then nothing of the message is queued.
+                Err(err) if is_again(&err) && i == 0 => {
+                    return match socket.get_events()?.contains(zmq::POLLOUT) {
+                        true => self.try_send(frames),
+                        false => Ok(false),
+                    };
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether a message is waiting (also resets the descriptor's edge: call it before
+    /// sleeping on the descriptor).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn readable(&self) -> Result<bool> {
+        Ok(self.socket()?.get_events()?.contains(zmq::POLLIN))
     }
 
     /// Waits up to `timeout` for input on the socket.
@@ -466,7 +505,7 @@ pub struct Model {
     control_rate_hz: Option<f32>,
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -510,6 +549,30 @@ impl Model {
         &self.model_id
     }
 
+    #[cfg(feature = "tokio")]
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The envelope fields of this handle (request id and timestamp are the caller's).
+    pub(crate) fn encode_params<'s>(&'s self, shared: &'s Shared) -> EncodeParams<'s> {
+        EncodeParams {
+            client_id: &shared.client_id,
+            client_type: &shared.client_type,
+            model_id: &self.model_id,
+            request_id: 0,
+            timestamp_ns: 0,
+            latency_budget_ms: self.latency_budget_ms,
+            priority: self.priority,
+            deadline_ns: self.deadline_ns,
+            actions_remaining: self.actions_remaining,
+            control_rate_hz: self.control_rate_hz,
+            auth_token: &shared.auth_token,
+            single_payload_frame: shared.single_payload_frame,
+            limits: shared.limits,
+        }
+    }
+
     /// The connection this handle sends on.
     pub fn connection(&self) -> Connection {
         Connection {
@@ -532,19 +595,9 @@ impl Model {
         let mut state = shared.lock_open()?;
         let rid = state.matcher.next_request_id();
         let params = EncodeParams {
-            client_id: &shared.client_id,
-            client_type: &shared.client_type,
-            model_id: &self.model_id,
             request_id: rid.0,
             timestamp_ns: now_ns(),
-            latency_budget_ms: self.latency_budget_ms,
-            priority: self.priority,
-            deadline_ns: self.deadline_ns,
-            actions_remaining: self.actions_remaining,
-            control_rate_hz: self.control_rate_hz,
-            auth_token: &shared.auth_token,
-            single_payload_frame: shared.single_payload_frame,
-            limits: shared.limits,
+            ..self.encode_params(shared)
         };
         let frames = encode_observation(&params, obs)?;
         let frames: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();

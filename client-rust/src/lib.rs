@@ -28,7 +28,9 @@
     clippy::panic,
     clippy::indexing_slicing
 )]
-#![forbid(unsafe_code)]
+// Only `aio` (the tokio feature) has unsafe code: registering a descriptor with tokio.
+#![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     test,
     allow(
@@ -44,6 +46,8 @@
 #[cfg(target_endian = "big")]
 compile_error!("inferential supports little-endian targets only");
 
+#[cfg(feature = "tokio")]
+mod aio;
 pub mod chunks;
 pub mod codec;
 mod connection;
@@ -61,6 +65,8 @@ mod generated {
 }
 pub(crate) use generated as pb;
 
+#[cfg(feature = "tokio")]
+pub use aio::{AsyncConnection, AsyncModel};
 pub use connection::{Connection, Model, ServerInfo, SocketOptions, Stats};
 pub use error::{Error, ErrorKind, Result};
 pub use options::ConnectionBuilder;
