@@ -115,8 +115,8 @@ std::string normalize_endpoint(const std::string& endpoint) {
 
 Result<Connection> Connection::create(Options options) noexcept {
   try {
-    if (options.client_id.empty()) options.client_id = default_client_id();
     if (auto v = validate(options); !v) return std::move(v).error();
+    if (!options.client_id) options.client_id = default_client_id();
     options.endpoint = normalize_endpoint(options.endpoint);
     auto state = std::make_shared<detail::ConnectionState>();
     state->options = options;
@@ -217,9 +217,9 @@ Result<Model> Connection::model(std::string model_id, ModelOptions options) cons
     }
     const Limits& l = state_->options.limits;
     if (model_id.empty()) return make_error(ErrorKind::invalid_argument, "model_id is empty");
-    if (model_id.size() > l.max_key_bytes)
+    if (model_id.size() > l.max_id_bytes)
       return make_error(ErrorKind::invalid_argument,
-                        "model_id is longer than " + std::to_string(l.max_key_bytes) + " bytes");
+                        "model_id is longer than " + std::to_string(l.max_id_bytes) + " bytes");
     if (!is_valid_utf8(model_id)) return make_error(ErrorKind::invalid_argument, "model_id is not valid UTF-8");
     if (!std::isfinite(options.latency_budget_ms) || options.latency_budget_ms < 0.0f)
       return make_error(ErrorKind::invalid_argument, "latency_budget_ms must be finite and >= 0");
@@ -229,32 +229,37 @@ Result<Model> Connection::model(std::string model_id, ModelOptions options) cons
   }
 }
 
-// --- Model ----------------------------------------------------------------------------
+// --- sending and waiting (shared by models and server_info) ----------------------------
 
-Result<std::uint64_t> Model::send(const Observation& obs, bool awaited) const {
-  auto& s = *state_;
-  // The lock is held from id assignment to the send, so ids leave in increasing order.
+namespace {
+
+// Assigns the next request id, encodes with it and sends. The lock is held from id
+// assignment to the send, so ids leave in increasing order.
+Result<std::uint64_t> send_observation(detail::ConnectionState& s, const std::string& model_id,
+                                       const ModelOptions& model, const Observation& obs, bool awaited,
+                                       bool describe) {
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.closed) return closed_error(&s.options);
   drain(s);
   const std::uint64_t rid = s.matcher.next_request_id();
   EnvelopeFields f;
-  f.client_id = s.options.client_id;
+  f.client_id = *s.options.client_id;
   f.client_type = s.options.client_type;
-  f.model_id = model_id_;
+  f.model_id = model_id;
   f.request_id = rid;
-  f.latency_budget_ms = options_.latency_budget_ms;
-  f.priority = options_.priority;
+  f.latency_budget_ms = model.latency_budget_ms;
+  f.priority = model.priority;
   f.auth_token = s.options.auth_token;
   f.timestamp_ns = unix_now_ns();
   f.single_payload_frame = s.options.single_payload_frame;
+  f.describe = describe;
   auto frames = encode_observation(f, obs, s.options.limits);
   if (!frames) {
     Error e = std::move(frames).error();
-    e.model_id = model_id_;
+    e.model_id = model_id;
     return e;
   }
-  s.matcher.track(rid, model_id_, awaited, now_ns());
+  s.matcher.track(rid, model_id, awaited, now_ns());
   try {
     auto& parts = frames.value();
     for (std::size_t i = 0; i < parts.size(); ++i) {
@@ -266,18 +271,99 @@ Result<std::uint64_t> Model::send(const Observation& obs, bool awaited) const {
         return make_error(ErrorKind::server_unavailable,
                           "no server at " + s.options.endpoint + " accepted the observation within " +
                               std::to_string(s.options.send_timeout_ms) + " ms (not connected, or not reading)",
-                          rid, model_id_);
+                          rid, model_id);
       }
     }
   } catch (...) {
     s.matcher.send_failed(rid);
     Error e = from_exception("observe");
     e.request_id = rid;
-    e.model_id = model_id_;
+    e.model_id = model_id;
     return e;
   }
   s.matcher.sent();
   return rid;
+}
+
+// Waits for the reply to exactly `rid` (its reply never reaches get_result()).
+Result<Reply> await_reply(detail::ConnectionState& s, std::uint64_t rid, const std::string& model_id, int wait) {
+  const auto until = Clock::now() + std::chrono::milliseconds(wait);
+  while (true) {
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (s.closed) return closed_error(&s.options);
+    drain(s);
+    if (auto got = s.matcher.take_awaited(rid)) {
+      if (!*got) return std::move(*got).error();
+      Reply reply = std::move(got->value());
+      if (auto err = error_for_reply(reply)) return std::move(*err);
+      return reply;
+    }
+    if (Clock::now() >= until) {
+      s.matcher.abandon(rid);
+      return make_error(ErrorKind::timeout,
+                        "no reply to request " + std::to_string(rid) + " from model '" + model_id + "' within " +
+                            std::to_string(wait) + " ms",
+                        rid, model_id);
+    }
+    poll_slice(s, until);
+  }
+}
+
+std::optional<std::size_t> parse_count(const std::map<std::string, std::string>& m, const char* key) {
+  auto it = m.find(key);
+  if (it == m.end() || it->second.empty() || it->second.size() > 19 ||
+      it->second.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
+  return static_cast<std::size_t>(std::stoull(it->second));
+}
+
+}  // namespace
+
+Result<ServerInfo> Connection::server_info(std::optional<int> timeout_ms) const noexcept {
+  try {
+    if (!state_) return closed_error(nullptr);
+    auto& s = *state_;
+    const int wait = std::max(0, timeout_ms.value_or(s.options.request_timeout_ms));
+    auto rid = send_observation(s, "", ModelOptions{}, Observation(), true, true);
+    if (!rid) return std::move(rid).error();
+    auto reply = await_reply(s, *rid, "", wait);
+    if (!reply) return std::move(reply).error();
+    ServerInfo info;
+    info.metadata = reply->metadata;
+    info.server = reply->metadata.count("server") ? reply->metadata.at("server") : std::string();
+    struct Field {
+      const char* key;
+      std::size_t* to;
+    };
+    Limits& l = info.limits;
+    const Field fields[] = {{"max_message_bytes", &l.max_message_bytes},
+                            {"max_payload_frames", &l.max_payload_frames},
+                            {"max_tensors", &l.max_tensors},
+                            {"max_dims", &l.max_dims},
+                            {"max_key_bytes", &l.max_key_bytes},
+                            {"max_metadata_entries", &l.max_metadata_entries},
+                            {"max_metadata_value_bytes", &l.max_metadata_value_bytes},
+                            {"max_id_bytes", &l.max_id_bytes},
+                            {"max_auth_token_bytes", &l.max_auth_token_bytes}};
+    auto version = parse_count(info.metadata, "protocol_version");
+    if (!version || *version > UINT32_MAX)
+      return make_error(ErrorKind::protocol, "describe reply without a protocol_version", *rid);
+    info.protocol_version = static_cast<std::uint32_t>(*version);
+    for (const auto& f : fields) {
+      auto v = parse_count(info.metadata, f.key);
+      if (!v) return make_error(ErrorKind::protocol, std::string("describe reply without a valid ") + f.key, *rid);
+      *f.to = *v;
+    }
+    return info;
+  } catch (...) {
+    return from_exception("server_info");
+  }
+}
+
+// --- Model ----------------------------------------------------------------------------
+
+Result<std::uint64_t> Model::send(const Observation& obs, bool awaited) const {
+  return send_observation(*state_, model_id_, options_, obs, awaited, false);
 }
 
 Result<std::uint64_t> Model::observe(const Observation& observation) const noexcept {
@@ -314,30 +400,10 @@ Result<std::optional<Reply>> Model::get_result(std::optional<int> timeout_ms) co
 Result<Reply> Model::request(const Observation& observation, std::optional<int> timeout_ms) const noexcept {
   try {
     if (!state_) return closed_error(nullptr);
-    auto& s = *state_;
-    const int wait = std::max(0, timeout_ms.value_or(s.options.request_timeout_ms));
+    const int wait = std::max(0, timeout_ms.value_or(state_->options.request_timeout_ms));
     auto rid = send(observation, true);
     if (!rid) return std::move(rid).error();
-    const auto until = Clock::now() + std::chrono::milliseconds(wait);
-    while (true) {
-      std::lock_guard<std::mutex> lock(s.mu);
-      if (s.closed) return closed_error(&s.options);
-      drain(s);
-      if (auto got = s.matcher.take_awaited(*rid)) {
-        if (!*got) return std::move(*got).error();
-        Reply reply = std::move(got->value());
-        if (auto err = error_for_reply(reply)) return std::move(*err);
-        return reply;
-      }
-      if (Clock::now() >= until) {
-        s.matcher.abandon(*rid);
-        return make_error(ErrorKind::timeout,
-                          "no reply to request " + std::to_string(*rid) + " from model '" + model_id_ +
-                              "' within " + std::to_string(wait) + " ms",
-                          *rid, model_id_);
-      }
-      poll_slice(s, until);
-    }
+    return await_reply(*state_, *rid, model_id_, wait);
   } catch (...) {
     return from_exception("request");
   }

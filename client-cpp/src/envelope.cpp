@@ -107,9 +107,10 @@ void release_owner(void* /*data*/, void* hint) { delete static_cast<std::shared_
 Result<std::vector<zmq::message_t>> encode_observation(const EnvelopeFields& f, const Observation& obs,
                                                        const Limits& limits) noexcept {
   try {
-    if (auto e = check_text("client_id", f.client_id, limits.max_key_bytes, true)) return invalid(*e);
+    if (auto e = check_text("client_id", f.client_id, limits.max_id_bytes, true)) return invalid(*e);
     if (auto e = check_text("client_type", f.client_type, limits.max_client_type_bytes, false)) return invalid(*e);
-    if (auto e = check_text("model_id", f.model_id, limits.max_key_bytes, true)) return invalid(*e);
+    if (auto e = check_text("model_id", f.model_id, limits.max_id_bytes, !f.describe)) return invalid(*e);
+    if (f.describe && !f.model_id.empty()) return invalid("a describe request has an empty model_id");
     if (auto e = check_text("auth_token", f.auth_token, limits.max_auth_token_bytes, false)) return invalid(*e);
     if (!finite_non_negative(obs.urgency())) return invalid("urgency must be finite and >= 0");
     if (!finite_non_negative(f.latency_budget_ms)) return invalid("latency_budget_ms must be finite and >= 0");
@@ -129,6 +130,7 @@ Result<std::vector<zmq::message_t>> encode_observation(const EnvelopeFields& f, 
     env.set_model_id(f.model_id);
     if (obs.steps_remaining()) env.set_steps_remaining(*obs.steps_remaining());
     for (const auto& [k, v] : obs.metadata()) (*env.mutable_metadata())[k] = v;
+    if (f.describe) (*env.mutable_metadata())[kDescribeKey] = "1";
     env.set_priority(obs.priority().value_or(f.priority));
     env.set_request_id(f.request_id);
     env.set_protocol_version(kProtocolVersion);

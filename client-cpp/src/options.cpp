@@ -28,9 +28,12 @@ Result<void> validate(const Options& o) {
     return bad("Options.reconnect_ivl_max_ms must be 0 or >= reconnect_ivl_ms (" +
                std::to_string(o.reconnect_ivl_max_ms) + " < " + std::to_string(o.reconnect_ivl_ms) + ")");
   const Limits& l = o.limits;
-  if (o.client_id.size() > l.max_key_bytes)
-    return bad("Options.client_id is longer than " + std::to_string(l.max_key_bytes) + " bytes");
-  if (!is_valid_utf8(o.client_id)) return bad("Options.client_id is not valid UTF-8");
+  if (o.client_id) {
+    if (o.client_id->empty()) return bad("Options.client_id is empty; leave it unset to generate one");
+    if (o.client_id->size() > l.max_id_bytes)
+      return bad("Options.client_id is longer than " + std::to_string(l.max_id_bytes) + " bytes");
+    if (!is_valid_utf8(*o.client_id)) return bad("Options.client_id is not valid UTF-8");
+  }
   if (o.client_type.size() > l.max_client_type_bytes)
     return bad("Options.client_type is longer than " + std::to_string(l.max_client_type_bytes) + " bytes");
   if (!is_valid_utf8(o.client_type)) return bad("Options.client_type is not valid UTF-8");

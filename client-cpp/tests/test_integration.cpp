@@ -44,7 +44,7 @@ class Integration : public ::testing::Test {
 
   static inf::Connection connect(inf::Options o = {}) {
     o.endpoint = server_->endpoint();
-    if (o.client_id.empty()) o.client_id = "cpp-test";
+    if (!o.client_id) o.client_id = "cpp-test";
     auto c = inf::Connection::create(o);
     EXPECT_TRUE(c.ok()) << c.error().to_string();
     return std::move(c).value();
@@ -236,6 +236,38 @@ TEST_F(Integration, ThreadsShareOneConnectionSafely) {
   EXPECT_EQ(conn.stats().sent, 3u * kEach);
 }
 
+TEST_F(Integration, ServerInfoReportsTheProtocolVersionAndLimits) {
+  auto conn = connect();
+  auto info = conn.server_info(5000);
+  ASSERT_TRUE(info.ok()) << info.error().to_string();
+  EXPECT_EQ(info->protocol_version, inf::kProtocolVersion);
+  EXPECT_EQ(info->server.rfind("inferential", 0), 0u) << info->server;
+  const inf::Limits defaults;  // the test server runs with the spec's defaults, as the client does
+  EXPECT_EQ(info->limits.max_message_bytes, defaults.max_message_bytes);
+  EXPECT_EQ(info->limits.max_tensors, defaults.max_tensors);
+  EXPECT_EQ(info->limits.max_id_bytes, defaults.max_id_bytes);
+  EXPECT_EQ(info->limits.max_auth_token_bytes, defaults.max_auth_token_bytes);
+  auto stats = conn.stats();
+  EXPECT_EQ(stats.by_status[inf::status::ok], 1u);
+  EXPECT_EQ(stats.unknown_dropped + stats.malformed_dropped, 0u);
+}
+
+TEST(ServerInfo, APeerThatNeverAnswersIsATimeout) {
+  // Like a 1.x server: it takes the describe request and never answers it.
+  zmq::context_t ctx;
+  zmq::socket_t silent(ctx, zmq::socket_type::router);
+  silent.set(zmq::sockopt::linger, 0);
+  silent.bind("tcp://127.0.0.1:*");
+  inf::Options o;
+  o.endpoint = silent.get(zmq::sockopt::last_endpoint);
+  auto c = inf::Connection::create(o);
+  ASSERT_TRUE(c.ok());
+  auto info = c->server_info(100);
+  ASSERT_FALSE(info.ok());
+  EXPECT_EQ(info.error().kind, inf::ErrorKind::timeout);
+  EXPECT_EQ(c->stats().sent, 1u);
+}
+
 TEST_F(Integration, SocketOptionsAreThoseOfTheSpec) {
   auto conn = connect();
   auto o = conn.socket_options();
@@ -262,6 +294,13 @@ TEST(Options, ReconnectIntervalZeroIsRefused) {
   o.reconnect_ivl_ms = 200;
   o.reconnect_ivl_max_ms = 100;
   EXPECT_EQ(inf::Connection::create(o).error().kind, inf::ErrorKind::invalid_argument);
+  o.reconnect_ivl_max_ms = 5000;
+  o.client_id = "";
+  EXPECT_EQ(inf::Connection::create(o).error().kind, inf::ErrorKind::invalid_argument);
+  o.client_id.reset();
+  auto generated = inf::Connection::create(o);
+  ASSERT_TRUE(generated.ok());
+  EXPECT_FALSE(generated->options().client_id->empty());  // "{host}-{pid}-{hex}"
 }
 
 TEST(Unavailable, SendWhileNoServerIsBoundedBySendTimeout) {

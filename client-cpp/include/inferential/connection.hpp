@@ -56,6 +56,14 @@ struct SocketOptions {
 
 class Model;
 
+// What a server says about itself in answer to a describe request (docs/protocol.md §12).
+struct ServerInfo {
+  std::uint32_t protocol_version = 0;
+  std::string server;  // e.g. "inferential-server/2.0.0"
+  Limits limits;       // the limits in force on the server
+  std::map<std::string, std::string> metadata;  // everything it sent
+};
+
 class Connection {
  public:
   // Validates the options, opens a DEALER and connects it (libzmq connects in the
@@ -70,6 +78,10 @@ class Connection {
 
   // A handle for one model; handles of the same model_id share its replies.
   [[nodiscard]] Result<Model> model(std::string model_id, ModelOptions options = {}) const noexcept;
+
+  // Asks the server for its protocol version and limits (a describe request, answered
+  // without scheduling). A 1.x server never answers: timeout (default request_timeout_ms).
+  [[nodiscard]] Result<ServerInfo> server_info(std::optional<int> timeout_ms = std::nullopt) const noexcept;
 
   // Counters (a snapshot).
   [[nodiscard]] Stats stats() const noexcept;

@@ -101,7 +101,12 @@ struct EnvelopeFields {
   std::string auth_token;
   std::uint64_t timestamp_ns = 0;
   bool single_payload_frame = false;
+  // A describe request (docs/protocol.md §12): empty model_id, the describe metadata entry added.
+  bool describe = false;
 };
+
+// The metadata key that makes an observation a describe request.
+inline constexpr const char* kDescribeKey = "inferential.describe";
 
 // The frames ["", envelope, payload...] a DEALER sends. Each tensor starts at an
 // offset that is a multiple of its item size within its frame (zero padding in

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "inferential/errors.hpp"
@@ -12,8 +13,9 @@ namespace inferential {
 struct Options {
   // "tcp://host:port" or "ipc://path"; without a scheme, tcp:// is assumed.
   std::string endpoint = "tcp://127.0.0.1:5555";
-  // The robot's name as the server sees it; empty generates "{host}-{pid}-{6 hex}".
-  std::string client_id;
+  // The robot's name as the server sees it (non-empty); unset: "{host}-{pid}-{6 hex}"
+  // (default_client_id()). Connection::options() shows the one in use.
+  std::optional<std::string> client_id;
   std::string client_type;  // free-form ("arm", "sensor")
 
   // Reconnection (docs/protocol.md §8): after a failed or lost connection libzmq waits

@@ -104,7 +104,8 @@ struct Limits {
   std::size_t max_tensors = 64;
   std::size_t max_payload_frames = 64;
   std::size_t max_dims = 8;
-  std::size_t max_key_bytes = 256;  // tensor keys, metadata keys, client id, model id
+  std::size_t max_key_bytes = 256;  // tensor keys, metadata keys
+  std::size_t max_id_bytes = 256;   // client id, model id
   std::size_t max_metadata_entries = 64;
   std::size_t max_metadata_value_bytes = 4096;
   std::size_t max_client_type_bytes = 256;

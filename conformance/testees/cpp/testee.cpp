@@ -222,6 +222,26 @@ class Testee {
       if (!got) return fail(got.error());
       return {{"reply", got->has_value() ? reply_json(**got) : json(nullptr)}};
     }
+    if (cmd == "server_info") {
+      std::optional<int> timeout;
+      if (args.contains("timeout_ms") && !args["timeout_ms"].is_null()) timeout = integer<int>(args["timeout_ms"], "timeout_ms");
+      auto info = need_connection().server_info(timeout);
+      if (!info) return fail(info.error());
+      const auto& l = info->limits;
+      return {{"info",
+               {{"protocol_version", info->protocol_version},
+                {"server", info->server},
+                {"limits",
+                 {{"max_message_bytes", l.max_message_bytes},
+                  {"max_payload_frames", l.max_payload_frames},
+                  {"max_tensors", l.max_tensors},
+                  {"max_dims", l.max_dims},
+                  {"max_key_bytes", l.max_key_bytes},
+                  {"max_metadata_entries", l.max_metadata_entries},
+                  {"max_metadata_value_bytes", l.max_metadata_value_bytes},
+                  {"max_id_bytes", l.max_id_bytes},
+                  {"max_auth_token_bytes", l.max_auth_token_bytes}}}}}};
+    }
     if (cmd == "stats") {
       auto s = need_connection().stats();
       json by_status = json::object();
@@ -282,8 +302,6 @@ class Testee {
     if (opts.contains("client_id") && !opts["client_id"].is_null()) {
       if (opts["client_id"].is_number()) o.client_id = std::to_string(integer<long long>(opts["client_id"], "client_id"));
       else o.client_id = opts["client_id"].get<std::string>();
-      // The C++ API reads an empty client_id as "generate one"; the protocol refuses it.
-      if (o.client_id.empty()) return fail_kind("invalid_argument", "client_id is empty");
     }
     if (opts.contains("client_type") && !opts["client_type"].is_null()) o.client_type = opts["client_type"].get<std::string>();
     int_opt("reconnect_ivl_ms", o.reconnect_ivl_ms);
