@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import textwrap
 import threading
 import time
@@ -44,10 +45,16 @@ def test_readme_server_quickstart_serves_a_serve_application(backend, capsys):
     )
     namespace: dict = {}
     errors: list[BaseException] = []
+    # The snippet as printed, on a free port instead of the README's 5555.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert SERVER_QUICKSTART.count('"tcp://*:5555"') == 1
+    snippet = SERVER_QUICKSTART.replace('"tcp://*:5555"', repr(f"tcp://127.0.0.1:{port}"))
 
     def run_snippet() -> None:
         try:
-            exec(compile(textwrap.dedent(SERVER_QUICKSTART), "<README>", "exec"), namespace)
+            exec(compile(textwrap.dedent(snippet), "<README>", "exec"), namespace)
         except BaseException as err:  # surfaced by the assertions below
             errors.append(err)
 
@@ -60,7 +67,7 @@ def test_readme_server_quickstart_serves_a_serve_application(backend, capsys):
             time.sleep(0.1)
         server = namespace["server"]
         assert server.ready
-        with Connection(server="tcp://localhost:5555", client_id="agent-01", client_type="sensor") as conn:
+        with Connection(server=f"tcp://127.0.0.1:{port}", client_id="agent-01", client_type="sensor") as conn:
             model = conn.model("policy-v2", latency_budget_ms=30.0)
             result = model.request(timeout_ms=10_000, sensor_readings=np.zeros(7, np.float32))
         assert result.ok and result["actions"].shape == (7,)
