@@ -29,7 +29,7 @@ proto-check-rust:
 
 # The crate as it would be published (builds the packaged sources on their own).
 package-rust:
-	$(CARGO) package -p inferential --allow-dirty
+	$(CARGO) package -p inferential
 
 # The conformance testee (conformance/testees/rust, a maturin-built pyo3 module) installed
 # into the venv; `make conformance` builds it first and runs the rust column.

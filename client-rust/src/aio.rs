@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 
 use crate::codec::{encode_observation, EncodeParams};
-use crate::connection::{now_ns, Connection, Shared};
+use crate::connection::{deadline_after, now_ns, Connection, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::matching::Stats;
 use crate::options::ConnectionBuilder;
@@ -122,6 +122,20 @@ impl std::fmt::Debug for AsyncModel {
     }
 }
 
+/// Abandons an awaited request when its `request()` future is dropped before the end.
+struct Abandon<'a> {
+    shared: &'a Shared,
+    rid: Option<RequestId>,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Some(rid) = self.rid.take() {
+            self.shared.lock().matcher.abandon(rid);
+        }
+    }
+}
+
 /// What a wait on the socket found.
 enum Woke {
     Ready,
@@ -221,7 +235,7 @@ impl AsyncModel {
                 .track(rid, self.model.model_id(), awaited, Instant::now());
             (rid, frames)
         };
-        let deadline = Instant::now() + Duration::from_millis(u64::from(shared.send_timeout_ms));
+        let deadline = deadline_after(Duration::from_millis(u64::from(shared.send_timeout_ms)));
         loop {
             {
                 let mut state = shared.lock_open()?;
@@ -250,7 +264,7 @@ impl AsyncModel {
     /// The newest reply for this model not yet returned, waiting up to `timeout`; same
     /// rules as [`crate::Model::get_result`].
     pub async fn get_result(&self, timeout: Duration) -> Result<Option<Reply>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         loop {
             {
                 let mut state = self.shared().lock_open()?;
@@ -272,15 +286,23 @@ impl AsyncModel {
     /// [`crate::Model::request`].
     pub async fn request(&self, obs: &Observation<'_>, timeout: Duration) -> Result<Reply> {
         let rid = self.send(obs, true).await?;
-        let deadline = Instant::now() + timeout;
+        // If this future is dropped while waiting, the request is abandoned: its late reply
+        // is counted stale instead of being kept for a waiter that is gone.
+        let mut guard = Abandon {
+            shared: self.shared(),
+            rid: Some(rid),
+        };
+        let deadline = deadline_after(timeout);
         loop {
             {
                 let mut state = self.shared().lock_open()?;
                 state.drain()?;
                 if let Some(got) = state.matcher.take_awaited(rid) {
+                    guard.rid = None;
                     return got.and_then(Reply::into_result);
                 }
                 if Instant::now() >= deadline {
+                    guard.rid = None;
                     state.matcher.abandon(rid);
                     return Err(Error::new(
                         ErrorKind::Timeout,

@@ -25,7 +25,6 @@ pub struct Connection {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
 pub(crate) struct Shared {
     endpoint: String,
     client_id: String,
@@ -335,6 +334,18 @@ impl Connection {
     }
 }
 
+impl std::fmt::Debug for Shared {
+    // Leaves out the auth token: connections end up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_type", &self.client_type)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Shared {
     /// Sends one message for request `rid`, tracked before it leaves so no reply can
     /// outrun it; `server_unavailable` when no connected server takes it in time.
@@ -379,7 +390,7 @@ impl Shared {
     /// The reply to the awaited request `rid`, or `None` after `timeout` (the request is
     /// then abandoned: a late reply counts stale).
     fn await_reply(&self, rid: RequestId, timeout: Duration) -> Result<Option<Result<Reply>>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut state = self.lock_open()?;
         loop {
             state.drain()?;
@@ -505,6 +516,14 @@ pub struct Model {
     control_rate_hz: Option<f32>,
 }
 
+/// `now + timeout`, saturating far in the future instead of overflowing (`Duration::MAX`).
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
+        .unwrap_or(now)
+}
+
 pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -613,7 +632,7 @@ impl Model {
     /// skipped (the newer observation's reply follows). Any other non-OK reply is
     /// returned as the error of its status.
     pub fn get_result(&self, timeout: Duration) -> Result<Option<Reply>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut state = self.shared.lock_open()?;
         loop {
             state.drain()?;

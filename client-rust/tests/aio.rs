@@ -106,3 +106,39 @@ async fn an_async_send_goes_out_once_the_server_comes_up_within_the_send_timeout
     assert_eq!(reply.metadata().get("k").map(String::as_str), Some("v"));
     drop(server.await.unwrap());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_request_future_abandons_its_request() {
+    // A bare ROUTER that answers request 1 only when told to, after the caller gave up.
+    let ctx = zmq::Context::new();
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.bind("tcp://127.0.0.1:*").unwrap();
+    let endpoint = router.get_last_endpoint().unwrap().unwrap();
+    let (go, wait_go) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let frames = router.recv_multipart(0).unwrap();
+        wait_go.recv().unwrap();
+        // ModelResponse { model_id: "echo", request_id: 1, status: OK, protocol_version: 2 }
+        let envelope = [&[0x32, 4][..], b"echo", &[0x40, 1, 0x48, 1, 0x60, 2]].concat();
+        router
+            .send_multipart([frames[0].clone(), Vec::new(), envelope], 0)
+            .unwrap();
+        router // kept open by the test until the reply is read
+    });
+    let conn = Connection::builder(&endpoint).connect_async().unwrap();
+    let echo = conn.model("echo").unwrap();
+    let obs = Observation::new();
+    tokio::select! {
+        _ = echo.request(&obs, WAIT) => panic!("answered before the peer was told to"),
+        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+    }
+    go.send(()).unwrap();
+    let _router = peer.join().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while conn.stats().received < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = conn.stats();
+    assert_eq!((s.sent, s.received, s.stale_dropped), (1, 1, 1));
+    assert!(echo.get_result(Duration::ZERO).await.unwrap().is_none());
+}
