@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +38,33 @@ def main() -> int:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     server = subprocess.Popen(
         [str(cli), "serve", "--bind", endpoint, "--model", "noop=inferential.models.testing:NoOp"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
+    log: list[str] = []
+    # Reading its output blocks: a server that hangs silently is killed, which ends the read.
+    watchdog = threading.Timer(120.0, server.kill)
+    watchdog.start()
     try:
+        # The server logs "serving models ..." once it is bound and its model loaded.
+        assert server.stdout is not None
+        for line in server.stdout:
+            log.append(line)
+            if "serving models" in line:
+                break
+        else:
+            raise AssertionError("inferential serve exited before serving:\n" + "".join(log))
         with Connection(server=endpoint, client_id="wheel-check") as conn:
-            # Generous: the server imports and loads its model after the client connects.
-            result = conn.model("noop").request(timeout_ms=60_000, x=np.zeros(3, np.float32))
+            result = conn.model("noop").request(timeout_ms=10_000, x=np.zeros(3, np.float32))
         assert result.ok, result
     finally:
+        watchdog.cancel()
         server.send_signal(signal.SIGTERM)
-        _, err = server.communicate(timeout=60)
+        rest, _ = server.communicate(timeout=60)
+        log.append(rest or "")
     if server.returncode != 0:
-        print(err, file=sys.stderr)
+        print("".join(log), file=sys.stderr)
         return 1
     print(f"check-wheels: `inferential --help`, `inferential serve` and a round trip work from the wheels ({package})")
     return 0
