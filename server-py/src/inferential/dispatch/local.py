@@ -57,7 +57,7 @@ class _Loaded:
         self.fast_runs = 0
         self.inline = False
         self.ejections = 0
-        self.allow_inline = bool(getattr(model, "allow_inline", True))
+        self.allow_inline = bool(model.allow_inline)
 
     def observe_run(self, ms: float, below_ms: float) -> None:
         """Track run times; decide whether the next batch runs inline."""
