@@ -36,7 +36,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from inferential.config.schema import ModelConfig, RayConfig
-from inferential.dispatch.ray_backend import RayBackend
+from inferential.dispatch.ray.backend import RayBackend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ray_transfer.json"
 IMAGE_SHAPE = (224, 224, 3)

@@ -53,6 +53,7 @@ from _fleet import BASE_FIXED_MS, BASE_PER_ITEM_MS, FAST, MAX_BATCH, MODEL, SLOW
 
 from inferential.config.schema import SchedulingConfig  # noqa: E402
 from inferential.scheduler import InferenceRequest, create_scheduler, derive_deadline_ns  # noqa: E402
+from inferential.wire import Status  # noqa: E402
 
 LOADS = (0.5, 0.9, 1.2)
 CADENCE_ALPHA = 0.3
@@ -139,11 +140,11 @@ def simulate(name: str, extra: dict, load: float, seconds: float, seed: int, cri
     run = Run(name, load, scale=scale)
     by_seq: dict[int, Outcome] = {}
 
-    def on_shed(request: InferenceRequest, status: str, reason: str) -> None:
+    def on_shed(request: InferenceRequest, status: Status, reason: str) -> None:
         outcome = by_seq[request.seq]
         assert outcome.status == "QUEUED", f"request shed twice or after an answer: {outcome.status}"
-        outcome.status = status
-        run.sheds[status] += 1
+        outcome.status = status.name
+        run.sheds[status.name] += 1
 
     scheduler.on_shed = on_shed
 
