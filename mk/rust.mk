@@ -44,6 +44,7 @@ testee-rust: $(VENV)/.stamp
 # libFuzzer's run count; any crash leaves its input in client-rust/fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
 fuzz-rust:
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || CARGO_BUILD_JOBS=2 nice cargo install cargo-fuzz --locked
 	cd client-rust/fuzz && mkdir -p corpus/decode_reply && CARGO_BUILD_JOBS=2 nice cargo +nightly fuzz run \
 	  decode_reply corpus/decode_reply seeds -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 
