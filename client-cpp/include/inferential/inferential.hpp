@@ -1,6 +1,7 @@
 // The whole public API of the Inferential C++ client.
 #pragma once
 
+#include "inferential/chunks.hpp"
 #include "inferential/connection.hpp"
 #include "inferential/envelope.hpp"
 #include "inferential/errors.hpp"
