@@ -4,10 +4,12 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "inferential/inferential.hpp"
 
@@ -278,6 +280,7 @@ class Testee {
     if (cmd == "encode") return encode(args);
     if (cmd == "decode") return decode(args);
     if (cmd == "error_for") return error_for(args);
+    if (cmd == "chunk_queue") return chunk_queue(args);
     return fail_kind("unsupported", "unknown command '" + cmd + "'");
   }
 
@@ -375,6 +378,66 @@ class Testee {
     if (args.contains("retry_after_ms")) r.retry_after_ms = integer<std::uint32_t>(args["retry_after_ms"], "retry_after_ms");
     auto err = inf::error_for_reply(r);
     return {{"error", err ? error_json(*err) : json(nullptr)}};
+  }
+
+  // Builds a queue on a fake clock and runs the ops in order (no socket).
+  json chunk_queue(const json& args) {
+    const std::string blend_name = args.value("blend", std::string("latest"));
+    auto blend = inf::chunk_blend_from_name(blend_name);
+    if (!blend) throw BadInput("unknown blend '" + blend_name + "'");
+    // Shared with the clock function: the queue is moved out of its Result.
+    auto now_ns = std::make_shared<std::int64_t>(
+        args.contains("now_ns") && !args["now_ns"].is_null() ? integer<std::int64_t>(args["now_ns"], "now_ns") : 0);
+    inf::ChunkQueueOptions o;
+    o.blend = *blend;
+    if (args.contains("new_weight") && !args["new_weight"].is_null()) {
+      if (!args["new_weight"].is_number()) throw BadInput("new_weight: not a number");
+      o.new_weight = args["new_weight"].get<double>();
+    }
+    if (args.contains("start_step") && !args["start_step"].is_null())
+      o.start_step = integer<std::int64_t>(args["start_step"], "start_step");
+    o.clock = [now_ns] { return *now_ns; };
+    auto created = inf::ActionChunkQueue::create(std::move(o));
+    if (!created) return fail(created.error());
+    inf::ActionChunkQueue q = std::move(created).value();
+
+    json results = json::array();
+    for (const auto& op : args.at("ops")) {
+      if (!op.is_object() || op.size() != 1) throw BadInput("an op is an object with one key");
+      const auto entry = op.begin();
+      const std::string name = entry.key();
+      const json& body = entry.value();
+      if (name == "add") {
+        std::vector<std::vector<double>> rows;
+        for (const auto& row : body.at("rows")) {
+          rows.emplace_back();
+          for (const auto& x : row) {
+            if (!x.is_number()) throw BadInput("add: a row value is not a number");
+            rows.back().push_back(x.get<double>());
+          }
+        }
+        std::optional<std::int64_t> until;
+        if (body.contains("valid_until_ns") && !body["valid_until_ns"].is_null())
+          until = integer<std::int64_t>(body["valid_until_ns"], "valid_until_ns");
+        auto queued = q.add(rows, integer<std::int64_t>(body.at("start_step"), "start_step"), until);
+        if (!queued) return fail(queued.error());
+        results.push_back(*queued);
+      } else if (name == "pop") {
+        auto action = q.pop();
+        results.push_back(action ? json(*action) : json(nullptr));
+      } else if (name == "remaining") {
+        results.push_back(q.actions_remaining());
+      } else if (name == "now_ns") {
+        *now_ns = integer<std::int64_t>(body, "now_ns");
+        results.push_back(nullptr);
+      } else {
+        throw BadInput("unknown chunk_queue op '" + name + "'");
+      }
+    }
+    const auto& s = q.stats();
+    return {{"results", results},
+            {"stats",
+             {{"executed", s.executed}, {"underruns", s.underruns}, {"held", s.held}, {"merged", s.merged}, {"late", s.late}}}};
   }
 
   std::optional<inf::Connection> conn_;
