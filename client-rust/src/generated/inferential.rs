@@ -73,6 +73,10 @@ pub struct Observation {
     /// shared secret, when the server requires one
     #[prost(string, tag = "15")]
     pub auth_token: ::prost::alloc::string::String,
+    /// The robot's control step (0, 1, 2, ... at control_rate_hz) when the sensors were read.
+    /// Echoed as the reply's first_action_step: row 0 of the reply's chunk applies to it.
+    #[prost(uint64, optional, tag = "16")]
+    pub control_step: ::core::option::Option<u64>,
 }
 /// Server-side timing of one request, milliseconds.
 #[derive(Clone, Copy, PartialEq, ::prost::Message)]
@@ -137,6 +141,25 @@ pub struct ModelResponse {
     /// themselves: the robot decides.
     #[prost(uint32, tag = "15")]
     pub retry_after_ms: u32,
+    /// Action chunks (docs/protocol.md "Action chunks"). Set on OK replies only.
+    /// The observation's control_step, echoed: row 0 of the `actions` output applies to it.
+    #[prost(uint64, optional, tag = "16")]
+    pub first_action_step: ::core::option::Option<u64>,
+    /// 1000 / the observation's control_rate_hz; 0 when the robot sent no rate.
+    #[prost(float, tag = "17")]
+    pub action_period_ms: f32,
+    /// The server's prediction, made when the batch was dispatched, of arrival at the server ->
+    /// reply handed to the socket (plus the transport margin), in control steps; it is the
+    /// `inference_delay_steps` input the model was given, before rounding up. 0 without a rate.
+    #[prost(float, tag = "18")]
+    pub predicted_delay_steps: f32,
+    /// Measured: arrival at the server -> reply handed to the socket, in control steps. 0 without a rate.
+    #[prost(float, tag = "19")]
+    pub actual_delay_steps: f32,
+    /// Unix epoch ns (the robot's clock, from the observation's timestamp_ns) after which the
+    /// robot must not execute these actions; 0 = no limit.
+    #[prost(uint64, tag = "20")]
+    pub valid_until_ns: u64,
 }
 /// Element type of a tensor. The item_size option of each value is normative; every
 /// language's dtype table is generated from it.

@@ -108,7 +108,7 @@ class Tensor(_message.Message):
     def __init__(self, key: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., byte_offset: _Optional[int] = ..., byte_length: _Optional[int] = ..., timestamp_ns: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ...) -> None: ...
 
 class Observation(_message.Message):
-    __slots__ = ("client", "timestamp_ns", "urgency", "tensors", "model_id", "steps_remaining", "metadata", "priority", "request_id", "protocol_version", "latency_budget_ms", "deadline_ns", "actions_remaining", "control_rate_hz", "auth_token")
+    __slots__ = ("client", "timestamp_ns", "urgency", "tensors", "model_id", "steps_remaining", "metadata", "priority", "request_id", "protocol_version", "latency_budget_ms", "deadline_ns", "actions_remaining", "control_rate_hz", "auth_token", "control_step")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class Observation(_message.Message):
     ACTIONS_REMAINING_FIELD_NUMBER: _ClassVar[int]
     CONTROL_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     AUTH_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_STEP_FIELD_NUMBER: _ClassVar[int]
     client: Client
     timestamp_ns: int
     urgency: float
@@ -146,7 +147,8 @@ class Observation(_message.Message):
     actions_remaining: int
     control_rate_hz: float
     auth_token: str
-    def __init__(self, client: _Optional[_Union[Client, _Mapping]] = ..., timestamp_ns: _Optional[int] = ..., urgency: _Optional[float] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., model_id: _Optional[str] = ..., steps_remaining: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., request_id: _Optional[int] = ..., protocol_version: _Optional[int] = ..., latency_budget_ms: _Optional[float] = ..., deadline_ns: _Optional[int] = ..., actions_remaining: _Optional[int] = ..., control_rate_hz: _Optional[float] = ..., auth_token: _Optional[str] = ...) -> None: ...
+    control_step: int
+    def __init__(self, client: _Optional[_Union[Client, _Mapping]] = ..., timestamp_ns: _Optional[int] = ..., urgency: _Optional[float] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., model_id: _Optional[str] = ..., steps_remaining: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., request_id: _Optional[int] = ..., protocol_version: _Optional[int] = ..., latency_budget_ms: _Optional[float] = ..., deadline_ns: _Optional[int] = ..., actions_remaining: _Optional[int] = ..., control_rate_hz: _Optional[float] = ..., auth_token: _Optional[str] = ..., control_step: _Optional[int] = ...) -> None: ...
 
 class ServerTiming(_message.Message):
     __slots__ = ("queue_wait_ms", "inference_ms", "total_ms", "batch_size")
@@ -161,7 +163,7 @@ class ServerTiming(_message.Message):
     def __init__(self, queue_wait_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ModelResponse(_message.Message):
-    __slots__ = ("client", "response_id", "timestamp_ns", "tensors", "inference_latency_ms", "model_id", "metadata", "request_id", "status", "error", "timing", "protocol_version", "retryable", "observation_timestamp_ns", "retry_after_ms")
+    __slots__ = ("client", "response_id", "timestamp_ns", "tensors", "inference_latency_ms", "model_id", "metadata", "request_id", "status", "error", "timing", "protocol_version", "retryable", "observation_timestamp_ns", "retry_after_ms", "first_action_step", "action_period_ms", "predicted_delay_steps", "actual_delay_steps", "valid_until_ns")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +186,11 @@ class ModelResponse(_message.Message):
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ACTION_STEP_FIELD_NUMBER: _ClassVar[int]
+    ACTION_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_DELAY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ACTUAL_DELAY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_NS_FIELD_NUMBER: _ClassVar[int]
     client: Client
     response_id: str
     timestamp_ns: int
@@ -199,4 +206,9 @@ class ModelResponse(_message.Message):
     retryable: bool
     observation_timestamp_ns: int
     retry_after_ms: int
-    def __init__(self, client: _Optional[_Union[Client, _Mapping]] = ..., response_id: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., inference_latency_ms: _Optional[float] = ..., model_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., error: _Optional[str] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ..., protocol_version: _Optional[int] = ..., retryable: _Optional[bool] = ..., observation_timestamp_ns: _Optional[int] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
+    first_action_step: int
+    action_period_ms: float
+    predicted_delay_steps: float
+    actual_delay_steps: float
+    valid_until_ns: int
+    def __init__(self, client: _Optional[_Union[Client, _Mapping]] = ..., response_id: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., inference_latency_ms: _Optional[float] = ..., model_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., error: _Optional[str] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ..., protocol_version: _Optional[int] = ..., retryable: _Optional[bool] = ..., observation_timestamp_ns: _Optional[int] = ..., retry_after_ms: _Optional[int] = ..., first_action_step: _Optional[int] = ..., action_period_ms: _Optional[float] = ..., predicted_delay_steps: _Optional[float] = ..., actual_delay_steps: _Optional[float] = ..., valid_until_ns: _Optional[int] = ...) -> None: ...

@@ -60,6 +60,10 @@ class SchedulingConfig(_Section):
     # Scheduling aims to finish this much before each deadline: the time a reply
     # takes to reach the robot once the server hands it to its socket.
     deadline_margin_ms: float = Field(1.0, ge=0)
+    # Action chunks: the longest an OK reply's actions stay valid after the observation's
+    # timestamp (its valid_until_ns, docs/protocol.md "Action chunks"); None = only the
+    # chunk's own length at the robot's control rate limits it.
+    action_max_age_ms: Optional[float] = Field(None, gt=0)
 
     @field_validator("admission", mode="before")
     @classmethod

@@ -12,6 +12,17 @@ A result is a dict of arrays and strings, a bare array (sent as ``actions``), or
 an Exception instance, which fails that one request with MODEL_ERROR while the
 rest of the batch is answered normally. A plain function ``fn(inputs) -> result``
 is accepted too and called once per request.
+
+Each input dict holds the observation's tensors (numpy arrays) and metadata
+strings, plus one input the server adds: ``inference_delay_steps`` (an int), for
+requests whose robot sent ``control_rate_hz``. It is the server's prediction, made
+as the batch is dispatched, of how many control steps pass between the observation
+reaching the server and the reply leaving it (the wait so far, the measured service
+time of a batch this size, the transport margin), rounded up. A chunked policy
+whose row 0 applies to the observation's step keeps rows ``[0, d)`` equal to what
+the robot will execute meanwhile (real-time chunking; see
+``inferential.models.chunked_policy``). The server's value replaces an input of
+the same name sent by the robot.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ SLO_WINDOW_S = 60.0
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _BYTES_BUCKETS = tuple(float(1 << k) for k in range(10, 27, 2))  # 1 KiB .. 64 MiB
+# Control steps: a robot cares whether the error reaches one step, then by how many.
+_STEP_ERROR_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+_SIGNED_STEP_BUCKETS = (-8.0, -4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 # Store metric (milliseconds) -> Prometheus histogram (seconds).
 _HISTOGRAMS = {
     "scheduling_wait_ms": (
@@ -77,6 +80,22 @@ class PrometheusExporter:
             buckets=_BYTES_BUCKETS,
             registry=self.registry,
         )
+        # One store metric (signed error) feeds both: the signed one shows a bias, the
+        # absolute one its median (histogram_quantile) in control steps.
+        self._delay_error = Histogram(
+            "inferential_delay_prediction_error_steps",
+            "Actual minus predicted delay of chunked replies (control steps; > 0: later than predicted)",
+            ["model"],
+            buckets=_SIGNED_STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self._delay_abs_error = Histogram(
+            "inferential_delay_prediction_abs_error_steps",
+            "Absolute error of the predicted delay of chunked replies, control steps",
+            ["model"],
+            buckets=_STEP_ERROR_BUCKETS,
+            registry=self.registry,
+        )
         self._counters = {
             name: (Counter(prom, doc, list(labels), registry=self.registry), labels)
             for name, (prom, doc, labels) in _COUNTERS.items()
@@ -103,6 +122,10 @@ class PrometheusExporter:
             return
         if name == "batch_size":
             self._batch.labels(model=labels.get("model", "")).observe(value)
+        elif name == "delay_prediction_error_steps":
+            model = labels.get("model", "")
+            self._delay_error.labels(model=model).observe(value)
+            self._delay_abs_error.labels(model=model).observe(abs(value))
         elif name == "payload_size_bytes":
             self._payload.labels(model=labels.get("model", "")).observe(value)
         elif name == "slo_met":

@@ -63,6 +63,12 @@ class InferenceRequest:
     # Set by a scheduler that sheds it QUEUE_FULL or DEADLINE_UNMEETABLE: when a fresh
     # observation has a chance (ms; 0 = no hint). Sent as the reply's retry_after_ms.
     retry_after_ms: int = 0
+    # Action chunks (server/chunking.py): the robot's control step at the observation
+    # (None when not sent), the delay predicted at dispatch (arrival -> reply handed to the
+    # socket, ms; None until dispatched), and when the reply's actions expire (Unix ns, 0 = never).
+    control_step: Optional[int] = None
+    predicted_delay_ms: Optional[float] = None
+    valid_until_ns: int = 0
 
     def refresh(self, now_ns: int) -> None:
         """Recompute the live fields for ``now_ns``."""

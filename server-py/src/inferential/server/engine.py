@@ -24,6 +24,7 @@ from inferential.dispatch.base import Backend, ModelInfo, Ran
 from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest, QueueFullError, Scheduler, create_scheduler
 from inferential.scheduler.interface import takes_ready_models
+from inferential.server.chunking import predict_batch, valid_until_ns
 from inferential.server.ledger import Ledger, request_labels
 from inferential.server.protocol import ReplyTiming
 from inferential.server.registry import ClientRegistry
@@ -316,6 +317,7 @@ class Engine:
         assert self.batches_idle is not None
         if self.batches_running == 1:
             self.batches_idle.clear()
+        self._predict(model, batch)
         inputs = [r.inputs for r in batch]
         if self._run_inline is not None:
             start = self.clock()
@@ -332,6 +334,15 @@ class Engine:
             self.backend.submit(model, inputs, done)
         except Exception as err:  # a backend that fails to even start the batch
             asyncio.get_running_loop().call_soon(done, None, err)
+
+    def _predict(self, model: str, batch: list[InferenceRequest]) -> None:
+        """Each request's delay, predicted now it is dispatched (server/chunking.py): the
+        model gets it as ``inference_delay_steps`` to freeze that prefix of its chunk."""
+        # A custom scheduler may keep no service-time estimate: the prediction is then
+        # the wait and the margin.
+        estimate = getattr(self.scheduler, "estimate_service_ms", None)
+        service_ms = estimate(model, len(batch), margin=False) if estimate is not None else None
+        predict_batch(batch, self.clock(), service_ms, self.config.scheduling.deadline_margin_ms)
 
     def _finish_batch(
         self,
@@ -358,6 +369,7 @@ class Engine:
             self.launch_ready()  # keep the executor busy: start the next batch before replying
         answer = self.ledger.answer
         record = self.metrics.record
+        max_age_ms = self.config.scheduling.action_max_age_ms
         for r, out in zip(batch, outcomes, strict=False):  # lengths: the backend contract
             # Per request, labelled by robot as the published README's callbacks expect.
             record("inference_latency_ms", infer_ms, request_labels(r))
@@ -369,6 +381,8 @@ class Engine:
             if isinstance(out, BaseException):
                 answer(r, _MODEL_ERROR, f"{type(out).__name__}: {out}", timing=timing)
             else:
+                if r.control_rate_hz > 0 or max_age_ms is not None:
+                    r.valid_until_ns = valid_until_ns(r, out, max_age_ms)
                 answer(r, _OK, outputs=out, timing=timing)
         self._after_batch()
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest
+from inferential.server.chunking import reply_fields
 from inferential.server.protocol import Rejection, ReplyTiming, encode_reply
 from inferential.server.registry import ClientRegistry
 from inferential.server.transport import RouterTransport
@@ -86,6 +87,9 @@ class Ledger:
             now_ns=time.time_ns(),
             retry_after_ms=request.retry_after_ms,  # set only by a QUEUE_FULL or DEADLINE_UNMEETABLE shed
         )
+        chunk = reply_fields(request, timing.total_ms) if status == _OK else None
+        if chunk is not None:
+            common["chunk"] = chunk
         try:
             frames = encode_reply(status=status, error=reason, outputs=outputs, **common)  # type: ignore[arg-type]
         except (TypeError, ValueError) as err:  # an output the wire cannot carry
@@ -101,6 +105,10 @@ class Ledger:
         if status == _OK:
             metrics.record("scheduling_wait_ms", timing.queue_wait_ms, labels)
             metrics.record("e2e_latency_ms", timing.total_ms, labels)
+            if chunk is not None and chunk.action_period_ms and request.predicted_delay_ms is not None:
+                # Signed, in control steps: > 0 when the reply came later than predicted.
+                error = chunk.actual_delay_steps - chunk.predicted_delay_steps
+                metrics.record("delay_prediction_error_steps", error, labels)
         if status != _SUPERSEDED:  # a superseded request's robot got a fresher answer
             met = status == _OK and timing.total_ms <= request.latency_budget_ms
             metrics.record("slo_met", 1.0 if met else 0.0, labels)

@@ -21,6 +21,7 @@ import numpy as np
 
 from inferential._proto import inferential_pb2 as pb
 from inferential.result import Timing
+from inferential.server.chunking import ChunkReply
 from inferential.wire import (
     DESCRIBE_KEY,
     PROTOCOL_VERSION,
@@ -251,12 +252,14 @@ def encode_reply(
     observation_timestamp_ns: int = 0,
     now_ns: int = 0,
     retry_after_ms: int = 0,
+    chunk: Optional[ChunkReply] = None,
 ) -> list[Any]:
     """The frames ``[identity, b"", envelope, *payload]`` of one reply.
 
     1.x peers (protocol_version 0) get exactly one payload frame, and the status
     and error mirrored in metadata, since they cannot read the new fields.
     ``retry_after_ms`` is a hint for QUEUE_FULL and DEADLINE_UNMEETABLE (0: none).
+    ``chunk`` carries the action-chunk fields of an OK reply (server/chunking.py).
     """
     resp = pb.ModelResponse()
     resp.client.id = client_id
@@ -272,6 +275,13 @@ def encode_reply(
         resp.retry_after_ms = retry_after_ms
     if error:
         resp.error = error
+    if chunk is not None:
+        if chunk.first_action_step is not None:
+            resp.first_action_step = chunk.first_action_step
+        resp.action_period_ms = chunk.action_period_ms
+        resp.predicted_delay_steps = chunk.predicted_delay_steps
+        resp.actual_delay_steps = chunk.actual_delay_steps
+        resp.valid_until_ns = chunk.valid_until_ns
     if timing is not None:
         resp.inference_latency_ms = timing.inference_ms
         t = resp.timing
