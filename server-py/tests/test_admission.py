@@ -91,3 +91,52 @@ def test_unknown_models_and_wrong_tokens_are_rejected_without_registering_the_ro
     assert registry.robots == {}
     ok = admit(_decoded(token="secret"), b"id1", registry, MODELS, config.scheduling, 0, WALL0)
     assert isinstance(ok, InferenceRequest)
+
+
+def test_a_forged_timestamp_on_another_connection_does_not_move_the_victims_baseline():
+    config = InferentialConfig()
+    config.scheduling.admission = "reject"
+    registry = _registry(config)
+    sched = config.scheduling
+    assert isinstance(admit(_decoded(timestamp_ns=WALL0), b"victim", registry, MODELS, sched, 0, WALL0), InferenceRequest)
+    # Same client.id, another connection, a timestamp 10 s in the future: without a
+    # measured bound at all (None), only the forger's own baseline moves.
+    admit(_decoded(timestamp_ns=WALL0 + 10_000 * MS), b"forger", registry, MODELS, sched, MS, WALL0 + MS)
+    later = admit(_decoded(timestamp_ns=WALL0 + 2 * MS, budget_ms=5.0), b"victim", registry, MODELS, sched, 2 * MS, WALL0 + 2 * MS)
+    assert isinstance(later, InferenceRequest) and later.arrival_ns == 2 * MS
+
+
+def test_a_claimed_wait_is_never_believed_beyond_the_measured_backlog():
+    config = InferentialConfig()
+    config.scheduling.admission = "reject"
+    registry = _registry(config)
+    sched = config.scheduling
+    admit(_decoded(timestamp_ns=WALL0), b"id1", registry, MODELS, sched, 0, WALL0, backlog_ns=0)
+    # The robot's clock stepped back 1 s: its timestamps claim 1 s of waiting, the
+    # transport measured at most 1 ms of backlog.
+    t = 100 * MS
+    stepped = admit(
+        _decoded(timestamp_ns=WALL0 + t - 1000 * MS, budget_ms=20.0), b"id1", registry, MODELS, sched, t, WALL0 + t, MS
+    )
+    assert isinstance(stepped, InferenceRequest) and stepped.arrival_ns == t - MS
+    # ... and the baseline was raised to fit: the next one is not charged the step either.
+    t2 = 150 * MS
+    nxt = admit(_decoded(timestamp_ns=WALL0 + t2 - 1000 * MS), b"id1", registry, MODELS, sched, t2, WALL0 + t2, None)
+    assert isinstance(nxt, InferenceRequest) and nxt.arrival_ns >= t2 - MS
+    # A measured backlog is believed: 30 ms claimed and 50 ms possible is 30 ms waited.
+    t3 = 200 * MS
+    late = admit(
+        _decoded(timestamp_ns=WALL0 + t3 - 1030 * MS, budget_ms=20.0), b"id1", registry, MODELS, sched, t3, WALL0 + t3, 50 * MS
+    )
+    assert isinstance(late, Rejection) and late.status == Status.DEADLINE_UNMEETABLE
+
+
+def test_buffer_wait_state_is_bounded_and_forgotten_with_the_robot():
+    config = InferentialConfig()
+    registry = _registry(config)
+    registry.MAX_WAITS = 100
+    for i in range(1000):
+        admit(_decoded(timestamp_ns=WALL0), f"c{i}".encode(), registry, MODELS, config.scheduling, i, WALL0)
+    assert len(registry._waits) == 100
+    registry.unregister("r1")
+    assert len(registry._waits) == 0

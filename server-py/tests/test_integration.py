@@ -447,7 +447,9 @@ def test_a_robot_that_never_reads_does_not_stall_the_others():
 
 
 def test_observations_that_waited_past_their_ttl_are_answered_at_once_whatever_the_robot_clock():
-    with running_server(scheduling={"request_ttl_ms": 1000}) as (_, endpoint):
+    import threading
+
+    with running_server(scheduling={"request_ttl_ms": 1000}) as (server, endpoint):
         peer = RawPeer(endpoint)
         skew = -60_000_000_000  # this robot's clock is a minute behind the server's
         try:
@@ -455,10 +457,16 @@ def test_observations_that_waited_past_their_ttl_are_answered_at_once_whatever_t
             fresh.timestamp_ns = time.time_ns() + skew
             peer.send(fresh, payload)
             assert peer.replies(1)[0][0].status == pb.OK  # skew alone is not age
+            # A real backlog: the server's loop is held for 1.5 s while the next one waits
+            # in the socket. Its timestamp says so, and the transport measured it.
+            blocker = threading.Thread(target=server._call_in_loop, args=(time.sleep, 1.5))
+            blocker.start()
+            time.sleep(0.1)
             stale, payload = make_obs(2, client="skewed", x=np.zeros(1, np.float32))
-            stale.timestamp_ns = time.time_ns() + skew - 3_000_000_000  # then 3 s stuck in buffers
+            stale.timestamp_ns = time.time_ns() + skew
             peer.send(stale, payload)
             reply = peer.replies(1)[0][0]
+            blocker.join()
         finally:
             peer.close()
     assert reply.status == pb.EXPIRED and "before the server could read it" in reply.error and reply.retryable

@@ -8,12 +8,14 @@ arrival (cadence, routing identity) once the observation is accepted.
 Checks, in order: access (UNAUTHENTICATED), the model is served (UNKNOWN_MODEL),
 and the time the observation already spent in socket buffers: past the TTL it is
 EXPIRED, past its budget (with ``admission: reject``) DEADLINE_UNMEETABLE, rather
-than spend the server's time scheduling what cannot be on time.
+than spend the server's time scheduling what cannot be on time. That time is
+estimated per connection from the robot's timestamps and never exceeds what the
+transport measured (``backlog_ns``): a timestamp alone never rejects.
 """
 
 from __future__ import annotations
 
-from typing import Container, Union
+from typing import Container, Optional, Union
 
 from inferential.config.schema import SchedulingConfig
 from inferential.scheduler import InferenceRequest, derive_deadline_ns
@@ -30,11 +32,14 @@ def admit(
     config: SchedulingConfig,
     now_ns: int,
     wall_ns: int,
+    backlog_ns: Optional[int] = None,
 ) -> Union[InferenceRequest, Rejection]:
     """The request for ``decoded`` (from ``identity``), or the Rejection to answer.
 
     ``now_ns`` is the server's monotonic clock, ``wall_ns`` the wall clock, both
-    read when the message was taken off the socket.
+    read when the message was taken off the socket. ``backlog_ns`` is the measured
+    bound on how long it can have waited for the server (the transport's
+    ``backlog_bound_ns``); None trusts the timestamps alone (unit tests, replay).
     """
     obs = decoded.obs
     client_id = obs.client.id
@@ -47,7 +52,7 @@ def admit(
     budget_ms = registry.budget_for(client_id, obs.latency_budget_ms)
     # Under overload observations queue in socket buffers, unseen by the scheduler:
     # date them from when they arrived.
-    waited_ns = registry.buffer_wait_ns(client_id, wall_ns, obs.timestamp_ns)
+    waited_ns = registry.buffer_wait_ns(identity, wall_ns, obs.timestamp_ns, backlog_ns)
     waited_ms = waited_ns / 1e6
     if waited_ms > config.request_ttl_ms:
         why = f"waited {waited_ms:.0f} ms before the server could read it, TTL is {config.request_ttl_ms:.0f} ms"

@@ -308,7 +308,8 @@ class Server:
         registry = self._registry
         robots = len(registry.robots)
         engine = self._engine
-        req = admit(decoded, identity, registry, engine.models, self.config.scheduling, now, wall)
+        backlog = self._transport.backlog_bound_ns() if self._transport is not None else None
+        req = admit(decoded, identity, registry, engine.models, self.config.scheduling, now, wall, backlog)
         if isinstance(req, Rejection):
             ledger.reject(identity, req, wall)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -44,12 +45,18 @@ class Robot:
 
 
 class BufferWait:
-    """How long observations waited before the server read them, robust to clock skew.
+    """How long one connection's observations waited before the server read them.
 
     ``server wall clock - robot timestamp`` is the robot's clock offset plus the
-    time in transit and in socket buffers. Its minimum over a recent window is the
-    offset plus the quickest transit; what exceeds it is time spent waiting. The
-    window (two halves of ``WINDOW_NS``) lets the baseline follow clock steps.
+    time in transit and in socket buffers (and, when a robot stamps with its sensor
+    read time, the sensor's age). Its minimum over a recent window is the offset plus
+    the quickest transit; what exceeds it is *claimed* waiting. The claim is never
+    believed beyond the measured bound the transport gives (``bound_ns``: how long any
+    message read now can have been queued for the server), so a robot's clock step,
+    an old sensor time or a forged timestamp cannot make the server reject on its own.
+    When the claim exceeds the bound, the baseline was wrong (the clock stepped back):
+    it is raised to the least value consistent with the bound. The window (two halves
+    of ``WINDOW_NS``) lets the baseline follow steps the other way.
     """
 
     WINDOW_NS = 10_000_000_000
@@ -61,14 +68,21 @@ class BufferWait:
         self.previous: Optional[int] = None
         self.started = 0
 
-    def waited_ns(self, wall_ns: int, timestamp_ns: int) -> int:
+    def waited_ns(self, wall_ns: int, timestamp_ns: int, bound_ns: Optional[int] = None) -> int:
         delta = wall_ns - timestamp_ns
         if self.current is None or wall_ns - self.started > self.WINDOW_NS:
             self.previous, self.current, self.started = self.current, delta, wall_ns
         elif delta < self.current:
             self.current = delta
         base = self.current if self.previous is None else min(self.current, self.previous)
-        return max(0, delta - base)
+        waited = max(0, delta - base)
+        if bound_ns is not None and waited > bound_ns:
+            floor = delta - bound_ns  # the baseline is at least this, or the message waited longer than it can have
+            self.current = max(self.current, floor)
+            if self.previous is not None:
+                self.previous = max(self.previous, floor)
+            waited = bound_ns
+        return waited
 
 
 class ClientRegistry:
@@ -84,7 +98,10 @@ class ClientRegistry:
         self.alpha = cadence_alpha
         self.timeout_ns = int(disconnect_timeout_s * 1e9)
         self.robots: dict[str, Robot] = {}
-        self._waits: dict[str, BufferWait] = {}
+        # Per connection (routing identity), not per client.id: an id is only a claim, and
+        # another connection using it must not move this one's baseline. Bounded: the
+        # least recently used entries go first (a forgotten one re-learns from one message).
+        self._waits: OrderedDict[bytes, BufferWait] = OrderedDict()
 
     def reconfigure(self, clients: ClientsConfig, auth: AuthConfig) -> None:
         self.clients = clients
@@ -136,18 +153,33 @@ class ClientRegistry:
     def silent(self, now_ns: int) -> list[str]:
         return [cid for cid, r in self.robots.items() if now_ns - r.last_seen_ns > self.timeout_ns]
 
-    def buffer_wait_ns(self, client_id: str, wall_ns: int, timestamp_ns: int) -> int:
-        """Time this observation waited before being read (0 without a timestamp)."""
+    #: connections whose buffer-wait baseline is kept
+    MAX_WAITS = 16384
+
+    def buffer_wait_ns(self, identity: bytes, wall_ns: int, timestamp_ns: int, bound_ns: Optional[int] = None) -> int:
+        """Time this observation waited before being read (0 without a timestamp),
+        never more than ``bound_ns`` when the caller measured one."""
         if not timestamp_ns:
             return 0
-        wait = self._waits.get(client_id)
+        waits = self._waits
+        wait = waits.get(identity)
         if wait is None:
-            wait = self._waits[client_id] = BufferWait()
-        return wait.waited_ns(wall_ns, timestamp_ns)
+            wait = waits[identity] = BufferWait()
+            if len(waits) > self.MAX_WAITS:
+                waits.popitem(last=False)
+        else:
+            waits.move_to_end(identity)
+        return wait.waited_ns(wall_ns, timestamp_ns, bound_ns)
+
+    def forget_connection(self, identity: bytes) -> None:
+        self._waits.pop(identity, None)
 
     def unregister(self, client_id: str) -> Optional[Robot]:
-        self._waits.pop(client_id, None)
-        return self.robots.pop(client_id, None)
+        robot = self.robots.pop(client_id, None)
+        if robot is not None:
+            for identity in robot.identities:
+                self._waits.pop(identity, None)
+        return robot
 
     def by_identity(self, identity: bytes) -> list[str]:
         return [cid for cid, r in self.robots.items() if identity in r.identities]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Callable, Optional
 
 import zmq
@@ -21,6 +22,35 @@ _poll = zmq.backend.zmq_poll  # [(socket, POLLIN)], 0: the cheapest "is a messag
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 _EAGAIN, _EHOSTUNREACH = zmq.EAGAIN, zmq.EHOSTUNREACH
+_monotonic_ns = time.monotonic_ns
+
+
+class _TimedSelector:
+    """The event loop's selector, with the times of its last waits recorded.
+
+    A message cannot have waited in the server's receive queue while the loop was
+    blocked in ``select``: the descriptor would have woken it. So the time since the
+    loop last woke (plus the time it was busy before that wait, see
+    :meth:`RouterTransport.backlog_bound_ns`) bounds how long any message read now has
+    been waiting for the server: a measured basis, where the robot's timestamp is only
+    a claim.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.began = 0  # start of the latest wait
+        self.woke = 0  # its end
+        self.woke_before = 0  # end of the wait before it
+
+    def select(self, timeout: Optional[float] = None) -> Any:
+        self.began = _monotonic_ns()
+        try:
+            return self.inner.select(timeout)
+        finally:
+            self.woke_before, self.woke = self.woke, _monotonic_ns()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class RouterTransport:
@@ -48,6 +78,9 @@ class RouterTransport:
         self._draining = False
         self._sent = False
         self._check_scheduled = False
+        self._selector: Optional[_TimedSelector] = None
+        #: monotonic ns when a read last found the receive queue empty
+        self.empty_ns = _monotonic_ns()
         self.endpoint: str = ""
 
     def bind(self) -> str:
@@ -83,6 +116,13 @@ class RouterTransport:
         self._loop = loop
         self._on_message = on_message
         self._on_burst_end = on_burst_end
+        # Only the default selector loops have one to time; elsewhere (another loop
+        # implementation) the bound falls back to the time since the queue was empty.
+        inner = getattr(loop, "_selector", None)
+        if isinstance(inner, _TimedSelector):
+            self._selector = inner
+        elif inner is not None and hasattr(inner, "select"):
+            self._selector = loop._selector = _TimedSelector(inner)  # type: ignore[attr-defined]
         loop.add_reader(self._sock.fileno(), self.drain)
         loop.call_soon(self.drain)  # anything that arrived before we watched
 
@@ -105,10 +145,14 @@ class RouterTransport:
             while True:
                 self._sent = False
                 handled = 0
-                while handled < burst and _poll(watch, 0):
+                while handled < burst:
+                    if not _poll(watch, 0):
+                        self.empty_ns = _monotonic_ns()
+                        break
                     try:
                         frame = _recv(sock, _NOBLOCK, False)
                     except zmq.Again:
+                        self.empty_ns = _monotonic_ns()
                         break
                     frames = [frame]
                     while frame.more:  # the rest of a message is already here: ZMQ delivers whole messages
@@ -129,6 +173,23 @@ class RouterTransport:
                     return
         finally:
             self._draining = False
+
+    def backlog_bound_ns(self, now_ns: Optional[int] = None) -> int:
+        """The longest a message read now can have waited in the receive queue.
+
+        The queue was empty at ``empty_ns``, so a message read now arrived after it.
+        When the loop waited in ``select`` since then, a message there before the wait
+        would have ended it at once, and one arriving during it woke the loop: it
+        waited at most since the loop woke, plus the time the loop was busy before
+        that wait (since it last woke or found the queue empty, whichever is later).
+        """
+        now = _monotonic_ns() if now_ns is None else now_ns
+        empty = self.empty_ns
+        sel = self._selector
+        if sel is None or sel.began < empty:
+            return max(0, now - empty)
+        busy_before = max(0, sel.began - max(empty, sel.woke_before))
+        return max(0, now - sel.woke) + busy_before
 
     def send(self, frames: list[Any]) -> Optional[str]:
         """Send now or never: None when handed to ZMQ, else why it could not be."""
@@ -157,5 +218,8 @@ class RouterTransport:
         if self._sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._sock.fileno())
+                if self._selector is not None and getattr(self._loop, "_selector", None) is self._selector:
+                    self._loop._selector = self._selector.inner  # type: ignore[attr-defined]
+                self._selector = None
             self._sock.close(linger=200)  # let replies already queued go out
             self._sock = None

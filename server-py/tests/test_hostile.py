@@ -1,0 +1,134 @@
+"""Issue 14: what a hostile peer or an unlucky robot can do to the others, against the real server.
+
+Each test reproduces one failure on loopback in seconds and states the figure the fix
+must reach (for most: no good request fails).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Optional
+
+import numpy as np
+import zmq
+from server_helpers import eventually, running_server
+
+from inferential._proto import inferential_pb2 as pb
+from inferential.wire import pack_tensors
+
+MS = 1_000_000
+
+
+class Peer:
+    """A hand-driven DEALER sending exactly the observations a test wants (a robot or an attacker)."""
+
+    def __init__(self, endpoint: str, routing_id: Optional[bytes] = None) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if routing_id is not None:
+            self.sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        self.sock.connect(endpoint)
+        self.next_id = 0
+
+    def send(self, client: str, model: str = "noop", timestamp_ns: Optional[int] = None, **hints: Any) -> int:
+        self.next_id += 1
+        obs = pb.Observation(model_id=model, request_id=self.next_id, protocol_version=2, **hints)
+        obs.client.id = client
+        obs.timestamp_ns = time.time_ns() if timestamp_ns is None else timestamp_ns
+        payload = pack_tensors([("x", np.zeros(1, np.float32))], obs.tensors.add)
+        self.sock.send_multipart([b"", obs.SerializeToString(), *payload])
+        return self.next_id
+
+    def replies(self, timeout_s: float = 0.0) -> list[pb.ModelResponse]:
+        out = []
+        end = time.monotonic() + timeout_s
+        while True:
+            wait_ms = max(0, int((end - time.monotonic()) * 1000))
+            if not self.sock.poll(wait_ms):
+                return out
+            frames = self.sock.recv_multipart()
+            out.append(pb.ModelResponse.FromString(frames[1]))
+            end = time.monotonic()  # then only what is already there
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def _robot_run(peer: Peer, client: str, count: int, period_s: float, stamp=None, between=None, **hints: Any) -> dict:
+    """Send ``count`` observations at ``period_s``; every reply by request id."""
+    got: dict[int, pb.ModelResponse] = {}
+    for i in range(count):
+        peer.send(client, timestamp_ns=stamp(i) if stamp else None, **hints)
+        if between:
+            between(i)
+        for r in peer.replies(period_s):
+            got[r.request_id] = r
+    end = time.monotonic() + 5
+    while len(got) < count and time.monotonic() < end:
+        for r in peer.replies(0.05):
+            got[r.request_id] = r
+    return got
+
+
+def _failures(got: dict) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in got.values():
+        if r.status != pb.OK:
+            name = pb.Status.Name(r.status)
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+# --- identity and time ----------------------------------------------------------
+
+STRICT = {"admission": "reject", "request_ttl_ms": 1000}
+
+
+def test_spoofed_future_timestamps_on_another_connection_do_not_touch_the_victim():
+    with running_server(scheduling=STRICT) as (_, endpoint):
+        victim, spoofer = Peer(endpoint), Peer(endpoint)
+        try:
+
+            def attack(i: int) -> None:
+                if i % 10 == 0:  # the victim's id, a timestamp 10 s in the future
+                    spoofer.send("victim", timestamp_ns=time.time_ns() + 10_000 * MS)
+                    spoofer.replies(0.0)
+
+            got = _robot_run(victim, "victim", 60, 0.02, between=attack, latency_budget_ms=50.0)
+        finally:
+            victim.close()
+            spoofer.close()
+    assert len(got) == 60 and _failures(got) == {}
+
+
+def test_honest_clock_steps_of_one_second_cost_no_request():
+    with running_server(scheduling=STRICT) as (_, endpoint):
+        robot = Peer(endpoint)
+        # The robot's clock steps back 1 s at the 20th observation and forward 1 s at the 50th.
+        steps = {range(0, 20): 0, range(20, 50): -1000 * MS, range(50, 80): 0}
+
+        def stamp(i: int) -> int:
+            return time.time_ns() + next(v for r, v in steps.items() if i in r)
+
+        try:
+            got = _robot_run(robot, "stepper", 80, 0.02, stamp=stamp, latency_budget_ms=50.0)
+        finally:
+            robot.close()
+    assert len(got) == 80 and _failures(got) == {}
+
+
+def test_stamping_with_jittering_sensor_read_times_costs_no_request():
+    rng = random.Random(14)
+    with running_server(scheduling=STRICT) as (_, endpoint):
+        robot = Peer(endpoint)
+        try:  # sensor age 0-200 ms, budget 50 ms: the age is not time spent waiting for the server
+            got = _robot_run(
+                robot, "sensor", 60, 0.02, stamp=lambda i: time.time_ns() - rng.randint(0, 200) * MS,
+                latency_budget_ms=50.0,
+            )
+        finally:
+            robot.close()
+    assert len(got) == 60 and _failures(got) == {}
