@@ -17,6 +17,7 @@ from inferential._matching import ConnectionStats  # noqa: E402
 from inferential.aio import AsyncConnection, AsyncModelHandle  # noqa: E402
 from inferential.chunks import ActionChunkQueue  # noqa: E402
 from inferential.client import Connection, ModelHandle, default_client_id  # noqa: E402
+from inferential.control import ControlLoop  # noqa: E402
 from inferential.errors import (  # noqa: E402
     Cancelled,
     ConnectionClosed,
@@ -52,6 +53,7 @@ __all__ = [
     "ClientOptions",
     "Connection",
     "ConnectionClosed",
+    "ControlLoop",
     "ConnectionStats",
     "DeadlineUnmeetable",
     "Expired",

@@ -15,7 +15,7 @@ import numpy as np
 from inferential._proto import inferential_pb2 as pb
 from inferential.errors import WireError
 from inferential.options import ObservationHints
-from inferential.result import Result, Timing
+from inferential.result import ChunkInfo, Result, Timing
 from inferential.wire import DESCRIBE_KEY, PROTOCOL_VERSION, RETRYABLE, BFloat16, Limits, Status, wire_dtype
 from inferential.wire.limits import check_metadata, check_text, nbytes, split_frames
 from inferential.wire.tensors import decode_tensors, join_payload, pack_tensors
@@ -137,6 +137,8 @@ def encode_observation(
         obs.actions_remaining = _uint("actions_remaining", h.actions_remaining, _UINT32_MAX)
     if h.control_rate_hz is not None:
         obs.control_rate_hz = _nonneg_float("control_rate_hz", h.control_rate_hz)
+    if h.control_step is not None:
+        obs.control_step = _uint("control_step", h.control_step, _UINT64_MAX)
     if auth_token:
         check_text("auth_token", auth_token, limits.max_auth_token_bytes)
         obs.auth_token = auth_token
@@ -238,6 +240,21 @@ def build_result(
         observation_timestamp_ns=resp.observation_timestamp_ns,
         protocol_version=resp.protocol_version,
         round_trip_ms=round_trip_ms,
+        chunk=_chunk_info(resp),
+    )
+
+
+def _chunk_info(resp: pb.ModelResponse) -> Optional[ChunkInfo]:
+    """The action-chunk fields, None when the reply has none (not a chunked robot's)."""
+    has_step = resp.HasField("first_action_step")
+    if not (has_step or resp.action_period_ms or resp.valid_until_ns):
+        return None
+    return ChunkInfo(
+        first_action_step=resp.first_action_step if has_step else None,
+        action_period_ms=resp.action_period_ms,
+        predicted_delay_steps=resp.predicted_delay_steps,
+        actual_delay_steps=resp.actual_delay_steps,
+        valid_until_ns=resp.valid_until_ns or None,
     )
 
 

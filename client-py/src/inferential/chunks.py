@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -156,6 +156,30 @@ class ActionChunkQueue:
                 return count
             count += 1
             step += 1
+
+    def add_result(self, result: Any, start_step: Optional[int] = None) -> int:
+        """Queue the ``actions`` of a chunked reply (an :class:`inferential.Result`): its rows
+        start at ``result.first_action_step`` (the observation's ``control_step``, echoed;
+        ``start_step`` when the reply has none, e.g. from a server that does not echo it)
+        and expire at ``result.valid_until_ns``. Returns the rows queued or merged."""
+        first = result.first_action_step
+        if first is None:
+            if start_step is None:
+                raise ValueError("the reply carries no first_action_step: pass start_step")
+            first = start_step
+        return self.add(result["actions"], first, result.valid_until_ns)
+
+    def peek(self, limit: Optional[int] = None) -> Optional[np.ndarray]:
+        """The valid actions queued for consecutive steps from ``next_step`` (at most
+        ``limit``), stacked into one array, without executing them; None when there are
+        none. A chunked policy freezing the prefix it cannot change (real-time chunking)
+        receives them with the next observation."""
+        count = self.actions_remaining()
+        if limit is not None:
+            count = min(count, int(limit))
+        if count <= 0:
+            return None
+        return np.stack([self._slots[self._next_step + i].action for i in range(count)])
 
     def clear(self) -> None:
         """Forget every queued action (e.g. after an emergency stop)."""

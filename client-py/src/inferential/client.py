@@ -151,7 +151,7 @@ class ModelHandle(ModelHandleBase):
         Keyword arguments: numpy arrays (and wire.BFloat16) become tensors, str
         values become metadata; anything else raises TypeError naming the keyword.
         The scheduling hints (``urgency``, ``steps_remaining``, ``priority``,
-        ``deadline_ns``, ``actions_remaining``, ``control_rate_hz``) are those of
+        ``deadline_ns``, ``actions_remaining``, ``control_rate_hz``, ``control_step``) are those of
         inferential.ObservationHints.
 
         Raises ServerUnavailable when no connected server accepts it within

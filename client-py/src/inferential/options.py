@@ -112,6 +112,8 @@ class ObservationHints(NamedTuple):
         deadline_ns: absolute deadline, Unix epoch ns.
         actions_remaining: actions left in the robot's action queue.
         control_rate_hz: rate at which the robot consumes those actions.
+        control_step: the robot's control step when the sensors were read; row 0 of a
+            chunked reply applies to it (``Result.first_action_step`` echoes it).
     """
 
     urgency: float = 0.0
@@ -120,6 +122,7 @@ class ObservationHints(NamedTuple):
     deadline_ns: Optional[int] = None
     actions_remaining: Optional[int] = None
     control_rate_hz: Optional[Union[int, float]] = None
+    control_step: Optional[int] = None
 
     @classmethod
     def take(cls, inputs: dict[str, Any]) -> "ObservationHints":

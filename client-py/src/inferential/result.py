@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional, Union
+from typing import Iterator, Mapping, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -29,6 +29,19 @@ class Timing:
     batch_size: int = 0
 
 
+class ChunkInfo(NamedTuple):
+    """The action-chunk fields of a reply (ModelResponse fields 16-20), as Result exposes them."""
+
+    first_action_step: Optional[int] = None
+    action_period_ms: float = 0.0
+    predicted_delay_steps: float = 0.0
+    actual_delay_steps: float = 0.0
+    valid_until_ns: Optional[int] = None
+
+
+_NO_CHUNK = ChunkInfo()
+
+
 class Result(Mapping[str, np.ndarray]):
     """One reply: a read-only mapping from output name to numpy array, plus its envelope.
 
@@ -39,6 +52,13 @@ class Result(Mapping[str, np.ndarray]):
     ``round_trip_ms`` is measured by this client, from ``observe()`` to receipt.
     ``retry_after_ms`` is the server's hint with QUEUE_FULL and DEADLINE_UNMEETABLE (0:
     none); the client never retries by itself.
+
+    Action chunks (docs/protocol.md §3 "Action chunks"): ``first_action_step`` (the
+    observation's ``control_step``, echoed; None when not sent), ``action_period_ms``,
+    ``predicted_delay_steps`` and ``actual_delay_steps`` (arrival at the server -> reply
+    handed to its socket, in control steps; 0 when the robot sent no rate) and
+    ``valid_until_ns`` (Unix ns after which these actions must not be executed; None = no
+    limit). ``ActionChunkQueue.add_result`` takes them as they are.
     """
 
     __slots__ = (
@@ -56,6 +76,11 @@ class Result(Mapping[str, np.ndarray]):
         "observation_timestamp_ns",
         "protocol_version",
         "round_trip_ms",
+        "first_action_step",
+        "action_period_ms",
+        "predicted_delay_steps",
+        "actual_delay_steps",
+        "valid_until_ns",
         "_tensors",
         "_wire_dtypes",
     )
@@ -79,6 +104,7 @@ class Result(Mapping[str, np.ndarray]):
         observation_timestamp_ns: int = 0,
         protocol_version: int = 0,
         round_trip_ms: Optional[float] = None,
+        chunk: Optional["ChunkInfo"] = None,
     ) -> None:
         self.model_id = model_id
         self.request_id = request_id
@@ -94,6 +120,12 @@ class Result(Mapping[str, np.ndarray]):
         self.observation_timestamp_ns = observation_timestamp_ns
         self.protocol_version = protocol_version
         self.round_trip_ms = round_trip_ms
+        chunk = chunk or _NO_CHUNK
+        self.first_action_step = chunk.first_action_step
+        self.action_period_ms = chunk.action_period_ms
+        self.predicted_delay_steps = chunk.predicted_delay_steps
+        self.actual_delay_steps = chunk.actual_delay_steps
+        self.valid_until_ns = chunk.valid_until_ns
         self._tensors = dict(tensors)
         self._wire_dtypes = wire_dtypes or {}
 

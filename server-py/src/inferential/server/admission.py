@@ -76,6 +76,7 @@ def admit(
         observation_timestamp_ns=obs.timestamp_ns,
         actions_remaining=obs.actions_remaining if obs.HasField("actions_remaining") else None,
         control_rate_hz=obs.control_rate_hz,
+        control_step=obs.control_step if obs.HasField("control_step") else None,
         expected_interval_ms=expected_ms,
         since_previous_ms=gap_ms,
         identity=identity,
