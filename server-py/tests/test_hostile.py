@@ -132,3 +132,36 @@ def test_stamping_with_jittering_sensor_read_times_costs_no_request():
         finally:
             robot.close()
     assert len(got) == 60 and _failures(got) == {}
+
+
+def _sleep_model(ms: float):
+    from inferential.models.testing import Sleep
+
+    return Sleep(base_ms=ms)
+
+
+def test_a_spoofer_sharing_the_victims_id_on_another_connection_cannot_fill_its_queue_share():
+    with running_server(
+        models={"slow": _sleep_model(20.0)},
+        scheduling={"max_batch_size": 1, "per_client_queue_cap": 2, "admission": "off", "coalesce": False},
+    ) as (_, endpoint):
+        victim, spoofer = Peer(endpoint), Peer(endpoint)
+        try:
+
+            def flood(i: int) -> None:
+                for _ in range(5):
+                    spoofer.send("victim", model="slow")
+                spoofer.replies(0.0)
+
+            got = {}
+            for i in range(20):
+                flood(i)
+                rid = victim.send("victim", model="slow")
+                end = time.monotonic() + 5
+                while rid not in got and time.monotonic() < end:
+                    for r in victim.replies(0.05):
+                        got[r.request_id] = r
+        finally:
+            victim.close()
+            spoofer.close()
+    assert len(got) == 20 and _failures(got) == {}

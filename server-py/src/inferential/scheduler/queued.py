@@ -40,6 +40,9 @@ Rules, in the order ``submit`` applies them:
 5. Per-robot cap (``per_client_queue_cap``). A robot already holding that many
    requests loses its own oldest one (``drop_oldest``) or has the new one
    refused (``reject_newest``): one robot's burst cannot push out the others.
+   The share is counted per robot *and connection* (client id, routing identity):
+   a client id is only a claim, so another connection using it cannot make this
+   one's requests QUEUE_FULL.
 6. Queue bound (``max_queue_size``). ``drop_oldest`` evicts the oldest queued
    request, deprioritized ones first; ``reject_newest`` refuses the new one.
    Both are shed QUEUE_FULL.
@@ -62,7 +65,7 @@ import heapq
 import math
 import time
 from collections import Counter, deque
-from typing import ClassVar, Iterable, Mapping, Optional
+from typing import Any, ClassVar, Iterable, Mapping, Optional
 
 from inferential.config.schema import SchedulingConfig
 from inferential.scheduler.interface import (
@@ -111,6 +114,7 @@ class QueuedScheduler(Scheduler):
         self._normal: dict[str, dict[int, InferenceRequest]] = {}
         self._late: dict[str, dict[int, InferenceRequest]] = {}
         self._by_client: dict[str, dict[int, InferenceRequest]] = {}
+        self._by_owner: dict[tuple[str, bytes], dict[int, InferenceRequest]] = {}
         self._latest: dict[tuple[str, bytes, str], InferenceRequest] = {}
         self._expiry: list[tuple[int, int, InferenceRequest]] = []
         self._batch_limits: dict[str, int] = {}
@@ -202,7 +206,7 @@ class QueuedScheduler(Scheduler):
         if late is None:
             return False
         cap = self.config.per_client_queue_cap
-        mine = self._by_client.get(request.client_id)
+        mine = self._by_owner.get((request.client_id, request.identity))
         if cap is not None and mine is not None and len(mine) >= cap:
             reason = f"robot {request.client_id!r} already has {len(mine)} queued (per_client_queue_cap {cap})"
             if not self._make_room(request, late, mine.values(), reason, now):
@@ -478,7 +482,7 @@ class QueuedScheduler(Scheduler):
     def drain(self) -> list[InferenceRequest]:
         """Remove and return everything queued, oldest first (nothing is shed)."""
         out = sorted(self._queued.values(), key=arrival_order)
-        for pools in (self._queued, self._normal, self._late, self._by_client, self._latest):
+        for pools in (self._queued, self._normal, self._late, self._by_client, self._by_owner, self._latest):
             pools.clear()
         self._expiry.clear()
         return out
@@ -499,6 +503,7 @@ class QueuedScheduler(Scheduler):
         self._queued[seq] = request
         (self._late if late else self._normal).setdefault(request.model_id, {})[seq] = request
         self._by_client.setdefault(request.client_id, {})[seq] = request
+        self._by_owner.setdefault((request.client_id, request.identity), {})[seq] = request
         if self.coalesce:
             self._latest[request.stream] = request
         heapq.heappush(self._expiry, (request.arrival_ns + self._ttl_ns, seq, request))
@@ -512,6 +517,7 @@ class QueuedScheduler(Scheduler):
             return
         _discard(self._late if request.deprioritized else self._normal, request.model_id, seq)
         _discard(self._by_client, request.client_id, seq)
+        _discard(self._by_owner, (request.client_id, request.identity), seq)
         if self._latest.get(request.stream) is request:
             del self._latest[request.stream]
 
@@ -531,7 +537,7 @@ class QueuedScheduler(Scheduler):
         self.on_shed(request, status, reason)
 
 
-def _discard(index: dict[str, dict[int, InferenceRequest]], key: str, seq: int) -> None:
+def _discard(index: dict[Any, dict[int, InferenceRequest]], key: Any, seq: int) -> None:
     bucket = index.get(key)
     if bucket is not None:
         bucket.pop(seq, None)

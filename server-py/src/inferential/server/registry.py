@@ -39,7 +39,9 @@ class Robot:
     first_seen_ns: int
     last_seen_ns: int
     identities: set[bytes] = field(default_factory=set)
-    cadences: dict[str, Cadence] = field(default_factory=dict)
+    # Per (model, connection): another connection claiming this client id has a rhythm
+    # of its own and must not disturb this one's (the scheduler scores on it).
+    cadences: dict[tuple[str, bytes], Cadence] = field(default_factory=dict)
     requests: int = 0
     last_status: str = ""
 
@@ -129,9 +131,12 @@ class ClientRegistry:
         robot.last_seen_ns = now_ns
         robot.identities.add(identity)
         robot.requests += 1
-        cadence = robot.cadences.get(model_id)
+        key = (model_id, identity)
+        cadence = robot.cadences.get(key)
         if cadence is None:
-            cadence = robot.cadences[model_id] = Cadence(self.alpha)
+            if len(robot.cadences) >= self.MAX_CADENCES:  # connections come and go under one id: keep the recent
+                del robot.cadences[min(robot.cadences, key=lambda k: robot.cadences[k].last_arrival_ns or 0)]
+            cadence = robot.cadences[key] = Cadence(self.alpha)
         expected, gap = cadence.observe(now_ns)
         return robot, is_new, expected, gap
 
@@ -153,6 +158,8 @@ class ClientRegistry:
     def silent(self, now_ns: int) -> list[str]:
         return [cid for cid, r in self.robots.items() if now_ns - r.last_seen_ns > self.timeout_ns]
 
+    #: (model, connection) cadences kept per robot
+    MAX_CADENCES = 64
     #: connections whose buffer-wait baseline is kept
     MAX_WAITS = 16384
 

@@ -72,7 +72,9 @@ def fleet_status(server: Any, status: dict, window_s: float = STATUS_WINDOW_S) -
         # A robot seen for less than the window is measured over the time it has been sending.
         span = min(window_s, max(1.0, now - times[0])) if times else window_s
         lat = sorted(latency.get(client_id, []))
-        cadences = sorted(list(robot.cadences.items()))
+        # One line per model: of several connections, the one heard from last.
+        by_model = {m: c for (m, _), c in sorted(robot.cadences.items(), key=lambda kv: kv[1].last_arrival_ns or 0)}
+        cadences = sorted(by_model.items())
         met = slo.get(client_id, [])
         robots[client_id] = {
             "type": robot.client_type,
