@@ -226,4 +226,19 @@ std::uint32_t ActionChunkQueue::actions_remaining() const noexcept {
   return count;
 }
 
+Result<std::vector<std::vector<double>>> ActionChunkQueue::peek(std::size_t limit) const noexcept {
+  const std::int64_t now_ns = now();
+  std::vector<std::vector<double>> out;
+  try {
+    std::int64_t expected = next_step_;
+    for (auto it = slots_.find(next_step_);
+         out.size() < limit && it != slots_.end() && it->first == expected && !expired(it->second, now_ns);
+         ++it, ++expected)
+      out.push_back(it->second.action);
+  } catch (...) {
+    return out_of_memory();
+  }
+  return out;
+}
+
 }  // namespace inferential

@@ -191,6 +191,30 @@ TEST(ChunkQueue, ActionsRemainingCountsConsecutiveStepsOnly) {
   EXPECT_EQ(q.stats().underruns, 1u);
 }
 
+TEST(ChunkQueue, PeekShowsTheValidConsecutivePrefixWithoutExecutingIt) {
+  FakeClock clock;
+  inf::ChunkQueueOptions o;
+  o.clock = clock.fn();
+  auto q = make(o);
+  auto none = q.peek();
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+  (void)q.add(ramp(0, 3), 0, *clock.now + 10);
+  (void)q.add(ramp(7, 1), 4);  // not consecutive: step 3 is empty
+  auto all = q.peek();
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(*all, (std::vector<std::vector<double>>{{0}, {1}, {2}}));
+  auto two = q.peek(2);
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(*two, (std::vector<std::vector<double>>{{0}, {1}}));
+  EXPECT_EQ(q.size(), 4u);  // nothing was executed or counted
+  EXPECT_EQ(q.stats().executed, 0u);
+  *clock.now += 11;
+  auto expired = q.peek();
+  ASSERT_TRUE(expired.ok());
+  EXPECT_TRUE(expired->empty());
+}
+
 TEST(ChunkQueue, StartStepAndClear) {
   inf::ChunkQueueOptions o;
   o.start_step = 100;
@@ -446,6 +470,9 @@ TEST(ChunkQueue, RandomizedAgainstAModel) {
            ++it)
         ++remaining;
       ASSERT_EQ(q.actions_remaining(), remaining);
+      auto prefix = q.peek();
+      ASSERT_TRUE(prefix.ok());
+      ASSERT_EQ(prefix->size(), remaining);
       ASSERT_EQ(q.size(), model.size());
     }
     EXPECT_TRUE(std::adjacent_find(executed_steps.begin(), executed_steps.end(),

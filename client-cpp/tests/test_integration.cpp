@@ -8,6 +8,7 @@
 #include <cstring>
 #include <cstdio>
 #include <fstream>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -218,11 +219,17 @@ TEST_F(Integration, ThreadsShareOneConnectionSafely) {
   auto noop = model(conn, "noop");
   constexpr int kEach = 40;
   std::atomic<int> ok{0};
+  std::mutex failures_mutex;
+  std::string failures;  // what went wrong, to read when the count is short
   auto worker = [&](const inf::Model& m, float tag) {
     for (int i = 0; i < kEach; ++i) {
       const float x[1] = {tag + static_cast<float>(i)};
       auto r = m.request(inf::Observation().tensor("x", {1}, x, 1), 5000);
-      if (!r.ok()) continue;
+      if (!r.ok()) {
+        std::lock_guard<std::mutex> lock(failures_mutex);
+        failures += r.error().to_string() + "\n";
+        continue;
+      }
       // Each thread gets the reply to its own request, never the other's.
       if (m.model_id() == "echo" && (*r->tensor("x")->values<float>())[0] != x[0]) continue;
       ++ok;
@@ -232,7 +239,7 @@ TEST_F(Integration, ThreadsShareOneConnectionSafely) {
   a.join();
   b.join();
   c.join();
-  EXPECT_EQ(ok.load(), 3 * kEach);
+  EXPECT_EQ(ok.load(), 3 * kEach) << failures;
   EXPECT_EQ(conn.stats().sent, 3u * kEach);
 }
 

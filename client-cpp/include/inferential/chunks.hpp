@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string_view>
@@ -99,6 +100,13 @@ class ActionChunkQueue {
   // Valid actions queued for consecutive steps from next_step(): what the robot sends as
   // actions_remaining with its next observation (saturates at the field's maximum).
   std::uint32_t actions_remaining() const noexcept;
+
+  // The valid actions queued for consecutive steps from next_step() (at most `limit`),
+  // in step order, without executing them; empty when there are none. A policy doing
+  // real-time chunking receives them with the next observation (the prefix it must keep).
+  // `internal` only when out of memory.
+  Result<std::vector<std::vector<double>>> peek(
+      std::size_t limit = std::numeric_limits<std::size_t>::max()) const noexcept;
 
   // The control step the next pop() serves.
   std::int64_t next_step() const noexcept { return next_step_; }

@@ -16,6 +16,14 @@ int main() {
   bad.reconnect_ivl_ms = 0;
   auto refused = inferential::Connection::create(bad);
   if (refused || refused.error().kind != inferential::ErrorKind::invalid_argument) return 2;
-  std::printf("consumer: %zu frames, refused: %s\n", frames->size(), refused.error().message.c_str());
+  // The chunk queue from the installed chunks.hpp (compiled into the installed library).
+  inferential::ChunkQueueOptions chunk_options;
+  chunk_options.blend = inferential::ChunkBlend::average;
+  auto queue = inferential::ActionChunkQueue::create(chunk_options);
+  if (!queue) return 3;
+  auto rows = queue->add(inferential::Span<float>(joints, 6), 2, 0);  // 3 rows of 2
+  if (!rows || *rows != 3 || !queue->pop() || queue->actions_remaining() != 2) return 4;
+  std::printf("consumer: %zu frames, refused: %s, chunk rows: %zu\n", frames->size(), refused.error().message.c_str(),
+              *rows);
   return 0;
 }
