@@ -64,7 +64,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", default="demo-report", metavar="DIR", help="where to write the report (default demo-report/)"
     )
     demo.add_argument(
-        "--scheduler", default="deadline_aware", metavar="NAME", help="scheduling strategy (default deadline_aware)"
+        "--scheduler",
+        default=None,
+        metavar="NAME",
+        help="scheduling strategy (default deadline_aware; edf with --chunk, which ranks robots by runway)",
+    )
+    chunks = demo.add_argument_group(
+        "action chunks", "with --chunk H: robots run ControlLoop over the shipped chunked policy (local backend)"
+    )
+    chunks.add_argument("--chunk", type=int, default=0, metavar="H", help="actions per chunk (0: the classic demo)")
+    chunks.add_argument(
+        "--variants",
+        default="rtc,rtc-blend,fixed,blend,naive,pause",
+        help="runs to compare, each on a fresh server: rtc, rtc-blend, fixed, blend, naive, pause (default: all)",
+    )
+    chunks.add_argument(
+        "--blend", default="exponential", choices=["latest", "average", "exponential"], help="robot-side blend"
+    )
+    chunks.add_argument("--request-at", type=int, default=None, metavar="K", help="ask at K actions left (default H/2)")
+    chunks.add_argument(
+        "--rates", type=_floats, default=[30.0, 40.0, 50.0], metavar="HZ,..", help="control rates, cycled over robots"
+    )
+    chunks.add_argument(
+        "--model-ms",
+        type=_floats,
+        default=[14.0, 2.0],
+        metavar="BASE,PER",
+        help="the policy's batch time: BASE ms + PER ms per request (default 14,2)",
+    )
+    chunks.add_argument("--fixed-delay", type=int, default=1, metavar="D", help="hand-set delay of 'fixed' (steps)")
+    chunks.add_argument("--noise", type=float, default=0.03, help="the policy's per-sample deviation (rad)")
+    chunks.add_argument("--pause-ms", type=float, default=600.0, help="'pause': how long the model stalls once")
+    chunks.add_argument(
+        "--max-age-ms", type=float, default=250.0, help="'pause': scheduling.action_max_age_ms (valid_until cap)"
     )
 
     top = sub.add_parser(
@@ -180,7 +212,28 @@ def serve(args: argparse.Namespace) -> int:
         asyncio.run(_serve(server, args.config, lambda: config_from_args(args)))
     except KeyboardInterrupt:
         pass
+    _exit_without_stuck_threads()
     return 0
+
+
+def _exit_without_stuck_threads() -> None:
+    """End the process even when a model's call never returned.
+
+    The server has stopped (every request answered, the backend waited its bound);
+    a thread still running now is a hung model call, and the interpreter would
+    wait for it at exit forever (thread pools are joined then). Leave without it.
+    """
+    import logging
+    import os
+    import threading
+
+    stuck = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        logging.getLogger("inferential.server").error("exiting with threads still running: %s", ", ".join(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 async def _serve(server, config_path: Optional[str], load: Callable[[], InferentialConfig]) -> None:
@@ -198,14 +251,32 @@ async def _serve(server, config_path: Optional[str], load: Callable[[], Inferent
             http.close()
 
 
+def _floats(text: str) -> list[float]:
+    """ "30,40,50" -> [30.0, 40.0, 50.0]."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
     if args.command == "demo":
+        if args.chunk:
+            from inferential.demo_chunks import run_chunk_demo
+
+            if args.request_at is None:
+                args.request_at = args.chunk // 2
+            return run_chunk_demo(args)
         from inferential.demo import run_demo
 
+        args.scheduler = args.scheduler or "deadline_aware"
         return run_demo(args)
     if args.command == "top":
         from inferential.top import run_top

@@ -125,7 +125,7 @@ class ChunkedPolicy(Model):
     def plan(self, joints: np.ndarray, target: np.ndarray) -> np.ndarray:
         """The policy's own chunks (batch, horizon, 7), before any frozen prefix."""
         b, h = len(joints), self.horizon
-        chunks = (self._features(joints, target) @ self._w_out).reshape(b, h, JOINTS)
+        chunks: np.ndarray = (self._features(joints, target) @ self._w_out).reshape(b, h, JOINTS)
         if self.noise > 0:  # a sample's smooth deviation: an offset and a drift along the chunk
             offset = self._rng.normal(scale=self.noise, size=(b, 1, JOINTS))
             drift = self._rng.normal(scale=self.noise, size=(b, 1, JOINTS))
