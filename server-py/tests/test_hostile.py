@@ -165,3 +165,91 @@ def test_a_spoofer_sharing_the_victims_id_on_another_connection_cannot_fill_its_
             victim.close()
             spoofer.close()
     assert len(got) == 20 and _failures(got) == {}
+
+
+# --- faults that must end -------------------------------------------------------
+
+import threading  # noqa: E402
+
+RELEASE = threading.Event()
+
+
+def hang(batch):
+    """A model whose batches never return until the test releases them (a hung driver)."""
+    RELEASE.wait(60)
+    return [{"y": np.zeros(1, np.float32)} for _ in batch]
+
+
+def test_a_hung_model_is_answered_model_error_written_off_and_reported_not_ready():
+    from inferential.server.status import readiness
+
+    RELEASE.clear()
+    model = {"name": "hang", "target": "test_hostile:hang", "timeout_s": 0.5, "concurrency": 1}
+    try:
+        with running_server(model_configs=[model], scheduling={"admission": "off"}) as (server, endpoint):
+            peer = Peer(endpoint)
+            try:
+                start = time.monotonic()
+                peer.send("r1", model="hang")
+                (reply,) = peer.replies(5.0)
+                took = time.monotonic() - start
+                health = server.status_threadsafe()["backend"]["models"]["hang"]
+                ready, why = readiness(server)
+            finally:
+                peer.close()
+            assert reply.status == pb.MODEL_ERROR and "0.5 s" in reply.error
+            assert 0.4 < took < 2.0
+            assert health["details"]["timeouts"] == 1 and health["details"]["hung"] == 1 and not health["healthy"]
+            assert not ready and "hang" in why
+            assert server.metrics.counter("dispatch_errors", {"model": "hang"}) >= 1
+            RELEASE.set()  # the driver comes back: the slot is returned
+            eventually(lambda: server.status_threadsafe()["backend"]["models"]["hang"]["details"]["hung"] == 0)
+            assert readiness(server)[0]
+    finally:
+        RELEASE.set()
+
+
+def test_sigterm_with_a_hung_model_exits_within_a_bound(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "hang.yaml"
+    config.write_text(
+        f"transport: {{bind: 'tcp://127.0.0.1:{port}'}}\n"
+        "metrics: {http_port: 0}\n"
+        "models: [{name: hang, target: 'test_hostile:hang', timeout_s: 0.5}]\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferential.cli", "serve", "--config", str(config)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # a cold start on a loaded machine can take seconds
+            if "serving models" in line:
+                break
+        peer = Peer(f"tcp://127.0.0.1:{port}")
+        try:
+            peer.send("r1", model="hang")
+            (reply,) = peer.replies(10.0)
+        finally:
+            peer.close()
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert reply.status == pb.MODEL_ERROR
+    assert took < 8.0, f"SIGTERM to exit took {took:.1f} s"
+    print(f"SIGTERM to exit with a hung model: {took:.2f} s")

@@ -10,17 +10,31 @@ inline on the event loop (``run_inline``: the server finishes such a batch
 without a trip through the loop); a single run over ``INLINE_EJECT`` times that bound
 sends it back to its threads, and it must prove itself again (for longer each
 time). Models with ``allow_inline = False`` always run on their threads.
+
+A batch that runs longer than its model's ``timeout_s`` is failed at that time
+(the engine answers it MODEL_ERROR). Python cannot stop the thread, so its worker
+is written off: the model's concurrency drops by one (to 0 when all are stuck,
+so nothing more is sent to it) and ``health()`` reports the model hung, failing
+readiness, until the call returns. ``stop()`` waits a bounded time for workers
+and leaves hung ones behind (the CLI then exits without them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any, Mapping
 
 from inferential.config.schema import InferentialConfig, ModelConfig
+
+#: Execution timeout of models given as objects (``Server(models={...})``): the
+#: configuration's default for a ``models:`` entry.
+DEFAULT_TIMEOUT_S: float = ModelConfig.model_fields["timeout_s"].default
+#: How long ``stop()`` waits for model threads to finish their current batch.
+STOP_WAIT_S = 5.0
 from inferential.dispatch.base import (
     Backend,
     BackendError,
@@ -46,11 +60,18 @@ INLINE_EJECT = 10.0
 
 
 class _Loaded:
-    __slots__ = ("model", "info", "pool", "errors", "calls", "fast_runs", "inline", "ejections", "allow_inline")
+    __slots__ = (
+        "model", "info", "pool", "errors", "calls", "fast_runs", "inline", "ejections", "allow_inline",
+        "timeout_s", "timeouts", "hung", "workers",
+    )  # fmt: skip
 
-    def __init__(self, model: Model, info: ModelInfo) -> None:
+    def __init__(self, model: Model, info: ModelInfo, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.model = model
         self.info = info
+        self.timeout_s = timeout_s
+        self.timeouts = 0  # batches failed for running past timeout_s
+        self.hung = 0  # of those, calls that have not returned yet (workers written off)
+        self.workers = info.concurrency
         self.pool = ThreadPoolExecutor(max_workers=info.concurrency, thread_name_prefix=f"model-{info.name}")
         self.errors = 0
         self.calls = 0
@@ -94,32 +115,43 @@ class LocalBackend(Backend):
         default_max_batch_size: int = 8,
         inline_below_ms: float = 0.1,
     ) -> None:
-        self._pending: list[tuple[str, Any, dict, int | None, int]] = []
+        self._pending: list[tuple[str, Any, dict, int | None, int, float]] = []
         for cfg in configs or []:
-            self._pending.append((cfg.name, cfg.target, cfg.options, cfg.max_batch_size, cfg.concurrency))
+            self._pending.append(
+                (cfg.name, cfg.target, cfg.options, cfg.max_batch_size, cfg.concurrency, cfg.timeout_s)
+            )
         for name, obj in (objects or {}).items():
-            self._pending.append((name, obj, {}, None, 1))
+            self._pending.append((name, obj, {}, None, 1, DEFAULT_TIMEOUT_S))
         self._default_batch = default_max_batch_size
         self._inline_below_ms = inline_below_ms
         self._models: dict[str, _Loaded] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for name, target, options, max_batch, concurrency in self._pending:
+        for name, target, options, max_batch, concurrency, timeout_s in self._pending:
             obj = load_target(target) if isinstance(target, str) else target
             model = instantiate(obj, options, max_batch)
             if max_batch is None and type(model).max_batch_size == Model.max_batch_size:
                 model.max_batch_size = self._default_batch
             info = ModelInfo(name=name, max_batch_size=model.max_batch_size, concurrency=concurrency)
-            loaded = _Loaded(model, info)
+            loaded = _Loaded(model, info, timeout_s)
             # load() may be slow (weights, warm-up): keep the loop free meanwhile.
             await loop.run_in_executor(loaded.pool, model.load)
             self._models[name] = loaded
             logger.info("model %s loaded (max batch %d, concurrency %d)", name, info.max_batch_size, concurrency)
 
     async def stop(self) -> None:
+        """Stop every model's threads, waiting at most ``STOP_WAIT_S`` for them."""
+        threads: list[threading.Thread] = []
         for loaded in self._models.values():
-            loaded.pool.shutdown(wait=True, cancel_futures=True)
+            threads += list(getattr(loaded.pool, "_threads", ()))
+            loaded.pool.shutdown(wait=False, cancel_futures=True)
+        end = monotonic() + STOP_WAIT_S
+        for t in threads:
+            await asyncio.get_running_loop().run_in_executor(None, t.join, max(0.0, end - monotonic()))
+        stuck = [t.name for t in threads if t.is_alive()]
+        if stuck:
+            logger.error("model threads still running after %.0f s, left behind: %s", STOP_WAIT_S, ", ".join(stuck))
         self._models.clear()
 
     def models(self) -> dict[str, ModelInfo]:
@@ -170,24 +202,60 @@ class LocalBackend(Backend):
             loop.call_soon(done, *self._run(loaded, batch))  # never re-enter the caller: finish on the next pass
             return
 
+        # Whichever comes first on the loop, the outcome or the timeout, answers the batch.
+        state = {"answered": False, "timer": None}
+
+        def finished(outcomes: Any, error: Any) -> None:
+            if state["answered"]:  # it had timed out: the worker is back, its slot too
+                loaded.hung -= 1
+                loaded.info.concurrency += 1
+                logger.warning("model %s: a batch that timed out returned; worker back in service", model_id)
+                return
+            state["answered"] = True
+            state["timer"].cancel()  # type: ignore[attr-defined]
+            done(outcomes, error)
+
+        def timed_out() -> None:
+            if state["answered"]:
+                return
+            state["answered"] = True
+            loaded.timeouts += 1
+            loaded.hung += 1
+            loaded.info.concurrency -= 1  # the engine sends this worker nothing more until it returns
+            loaded.errors += 1
+            logger.error(
+                "model %s: a batch of %d ran past timeout_s (%g s); worker written off (%d of %d hung)",
+                model_id, len(batch), loaded.timeout_s, loaded.hung, loaded.workers,
+            )  # fmt: skip
+            done(None, BackendError(f"model {model_id!r} did not finish the batch within timeout_s ({loaded.timeout_s:g} s)"))
+
+        state["timer"] = loop.call_later(loaded.timeout_s, timed_out)
+
         def work() -> None:
             # The worker hands the outcome straight back: one wake-up of the loop per batch.
             outcome = self._run(loaded, batch)
             try:
-                loop.call_soon_threadsafe(done, *outcome)
+                loop.call_soon_threadsafe(finished, *outcome)
             except RuntimeError:  # the loop closed during shutdown: nobody is waiting
                 pass
 
         loaded.pool.submit(work)
 
     def health(self) -> BackendHealth:
+        hung = {name: m.hung for name, m in self._models.items() if m.hung}
         return BackendHealth(
+            ready=not hung,
+            error=", ".join(f"model {n}: {h} worker(s) hung past timeout_s" for n, h in sorted(hung.items())),
             models={
                 name: ModelHealth(
-                    replicas=m.info.concurrency, details={"calls": m.calls, "errors": m.errors, "inline": m.inline}
-                )
+                    replicas=m.info.concurrency,
+                    healthy=not m.hung,
+                    details={
+                        "calls": m.calls, "errors": m.errors, "inline": m.inline, "timeouts": m.timeouts, "hung": m.hung,
+                    },
+                )  # fmt: skip
                 for name, m in self._models.items()
-            }
+            },
         )
 
 
