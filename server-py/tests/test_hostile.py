@@ -253,3 +253,55 @@ def test_sigterm_with_a_hung_model_exits_within_a_bound(tmp_path):
     assert reply.status == pb.MODEL_ERROR
     assert took < 8.0, f"SIGTERM to exit took {took:.1f} s"
     print(f"SIGTERM to exit with a hung model: {took:.2f} s")
+
+
+def big(inputs):
+    """A model whose output is over a 1 MiB message limit."""
+    return {"y": np.zeros(300_000, np.float32)}
+
+
+def deep(inputs):
+    """A model whose output has more dimensions than the protocol allows."""
+    return {"y": np.zeros((1,) * 9, np.float32)}
+
+
+def test_a_reply_over_the_protocol_limits_is_answered_model_error_and_the_client_lives_on():
+    from inferential import ClientOptions, Connection
+    from inferential.errors import ModelError
+    from inferential.wire import Limits
+
+    limit = 1024 * 1024
+    with running_server(
+        models={"big": big, "deep": deep, "noop": "inferential.models.testing:NoOp"},
+        transport={"max_message_bytes": limit},
+    ) as (_, endpoint):
+        options = ClientOptions(limits=Limits(max_message_bytes=limit))
+        with Connection(endpoint, client_id="r1", options=options) as conn:
+            x = np.zeros(1, np.float32)
+            errors = {}
+            for name in ("big", "deep"):
+                try:
+                    conn.model(name).request(timeout_ms=5000, x=x)
+                except ModelError as err:
+                    errors[name] = str(err)
+            after = conn.model("noop").request(timeout_ms=5000, x=x)
+    assert "exceeds the 1048576-byte limit" in errors["big"]
+    assert "dimensions" in errors["deep"]
+    assert after.ok
+
+
+def test_an_oversized_message_with_a_readable_envelope_is_answered_with_its_request_id():
+    limit = 1024 * 1024
+    with running_server(transport={"max_message_bytes": limit}) as (_, endpoint):
+        peer = Peer(endpoint)
+        try:
+            obs = pb.Observation(model_id="noop", request_id=4242, protocol_version=2)
+            obs.client.id = "r1"
+            half = np.zeros(limit // 2 // 4 + 16, np.float32)  # each frame under the limit, the sum over it
+            payload = pack_tensors([("a", half), ("b", half)], obs.tensors.add)
+            peer.sock.send_multipart([b"", obs.SerializeToString(), *payload])
+            (reply,) = peer.replies(5.0)
+        finally:
+            peer.close()
+    assert reply.status == pb.INVALID_REQUEST and "exceeds" in reply.error
+    assert reply.request_id == 4242 and reply.client.id == "r1"

@@ -74,6 +74,7 @@ class Server:
         self._limits = Limits(max_message_bytes=config.transport.max_message_bytes)
         self._server_name = server_name()
         self._ledger = Ledger(self.metrics, self._registry, clock)
+        self._ledger.limits = self._limits
         self._engine = Engine(config, self._backend, self._ledger, self._registry, self.metrics, clock)
         self._transport: Optional[RouterTransport] = None
         self._tasks: set[asyncio.Task] = set()

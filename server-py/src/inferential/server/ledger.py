@@ -23,9 +23,10 @@ from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest
 from inferential.server.chunking import reply_fields
 from inferential.server.protocol import Rejection, ReplyTiming, encode_reply
+from inferential.server.reply_check import reply_violation
 from inferential.server.registry import ClientRegistry
 from inferential.server.transport import RouterTransport
-from inferential.wire import Status, status_name
+from inferential.wire import Limits, Status, status_name
 
 logger = logging.getLogger("inferential.server")
 
@@ -56,6 +57,8 @@ class Ledger:
         self.transport: Optional[RouterTransport] = None
         self.stopping = False
         self.replies_while_stopping = 0
+        #: The protocol limits every reply is checked against (set by the server; None: unchecked).
+        self.limits: Optional[Limits] = None
         self._metrics = metrics
         self._registry = registry
         self._clock = clock
@@ -92,6 +95,11 @@ class Ledger:
             common["chunk"] = chunk
         try:
             frames = encode_reply(status=status, error=reason, outputs=outputs, **common)  # type: ignore[arg-type]
+            if outputs and self.limits is not None:  # what the robot would drop (or lose its connection over)
+                broken = reply_violation(frames, outputs, self.limits)
+                if broken is not None:
+                    logger.warning("reply of %s to %s over the protocol limits: %s", request.model_id, request.client_id, broken)
+                    raise ValueError(f"the reply would break the protocol limits: {broken}")
         except (TypeError, ValueError) as err:  # an output the wire cannot carry
             status, reason = _MODEL_ERROR, f"model output cannot be sent: {err}"
             frames = encode_reply(status=status, error=reason, **common)  # type: ignore[arg-type]

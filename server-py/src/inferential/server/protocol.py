@@ -76,7 +76,7 @@ def decode_request(frames: Sequence[Any], limits: Limits) -> tuple[bytes, Decode
     try:
         envelope, segments = split_frames(frames[1:], limits)
     except WireError as err:
-        raise Rejection(pb.INVALID_REQUEST, str(err)) from None
+        raise Rejection(pb.INVALID_REQUEST, str(err), _ids_of(frames)) from None
     obs = pb.Observation()
     try:
         obs.ParseFromString(envelope)
@@ -84,6 +84,18 @@ def decode_request(frames: Sequence[Any], limits: Limits) -> tuple[bytes, Decode
         salvaged, why = _salvage(envelope)
         raise Rejection(pb.INVALID_REQUEST, why or f"envelope is not a valid Observation: {err}", salvaged) from None
     return identity, decode_observation(obs, segments, limits)
+
+
+def _ids_of(frames: Sequence[Any]) -> Optional[pb.Observation]:
+    """The ids of a message refused for its framing or size, when its envelope (the
+    third frame, itself small) can be read: the reply then names the request."""
+    if len(frames) < 3 or nbytes(frames[2]) > 65536:  # an envelope is small; never walk a huge frame
+        return None
+    raw = buffer(frames[2])
+    obs, _ = _salvage(raw)
+    if obs is not None and obs.client.id and len(obs.client.id) <= 256:
+        return obs
+    return None
 
 
 _HINTS = ("urgency", "latency_budget_ms", "control_rate_hz")
