@@ -98,11 +98,15 @@ def test_a_forged_timestamp_on_another_connection_does_not_move_the_victims_base
     config.scheduling.admission = "reject"
     registry = _registry(config)
     sched = config.scheduling
-    assert isinstance(admit(_decoded(timestamp_ns=WALL0), b"victim", registry, MODELS, sched, 0, WALL0), InferenceRequest)
+    assert isinstance(
+        admit(_decoded(timestamp_ns=WALL0), b"victim", registry, MODELS, sched, 0, WALL0), InferenceRequest
+    )
     # Same client.id, another connection, a timestamp 10 s in the future: without a
     # measured bound at all (None), only the forger's own baseline moves.
     admit(_decoded(timestamp_ns=WALL0 + 10_000 * MS), b"forger", registry, MODELS, sched, MS, WALL0 + MS)
-    later = admit(_decoded(timestamp_ns=WALL0 + 2 * MS, budget_ms=5.0), b"victim", registry, MODELS, sched, 2 * MS, WALL0 + 2 * MS)
+    later = admit(
+        _decoded(timestamp_ns=WALL0 + 2 * MS, budget_ms=5.0), b"victim", registry, MODELS, sched, 2 * MS, WALL0 + 2 * MS
+    )
     assert isinstance(later, InferenceRequest) and later.arrival_ns == 2 * MS
 
 
@@ -126,7 +130,14 @@ def test_a_claimed_wait_is_never_believed_beyond_the_measured_backlog():
     # A measured backlog is believed: 30 ms claimed and 50 ms possible is 30 ms waited.
     t3 = 200 * MS
     late = admit(
-        _decoded(timestamp_ns=WALL0 + t3 - 1030 * MS, budget_ms=20.0), b"id1", registry, MODELS, sched, t3, WALL0 + t3, 50 * MS
+        _decoded(timestamp_ns=WALL0 + t3 - 1030 * MS, budget_ms=20.0),
+        b"id1",
+        registry,
+        MODELS,
+        sched,
+        t3,
+        WALL0 + t3,
+        50 * MS,
     )
     assert isinstance(late, Rejection) and late.status == Status.DEADLINE_UNMEETABLE
 

@@ -126,7 +126,11 @@ def test_stamping_with_jittering_sensor_read_times_costs_no_request():
         robot = Peer(endpoint)
         try:  # sensor age 0-200 ms, budget 50 ms: the age is not time spent waiting for the server
             got = _robot_run(
-                robot, "sensor", 60, 0.02, stamp=lambda i: time.time_ns() - rng.randint(0, 200) * MS,
+                robot,
+                "sensor",
+                60,
+                0.02,
+                stamp=lambda i: time.time_ns() - rng.randint(0, 200) * MS,
                 latency_budget_ms=50.0,
             )
         finally:

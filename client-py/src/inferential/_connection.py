@@ -34,11 +34,19 @@ POLLIN = int(zmq.POLLIN)
 NOBLOCK, SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 
 
-def waiting_messages(sock: zmq.Socket) -> Iterator[list[Any]]:
-    """Every message already waiting on ``sock``, each as its list of frames (zero-copy),
-    without blocking. ZMQ's descriptor is edge-triggered: callers read until this ends."""
+#: Replies read per pass before a waiting call looks at its clock again (or, asyncio,
+#: lets other callbacks run): a flood of replies must not stretch a wait past its timeout.
+DRAIN_CHUNK = 64
+
+
+def waiting_messages(sock: zmq.Socket, limit: Optional[int] = None) -> Iterator[list[Any]]:
+    """The messages already waiting on ``sock`` (at most ``limit``), each as its list of
+    frames (zero-copy), without blocking. ZMQ's descriptor is edge-triggered: a caller
+    that stops early must come back for the rest without waiting for the descriptor."""
     watch = [(sock, POLLIN)]
-    while zpoll(watch, 0):
+    count = 0
+    while (limit is None or count < limit) and zpoll(watch, 0):
+        count += 1
         frame = zrecv(sock, NOBLOCK, False)
         frames = [frame]
         while frame.more:  # the rest of a message is already here: ZMQ delivers whole messages

@@ -22,6 +22,7 @@ import zmq
 
 from inferential._connection import (
     DEFAULT_SERVER,
+    DRAIN_CHUNK,
     NOBLOCK,
     SNDMORE,
     ConnectionBase,
@@ -111,7 +112,9 @@ class AsyncConnection(ConnectionBase):
         if self._closed:
             return
         matcher = self._matcher
-        for frames in waiting_messages(self._socket):
+        count = 0
+        for frames in waiting_messages(self._socket, DRAIN_CHUNK):
+            count += 1
             try:
                 deliveries = matcher.on_reply(frames)
             except Exception:  # never lose the reader over one reply
@@ -127,6 +130,10 @@ class AsyncConnection(ConnectionBase):
                     event = self._events.get(model_id)
                     if event is not None:
                         event.set()
+        if count >= DRAIN_CHUNK and self._loop is not None:
+            # More may be waiting, and the descriptor will not signal it again: come back
+            # after the other callbacks (a waiter's timeout among them) have run.
+            self._loop.call_soon(self._on_readable)
 
     async def _send(self, frames: list[Any], request_id: int, model_id: str, awaited: bool) -> None:
         self._check_open()

@@ -16,6 +16,7 @@ import zmq
 
 from inferential._connection import (
     DEFAULT_SERVER,
+    DRAIN_CHUNK,
     POLLIN,
     SNDMORE,
     ConnectionBase,
@@ -119,7 +120,7 @@ class Connection(ConnectionBase):
         deadline = time.monotonic() + max(0.0, timeout_ms) / 1000.0
         matcher = self._matcher
         while True:
-            self._drain()
+            self._drain(deadline)
             got = matcher.take_awaited(rid)
             if got is not None:
                 if isinstance(got, Exception):
@@ -130,10 +131,18 @@ class Connection(ConnectionBase):
                 return None
             self._poll(remaining)
 
-    def _drain(self) -> None:
+    def _drain(self, deadline: Optional[float] = None) -> None:
+        """Route the replies waiting: at least one chunk, then more until ``deadline``
+        (monotonic seconds; None: one chunk). What is left is read on the next call."""
         on_reply = self._matcher.on_reply
-        for frames in waiting_messages(self._socket):
-            on_reply(frames)
+        sock = self._socket
+        while True:
+            count = 0
+            for frames in waiting_messages(sock, DRAIN_CHUNK):
+                on_reply(frames)
+                count += 1
+            if count < DRAIN_CHUNK or deadline is None or time.monotonic() >= deadline:
+                return
 
     def _poll(self, seconds: float) -> None:
         zpoll([(self._socket, POLLIN)], max(1, math.ceil(seconds * 1000)))
@@ -180,7 +189,7 @@ class ModelHandle(ModelHandleBase):
         deadline = time.monotonic() + max(0.0, wait) / 1000.0
         matcher = conn._matcher
         while True:
-            conn._drain()
+            conn._drain(deadline)
             result = matcher.take_latest(self.model_id)
             if result is not None:
                 return result.raise_for_status()

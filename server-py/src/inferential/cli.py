@@ -227,7 +227,9 @@ def _exit_without_stuck_threads() -> None:
     import os
     import threading
 
-    stuck = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    stuck = [
+        t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
     if stuck:
         logging.getLogger("inferential.server").error("exiting with threads still running: %s", ", ".join(stuck))
         logging.shutdown()

@@ -29,12 +29,6 @@ from time import monotonic, perf_counter
 from typing import Any, Mapping
 
 from inferential.config.schema import InferentialConfig, ModelConfig
-
-#: Execution timeout of models given as objects (``Server(models={...})``): the
-#: configuration's default for a ``models:`` entry.
-DEFAULT_TIMEOUT_S: float = ModelConfig.model_fields["timeout_s"].default
-#: How long ``stop()`` waits for model threads to finish their current batch.
-STOP_WAIT_S = 5.0
 from inferential.dispatch.base import (
     Backend,
     BackendError,
@@ -53,6 +47,12 @@ from inferential.dispatch.base import (
 from inferential.dispatch.registry import register_backend
 
 logger = logging.getLogger("inferential.dispatch.local")
+
+#: Execution timeout of models given as objects (``Server(models={...})``): the
+#: configuration's default for a ``models:`` entry.
+DEFAULT_TIMEOUT_S: float = ModelConfig.model_fields["timeout_s"].default
+#: How long ``stop()`` waits for model threads to finish their current batch.
+STOP_WAIT_S = 5.0
 
 
 INLINE_PROBE = 32
@@ -203,22 +203,23 @@ class LocalBackend(Backend):
             return
 
         # Whichever comes first on the loop, the outcome or the timeout, answers the batch.
-        state = {"answered": False, "timer": None}
+        state = _Attempt()
 
         def finished(outcomes: Any, error: Any) -> None:
-            if state["answered"]:  # it had timed out: the worker is back, its slot too
+            if state.answered:  # it had timed out: the worker is back, its slot too
                 loaded.hung -= 1
                 loaded.info.concurrency += 1
                 logger.warning("model %s: a batch that timed out returned; worker back in service", model_id)
                 return
-            state["answered"] = True
-            state["timer"].cancel()  # type: ignore[attr-defined]
+            state.answered = True
+            if state.timer is not None:
+                state.timer.cancel()
             done(outcomes, error)
 
         def timed_out() -> None:
-            if state["answered"]:
+            if state.answered:
                 return
-            state["answered"] = True
+            state.answered = True
             loaded.timeouts += 1
             loaded.hung += 1
             loaded.info.concurrency -= 1  # the engine sends this worker nothing more until it returns
@@ -227,9 +228,12 @@ class LocalBackend(Backend):
                 "model %s: a batch of %d ran past timeout_s (%g s); worker written off (%d of %d hung)",
                 model_id, len(batch), loaded.timeout_s, loaded.hung, loaded.workers,
             )  # fmt: skip
-            done(None, BackendError(f"model {model_id!r} did not finish the batch within timeout_s ({loaded.timeout_s:g} s)"))
+            done(
+                None,
+                BackendError(f"model {model_id!r} did not finish the batch within timeout_s ({loaded.timeout_s:g} s)"),
+            )
 
-        state["timer"] = loop.call_later(loaded.timeout_s, timed_out)
+        state.timer = loop.call_later(loaded.timeout_s, timed_out)
 
         def work() -> None:
             # The worker hands the outcome straight back: one wake-up of the loop per batch.
@@ -251,12 +255,26 @@ class LocalBackend(Backend):
                     replicas=m.info.concurrency,
                     healthy=not m.hung,
                     details={
-                        "calls": m.calls, "errors": m.errors, "inline": m.inline, "timeouts": m.timeouts, "hung": m.hung,
+                        "calls": m.calls,
+                        "errors": m.errors,
+                        "inline": m.inline,
+                        "timeouts": m.timeouts,
+                        "hung": m.hung,
                     },
                 )  # fmt: skip
                 for name, m in self._models.items()
             },
         )
+
+
+class _Attempt:
+    """One batch on a worker: answered yet (by its outcome or its timeout), and the timer."""
+
+    __slots__ = ("answered", "timer")
+
+    def __init__(self) -> None:
+        self.answered = False
+        self.timer: asyncio.TimerHandle | None = None
 
 
 def _run(model: Model, batch: list[Inputs]) -> list[Outcome]:

@@ -23,8 +23,8 @@ from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest
 from inferential.server.chunking import reply_fields
 from inferential.server.protocol import Rejection, ReplyTiming, encode_reply
-from inferential.server.reply_check import reply_violation
 from inferential.server.registry import ClientRegistry
+from inferential.server.reply_check import reply_violation
 from inferential.server.transport import RouterTransport
 from inferential.wire import Limits, Status, status_name
 
@@ -98,7 +98,9 @@ class Ledger:
             if outputs and self.limits is not None:  # what the robot would drop (or lose its connection over)
                 broken = reply_violation(frames, outputs, self.limits)
                 if broken is not None:
-                    logger.warning("reply of %s to %s over the protocol limits: %s", request.model_id, request.client_id, broken)
+                    logger.warning(
+                        "reply of %s to %s over the protocol limits: %s", request.model_id, request.client_id, broken
+                    )
                     raise ValueError(f"the reply would break the protocol limits: {broken}")
         except (TypeError, ValueError) as err:  # an output the wire cannot carry
             status, reason = _MODEL_ERROR, f"model output cannot be sent: {err}"

@@ -218,8 +218,9 @@ class RouterTransport:
         if self._sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._sock.fileno())
-                if self._selector is not None and getattr(self._loop, "_selector", None) is self._selector:
-                    self._loop._selector = self._selector.inner  # type: ignore[attr-defined]
+                timed = self._selector
+                if timed is not None and getattr(self._loop, "_selector", None) is timed:
+                    self._loop._selector = timed.inner  # type: ignore[attr-defined,union-attr]
                 self._selector = None
             self._sock.close(linger=200)  # let replies already queued go out
             self._sock = None

@@ -1,0 +1,90 @@
+"""Issue 14, client side, against the real Python server: a reply flood does not stretch a
+wait past its timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("inferential.server")
+
+from inferential import AsyncConnection, ClientOptions, Connection  # noqa: E402
+from inferential.config import InferentialConfig  # noqa: E402
+from inferential.server import BackgroundServer, Server  # noqa: E402
+
+FLOOD = 20_000
+WAIT_MS = 50
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    config = InferentialConfig.model_validate({"transport": {"bind": "tcp://127.0.0.1:0"}, "models": []})
+    server = Server(config=config, models={"noop": "inferential.models.testing:NoOp"})
+    background = BackgroundServer(server)
+    background.start()
+    yield server
+    background.stop()
+
+
+def _options() -> ClientOptions:
+    return ClientOptions(recv_hwm=10 * FLOOD, send_hwm=10 * FLOOD)
+
+
+def _replied(server: Server, count: int) -> None:
+    """Wait until the server has sent ``count`` more replies (then they queue in the client's socket)."""
+    end = time.monotonic() + 30
+    while server.metrics.counter("replies", {"model": "noop"}) < count and time.monotonic() < end:
+        time.sleep(0.05)
+    time.sleep(0.2)  # from the server's socket to the client's
+
+
+def _flooded(server: Server, conn: Connection) -> None:
+    """FLOOD replies waiting, unread, on ``conn``'s socket."""
+    before = server.metrics.counter("replies", {"model": "noop"})
+    noop = conn.model("noop")
+    x = np.zeros(1, np.float32)
+    for _ in range(FLOOD):
+        noop.observe(x=x)
+    _replied(server, before + FLOOD)
+
+
+def test_get_result_returns_near_its_timeout_under_a_flood_of_replies(endpoint):
+    server = endpoint
+    with Connection(server.endpoint, client_id="flooded", options=_options()) as conn:
+        _flooded(server, conn)
+        other = conn.model("other")  # no reply will ever come for it
+        start = time.monotonic()
+        assert other.get_result(timeout_ms=WAIT_MS) is None
+        took_ms = (time.monotonic() - start) * 1000
+        # The flood is still read, over the following calls.
+        end = time.monotonic() + 10
+        while conn.stats.received < FLOOD and time.monotonic() < end:
+            other.get_result(timeout_ms=WAIT_MS)
+        received = conn.stats.received
+    print(f"get_result(timeout_ms={WAIT_MS}) under {FLOOD} waiting replies: {took_ms:.0f} ms")
+    assert took_ms < 1.5 * WAIT_MS + 10
+    assert received == FLOOD
+
+
+def test_async_get_result_returns_near_its_timeout_under_a_flood_of_replies(endpoint):
+    server = endpoint
+
+    async def main() -> float:
+        before = server.metrics.counter("replies", {"model": "noop"})
+        async with AsyncConnection(server.endpoint, client_id="flooded-aio", options=_options()) as conn:
+            noop = conn.model("noop")
+            x = np.zeros(1, np.float32)
+            for _ in range(FLOOD):
+                await noop.observe(x=x)
+            await asyncio.sleep(0)
+            _replied(server, before + FLOOD)  # blocks the loop: the replies queue unread
+            start = time.monotonic()
+            assert await conn.model("other").get_result(timeout_ms=WAIT_MS) is None
+            return (time.monotonic() - start) * 1000
+
+    took_ms = asyncio.run(main())
+    print(f"async get_result(timeout_ms={WAIT_MS}) under {FLOOD} waiting replies: {took_ms:.0f} ms")
+    assert took_ms < 1.5 * WAIT_MS + 10
