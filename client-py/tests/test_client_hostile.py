@@ -88,3 +88,41 @@ def test_async_get_result_returns_near_its_timeout_under_a_flood_of_replies(endp
     took_ms = asyncio.run(main())
     print(f"async get_result(timeout_ms={WAIT_MS}) under {FLOOD} waiting replies: {took_ms:.0f} ms")
     assert took_ms < 1.5 * WAIT_MS + 10
+
+
+def _big(inputs):
+    """An output over the client's 1 MiB limit but within the server's."""
+    return {"y": np.zeros(300_000, np.float32)}
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_reply_over_the_clients_limit_costs_one_request_and_the_connection_recovers(flavour):
+    from inferential import Limits, RequestTimeout
+
+    config = InferentialConfig.model_validate({"transport": {"bind": "tcp://127.0.0.1:0"}, "models": []})
+    server = Server(config=config, models={"big": _big, "noop": "inferential.models.testing:NoOp"})
+    background = BackgroundServer(server)
+    endpoint = background.start()
+    options = ClientOptions(limits=Limits(max_message_bytes=1024 * 1024))
+    x = np.zeros(1, np.float32)
+    try:
+        if flavour == "sync":
+            with Connection(endpoint, client_id="small", options=options) as conn:
+                assert conn.model("noop").request(timeout_ms=5000, x=x).ok
+                with pytest.raises(RequestTimeout):  # libzmq drops the connection on the oversized reply
+                    conn.model("big").request(timeout_ms=1000, x=x)
+                after = conn.model("noop").request(timeout_ms=5000, x=x)
+                resets = conn.stats.socket_resets
+        else:
+
+            async def main():
+                async with AsyncConnection(endpoint, client_id="small-aio", options=options) as conn:
+                    assert (await conn.model("noop").request(timeout_ms=5000, x=x)).ok
+                    with pytest.raises(RequestTimeout):
+                        await conn.model("big").request(timeout_ms=1000, x=x)
+                    return await conn.model("noop").request(timeout_ms=5000, x=x), conn.stats.socket_resets
+
+            after, resets = asyncio.run(main())
+    finally:
+        background.stop()
+    assert after.ok and resets == 1

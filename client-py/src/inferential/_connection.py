@@ -15,6 +15,7 @@ import time
 from typing import Any, Iterator, Optional, Union
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from inferential._envelope import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PRIORITY, encode_describe, encode_observation
 from inferential._matching import ConnectionStats, ReplyMatcher
@@ -54,6 +55,11 @@ def waiting_messages(sock: zmq.Socket, limit: Optional[int] = None) -> Iterator[
             frames.append(frame)
         yield frames
 
+
+# The monitor events that tell a dead connection from one libzmq is re-establishing; the
+# CONNECT_RETRIED of a network error follows its DISCONNECTED within the same io-thread turn.
+_LINK_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
+_RETRY_GRACE_MS = 100
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
@@ -125,14 +131,63 @@ class ConnectionBase:
         # One DEALER per connection, on a context of its own (sync and asyncio alike: the
         # asyncio connection watches the same socket's descriptor from its loop).
         self._ctx = zmq.Context(io_threads=1)
-        self._socket = self._ctx.socket(zmq.DEALER)
         try:
-            configure_socket(self._socket, self.options)
-            self._socket.connect(self.server)
+            self._open_socket()
         except Exception:
-            self._socket.close(linger=0)
             self._ctx.term()
             raise
+
+    # --- the socket and its recovery --------------------------------------------
+
+    def _open_socket(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        try:
+            configure_socket(sock, self.options)
+            # Watched for a connection libzmq ends and never re-establishes (see _link_lost).
+            monitor = sock.get_monitor_socket(_LINK_EVENTS)
+            sock.connect(self.server)
+        except Exception:
+            sock.close(linger=0)
+            raise
+        self._socket, self._monitor = sock, monitor
+
+    def _close_socket(self) -> None:
+        try:
+            self._socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
+        self._socket.close(linger=0)
+
+    def _link_lost(self) -> bool:
+        """True when libzmq dropped the connection for good.
+
+        After a protocol error (a reply over ``max_message_bytes``, a peer speaking
+        nonsense) libzmq closes the connection and, unlike after a network error, never
+        reconnects: a DISCONNECTED event with no CONNECT_RETRIED after it. Read on each
+        send (one non-blocking poll of the monitor).
+        """
+        monitor = self._monitor
+        watch = [(monitor, POLLIN)]
+        lost = False
+        wait_ms = 0
+        while zpoll(watch, wait_ms):
+            try:
+                event = recv_monitor_message(monitor, NOBLOCK)["event"]
+            except zmq.ZMQError:
+                break
+            lost = event == zmq.EVENT_DISCONNECTED
+            # After a DISCONNECTED, give the CONNECT_RETRIED of a network error its moment
+            # (it is queued right after; a protocol error has none): once per disconnect.
+            wait_ms = _RETRY_GRACE_MS if lost else 0
+        return lost
+
+    def _reset_socket(self) -> None:
+        """A new DEALER for the same server, counted in ``stats.socket_resets``. Replies
+        to what the old one sent are lost: their requests time out as they would have."""
+        self._close_socket()
+        self._open_socket()
+        self._matcher.stats.socket_resets += 1
 
     @property
     def stats(self) -> ConnectionStats:

@@ -32,7 +32,9 @@ class ConnectionStats:
     (unknown or duplicate request id, or a model_id that does not match).
     malformed_dropped: replies that break the protocol, including a version-2 reply
     with request id 0 (the server could not read an observation). by_status: replies
-    matched to a request, by status name.
+    matched to a request, by status name. socket_resets: times the socket was
+    recreated because libzmq had dropped the connection for good (a protocol error,
+    e.g. a reply over max_message_bytes).
     """
 
     sent: int = 0
@@ -42,6 +44,7 @@ class ConnectionStats:
     unknown_dropped: int = 0
     malformed_dropped: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+    socket_resets: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

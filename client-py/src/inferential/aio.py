@@ -83,7 +83,7 @@ class AsyncConnection(ConnectionBase):
         self._waiters.clear()
         for event in self._events.values():
             event.set()  # wake get_result() callers; they see the connection closed
-        self._socket.close(linger=0)
+        self._close_socket()
         self._ctx.term()
 
     async def aclose(self) -> None:
@@ -137,6 +137,11 @@ class AsyncConnection(ConnectionBase):
 
     async def _send(self, frames: list[Any], request_id: int, model_id: str, awaited: bool) -> None:
         self._check_open()
+        if self._link_lost():
+            if self._loop is not None and self._fd is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._fd)
+            self._loop = self._fd = None
+            self._reset_socket()
         self._ensure_reader()
         matcher = self._matcher
         matcher.track(request_id, model_id, awaited)

@@ -72,7 +72,7 @@ class Connection(ConnectionBase):
         if self._closed:
             return
         self._closed = True
-        self._socket.close(linger=0)
+        self._close_socket()
         self._ctx.term()
 
     def __enter__(self) -> "Connection":
@@ -85,6 +85,8 @@ class Connection(ConnectionBase):
 
     def _send(self, frames: list[Any], request_id: int, model_id: str, awaited: bool) -> None:
         self._check_open()
+        if self._link_lost():
+            self._reset_socket()
         self._drain()
         matcher = self._matcher
         matcher.track(request_id, model_id, awaited)
