@@ -15,6 +15,8 @@ FUZZ_SECONDS ?= 60
 .PHONY: test-cpp test-cpp-asan fuzz-cpp testee-cpp check-bazel bench-cpp
 
 TEST_TARGETS += test-cpp test-cpp-asan check-bazel
+CONFORMANCE_LANGS += cpp
+CONFORMANCE_TESTEES += testee-cpp
 
 # Configure, build, and run every googletest suite plus the install + outside-consumer check.
 test-cpp: $(VENV)/.stamp
