@@ -309,3 +309,42 @@ def test_an_oversized_message_with_a_readable_envelope_is_answered_with_its_requ
             peer.close()
     assert reply.status == pb.INVALID_REQUEST and "exceeds" in reply.error
     assert reply.request_id == 4242 and reply.client.id == "r1"
+
+
+# --- bounded state --------------------------------------------------------------
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def _spray(peer: Peer, start: int, count: int) -> None:
+    """``count`` observations under fresh client ids, half to fresh unknown model ids; every reply read."""
+    for i in range(start, start + count):
+        peer.send(f"robot-{i}", model="noop" if i % 2 else f"no-such-model-{i}")
+        if i % 200 == 199:
+            got = 0
+            while got < 200:
+                got += len(peer.replies(5.0))
+
+
+def test_distinct_client_and_model_ids_leave_metrics_and_state_flat():
+    from inferential.metrics.prometheus import PrometheusExporter
+
+    with running_server(metrics={"max_robot_series": 100}, clients={"max_tracked": 1000}) as (server, endpoint):
+        exporter = PrometheusExporter(server)
+        peer = Peer(endpoint)
+        try:
+            _spray(peer, 0, 2000)
+            first = len(exporter.render())
+            rss_first = _rss_kib()
+            _spray(peer, 2000, 20000)
+            second = len(exporter.render())
+            rss_second = _rss_kib()
+            robots = len(server.registry.robots)
+        finally:
+            peer.close()
+    print(f"/metrics after 2k ids: {first} B, after 22k: {second} B; RSS {rss_first} -> {rss_second} KiB")
+    assert second <= first * 1.05, (first, second)
+    assert robots <= 1000

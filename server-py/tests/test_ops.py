@@ -124,7 +124,8 @@ def test_metrics_count_replies_by_model_and_status_and_parse_with_prometheus_cli
     assert samples(fams, "inferential_replies_total") == {
         (("model", "noop"), ("status", "OK")): 8.0,
         (("model", "failing"), ("status", "MODEL_ERROR")): 2.0,
-        (("model", "nope"), ("status", "UNKNOWN_MODEL")): 1.0,
+        # A model id nobody serves is the sender's word: it never becomes a label.
+        (("model", ""), ("status", "UNKNOWN_MODEL")): 1.0,
     }
     assert samples(fams, "inferential_rejected_observations_total") == {(("status", "UNKNOWN_MODEL"),): 1.0}
 

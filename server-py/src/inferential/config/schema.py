@@ -91,6 +91,9 @@ class ClientsConfig(_Section):
     defaults: ClientDefaults = ClientDefaults()
     known: list[KnownClient] = []
     accept_unknown: bool = True
+    # Robots tracked at once (cadence, last status, /status lines); past it the one
+    # silent longest is forgotten (client ids are self-declared: an attacker can invent many).
+    max_tracked: int = Field(10000, ge=1)
 
     def get(self, client_id: str) -> Optional[KnownClient]:
         for c in self.known:
@@ -109,6 +112,10 @@ class MetricsConfig(_Section):
     # HTTP endpoint serving /metrics (Prometheus), /healthz and /readyz; None = off.
     http_port: Optional[int] = Field(None, ge=0, le=65535)
     http_host: str = "127.0.0.1"
+    # Robots with series of their own (the `client` label); known clients first, then
+    # the first seen; the rest share client="_other". A robot's series go when it is
+    # unregistered, freeing its place.
+    max_robot_series: int = Field(200, ge=0)
 
 
 class AuthConfig(_Section):

@@ -4,15 +4,18 @@ so nothing here runs on the event loop's request path."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from inferential.server.status import model_replicas, queue_depths, slo_attainment
+from inferential.server.status import model_replicas, queue_depths
 
 #: Seconds of history behind the ``inferential_slo_attainment`` gauge.
 SLO_WINDOW_S = 60.0
+#: The ``client`` label of robots past ``metrics.max_robot_series``.
+OTHER_ROBOTS = "_other"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -112,8 +115,37 @@ class PrometheusExporter:
             ["client", "model"],
             registry=self.registry,
         )
+        # Robots with a `client` label of their own, and the models each has series for:
+        # client ids are self-declared, so their number is bounded (metrics.max_robot_series).
+        self._robot_models: dict[str, set[str]] = {}
+        self._robots_lock = threading.Lock()
         self.registry.register(_LiveCollector(self))
         server.on_metric(self._on_metric)
+
+    def client_label(self, client: str) -> str:
+        """``client`` when it has series of its own (known to the configuration, or among
+        the first ``metrics.max_robot_series`` robots tracked), else ``_other``."""
+        if client in self._robot_models:
+            return client
+        config = self.server.config
+        with self._robots_lock:
+            if len(self._robot_models) < config.metrics.max_robot_series or config.clients.get(client) is not None:
+                self._robot_models.setdefault(client, set())
+                return client
+        return OTHER_ROBOTS
+
+    def forget_gone_robots(self) -> None:
+        """Remove the series of robots no longer registered, freeing their places."""
+        registered = set(list(self.server.registry.robots))
+        with self._robots_lock:
+            gone = [c for c in self._robot_models if c not in registered]
+            for client in gone:
+                for model in self._robot_models.pop(client):
+                    for counter in (self._slo_total, self._slo_met):
+                        try:
+                            counter.remove(client, model)
+                        except KeyError:
+                            pass
 
     def _on_metric(self, name: str, value: float, labels: dict) -> None:
         hist = self._hist.get(name)
@@ -129,7 +161,11 @@ class PrometheusExporter:
         elif name == "payload_size_bytes":
             self._payload.labels(model=labels.get("model", "")).observe(value)
         elif name == "slo_met":
-            key = dict(client=labels.get("client", ""), model=labels.get("model", ""))
+            client, model = self.client_label(labels.get("client", "")), labels.get("model", "")
+            if client != OTHER_ROBOTS:
+                with self._robots_lock:
+                    self._robot_models.setdefault(client, set()).add(model)
+            key = dict(client=client, model=model)
             self._slo_total.labels(**key).inc()
             if value:
                 self._slo_met.labels(**key).inc()
@@ -143,6 +179,7 @@ class PrometheusExporter:
 
     def render(self) -> bytes:
         self.server.metrics.flush(0.5)
+        self.forget_gone_robots()
         return generate_latest(self.registry)
 
 
@@ -205,6 +242,12 @@ class _LiveCollector:
         ready.add_metric([], 1.0 if status.get("ready") else 0.0)
         if sched.get("strategy"):
             strategy.add_metric([str(sched["strategy"])], 1.0)
-        for (client, model), share in slo_attainment(server.metrics, self.exporter.slo_window_s).items():
-            slo.add_metric([client, model], share)
+        labelled: dict[tuple[str, str], list[float]] = {}
+        own = self.exporter._robot_models  # read only: places are given on the metrics thread
+        for _, met, labels in server.metrics.points("slo_met", self.exporter.slo_window_s):
+            client = labels.get("client", "")
+            key = (client if client in own else OTHER_ROBOTS, labels.get("model", ""))
+            labelled.setdefault(key, []).append(met)
+        for (client, model), mets in labelled.items():
+            slo.add_metric([client, model], sum(mets) / len(mets))
         return [depth, inflight, concurrency, replicas, robots, queued, pending, ready, strategy, slo]

@@ -55,11 +55,15 @@ def _matches(point_labels: Labels, wanted: Optional[Labels]) -> bool:
 class MetricsStore:
     """Ring buffer per metric (``ring_buffer_size`` points) plus monotonic counters."""
 
+    #: Robots whose counters (shed counts by robot) are kept apart; the rest share "_other".
+    MAX_COUNTER_ROBOTS = 1000
+
     def __init__(self, ring_buffer_size: int = 10_000, clock: Callable[[], float] = time.time) -> None:
         self._size = ring_buffer_size
         self._clock = clock
         self._series: dict[str, deque[tuple[float, float, dict]]] = defaultdict(lambda: deque(maxlen=self._size))
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self._counter_robots: set[str] = set()
         self._callbacks: list[Callback] = []
         self._queue: "queue.SimpleQueue[tuple[str, float, dict] | None]" = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
@@ -75,7 +79,17 @@ class MetricsStore:
 
     def increment(self, name: str, labels: Optional[dict] = None, amount: float = 1.0) -> None:
         key = (name, tuple(sorted((labels or {}).items())))
-        self._counters[key] += amount
+        counters = self._counters
+        if key not in counters and labels and "client" in labels:
+            # Robot-labelled counters: client ids are self-declared, so past
+            # MAX_COUNTER_ROBOTS robots the rest count under client="_other".
+            seen = self._counter_robots
+            if labels["client"] not in seen:
+                if len(seen) >= self.MAX_COUNTER_ROBOTS:
+                    key = (name, tuple(sorted({**labels, "client": "_other"}.items())))
+                else:
+                    seen.add(labels["client"])
+        counters[key] += amount
         self.record(name, amount, labels)
 
     # -- callbacks --------------------------------------------------------------

@@ -157,6 +157,7 @@ class Server:
         self._stopped = asyncio.Event()
         await self._backend.start()
         self._engine.start(self._loop, self._backend.models())
+        self._ledger.models = self._engine.models
         # Everything alive now (libraries, models, Ray) lives as long as the server:
         # keep it out of the collector's scans, or each full collection walks the
         # whole heap and stalls every robot for tens of milliseconds.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Container, Mapping, Optional
 
 from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest
@@ -59,6 +59,9 @@ class Ledger:
         self.replies_while_stopping = 0
         #: The protocol limits every reply is checked against (set by the server; None: unchecked).
         self.limits: Optional[Limits] = None
+        #: The models served: a rejection names its model in metrics only when it is one of
+        #: them (a model id is whatever the sender wrote: it must not become a label).
+        self.models: Container[str] = ()
         self._metrics = metrics
         self._registry = registry
         self._clock = clock
@@ -137,6 +140,7 @@ class Ledger:
         client_id = obs.client.id if obs is not None else ""
         model_id = obs.model_id if obs is not None else ""
         logger.debug("rejected observation from %r: %s", client_id or identity, rej)
+        label_model = model_id if model_id in self.models else ""
         self._metrics.increment("observation_errors", {"status": status_name(rej.status)})
         if not identity:
             return
@@ -151,7 +155,7 @@ class Ledger:
             observation_timestamp_ns=obs.timestamp_ns if obs is not None else 0,
             now_ns=wall_ns,
         )
-        self.send(frames, identity, model_id, rej.status)
+        self.send(frames, identity, label_model, rej.status)
 
     def send(self, frames: list[Any], identity: bytes, model_id: str, status: int, client_id: str = "") -> None:
         transport = self.transport

@@ -99,7 +99,10 @@ class ClientRegistry:
         self.auth = auth
         self.alpha = cadence_alpha
         self.timeout_ns = int(disconnect_timeout_s * 1e9)
-        self.robots: dict[str, Robot] = {}
+        # Least recently heard first: past clients.max_tracked the first one is forgotten.
+        self.robots: OrderedDict[str, Robot] = OrderedDict()
+        #: robots forgotten to stay within clients.max_tracked
+        self.evicted = 0
         # Per connection (routing identity), not per client.id: an id is only a claim, and
         # another connection using it must not move this one's baseline. Bounded: the
         # least recently used entries go first (a forgotten one re-learns from one message).
@@ -123,11 +126,19 @@ class ClientRegistry:
         self, client_id: str, client_type: str, model_id: str, identity: bytes, now_ns: int
     ) -> tuple[Robot, bool, Optional[float], Optional[float]]:
         """(robot, is_new, EMA interval before this arrival, gap since the previous one)."""
-        robot = self.robots.get(client_id)
+        robots = self.robots
+        robot = robots.get(client_id)
         is_new = robot is None
         if robot is None:
+            if len(robots) >= self.clients.max_tracked:
+                # Ids are self-declared: without a bound, invented ones grow the server. The
+                # robot heard from longest ago goes; its queued requests are still answered.
+                self.unregister(next(iter(robots)))
+                self.evicted += 1
             robot = Robot(client_id, client_type, now_ns, now_ns)
-            self.robots[client_id] = robot
+            robots[client_id] = robot
+        else:
+            robots.move_to_end(client_id)
         robot.last_seen_ns = now_ns
         robot.identities.add(identity)
         robot.requests += 1
