@@ -348,3 +348,88 @@ def test_distinct_client_and_model_ids_leave_metrics_and_state_flat():
     print(f"/metrics after 2k ids: {first} B, after 22k: {second} B; RSS {rss_first} -> {rss_second} KiB")
     assert second <= first * 1.05, (first, second)
     assert robots <= 1000
+
+
+# --- connections ----------------------------------------------------------------
+
+
+def test_1100_idle_connections_against_a_1024_descriptor_limit_lock_out_no_one(tmp_path):
+    import re
+    import resource
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        import pytest
+
+        pytest.skip(f"the hard descriptor limit ({hard}) leaves no room for 1,100 connections on both sides")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this test holds 1,100 sockets itself
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "fd.yaml"
+    config.write_text(
+        f"transport: {{bind: 'tcp://127.0.0.1:{port}'}}\n"
+        "metrics: {http_port: 0}\n"
+        "models: [{name: noop, target: 'inferential.models.testing:NoOp'}]\n"
+    )
+
+    def low_limit() -> None:  # what a default systemd or shell session gives a process
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferential.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=low_limit,
+    )  # fmt: skip
+    idle: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        http_url = ""
+        for line in proc.stdout:
+            m = re.search(r"metrics and health on (http://\S+)/metrics", line)
+            if m:
+                http_url = m.group(1)
+            if "serving models" in line:
+                break
+        for _ in range(1100):
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+        time.sleep(0.5)
+        start = time.monotonic()
+        with urllib.request.urlopen(f"{http_url}/healthz", timeout=5) as resp:
+            healthy = resp.status
+        healthz_ms = (time.monotonic() - start) * 1000
+        peer = Peer(f"tcp://127.0.0.1:{port}")
+        try:
+            peer.send("newcomer")
+            replies = peer.replies(5.0)
+        finally:
+            peer.close()
+    finally:
+        for s in idle:
+            s.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    print(f"with 1,100 idle connections: /healthz {healthy} in {healthz_ms:.0f} ms, new robot replies {len(replies)}")
+    assert healthy == 200 and len(replies) == 1 and replies[0].status == pb.OK
+
+
+def test_a_connection_that_never_completes_the_handshake_is_closed():
+    import socket
+
+    with running_server(transport={"handshake_timeout_ms": 300}) as (_, endpoint):
+        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as s:
+            s.settimeout(5.0)
+            start = time.monotonic()
+            while s.recv(4096):  # libzmq's greeting, then nothing: we never answer it
+                pass
+            closed_after = time.monotonic() - start
+    assert 0.2 < closed_after < 3.0

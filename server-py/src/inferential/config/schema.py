@@ -24,6 +24,9 @@ class TransportConfig(_Section):
     heartbeat_timeout_ms: int = Field(5000, ge=0)
     # On shutdown, how long replies sent during the drain get to be read before the socket closes.
     close_grace_ms: int = Field(250, ge=0)
+    # A connection that has not completed the ZMTP handshake (greeting, and CURVE when on)
+    # in this time is closed: idle or half-open sockets cannot hold descriptors for long.
+    handshake_timeout_ms: int = Field(5000, ge=0)
 
 
 class SchedulingConfig(_Section):

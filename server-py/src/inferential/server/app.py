@@ -36,6 +36,29 @@ logger = logging.getLogger("inferential.server")
 _SHUTTING_DOWN = "server is shutting down"
 
 
+def raise_descriptor_limit() -> None:
+    """Raise the soft limit on open descriptors to the hard one.
+
+    Every robot connection is a descriptor, and so is every HTTP scrape. At the usual
+    soft limit of 1,024, a thousand idle connections leave libzmq unable to accept (it
+    retries in a loop, spinning a core) and the HTTP endpoint unable to answer. The hard
+    limit is the operator's to set; the soft one is ours to use.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        logger.info("open descriptor limit raised from %d to %d", soft, target)
+    except (ValueError, OSError) as err:
+        logger.warning("could not raise the open descriptor limit from %d: %s", soft, err)
+
+
 class Server:
     """An Inferential server.
 
@@ -153,6 +176,7 @@ class Server:
 
     async def start(self) -> str:
         """Load models, bind, and start serving in the background; returns the endpoint."""
+        raise_descriptor_limit()
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         await self._backend.start()

@@ -95,6 +95,7 @@ class RouterTransport:
         # Per frame; a peer sending more is disconnected by libzmq before we see it.
         sock.setsockopt(zmq.MAXMSGSIZE, c.max_message_bytes)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, c.handshake_timeout_ms)
         if c.heartbeat_ivl_ms:
             sock.setsockopt(zmq.HEARTBEAT_IVL, c.heartbeat_ivl_ms)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, c.heartbeat_timeout_ms)
