@@ -433,3 +433,31 @@ def test_a_connection_that_never_completes_the_handshake_is_closed():
                 pass
             closed_after = time.monotonic() - start
     assert 0.2 < closed_after < 3.0
+
+
+def test_a_flooding_connection_is_rate_limited_and_the_good_robot_is_untouched():
+    with running_server(
+        models={"slow": _sleep_model(2.0)},
+        transport={"rate_limit_per_s": 50, "rate_limit_burst": 10},
+        scheduling={"max_queue_size": 50},
+    ) as (server, endpoint):
+        good, flood = Peer(endpoint), Peer(endpoint)
+        statuses: dict[int, int] = {}
+        try:
+
+            def burst(i: int) -> None:
+                for _ in range(50):
+                    flood.send(f"flood-{i}", model="slow")  # invented ids: still one connection
+                for r in flood.replies(0.0):
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+                time.sleep(0.05)  # the good robot's pace: under 20 Hz
+
+            got = _robot_run(good, "good", 40, 0.0, between=burst, model="slow")
+            for r in flood.replies(2.0):
+                statuses[r.status] = statuses.get(r.status, 0) + 1
+        finally:
+            good.close()
+            flood.close()
+        limited = server.metrics.counter("observation_errors", {"status": "RATE_LIMITED"})
+    assert len(got) == 40 and _failures(got) == {}, {r.error for r in got.values() if r.status != pb.OK}
+    assert limited > 1000 and statuses.get(pb.QUEUE_FULL, 0) > 1000

@@ -27,6 +27,10 @@ class TransportConfig(_Section):
     # A connection that has not completed the ZMTP handshake (greeting, and CURVE when on)
     # in this time is closed: idle or half-open sockets cannot hold descriptors for long.
     handshake_timeout_ms: int = Field(5000, ge=0)
+    # Per-connection token bucket on observations (None = off): past it an observation
+    # is answered QUEUE_FULL with a retry hint, before any other work is spent on it.
+    rate_limit_per_s: Optional[float] = Field(None, gt=0)
+    rate_limit_burst: int = Field(100, ge=1)
 
 
 class SchedulingConfig(_Section):

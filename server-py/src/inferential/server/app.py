@@ -26,7 +26,8 @@ from inferential.scheduler import Scheduler
 from inferential.server.admission import admit
 from inferential.server.engine import Engine
 from inferential.server.ledger import Ledger
-from inferential.server.protocol import Describe, Rejection, decode_request, describe_reply, server_name
+from inferential.server.protocol import Describe, Rejection, decode_request, describe_reply, encode_reply, server_name
+from inferential.server.ratelimit import RateLimiter
 from inferential.server.registry import ClientRegistry
 from inferential.server.transport import RouterTransport
 from inferential.wire import Limits, Status
@@ -95,6 +96,8 @@ class Server:
             config.response_tracking.disconnect_timeout_s,
         )
         self._limits = Limits(max_message_bytes=config.transport.max_message_bytes)
+        t = config.transport
+        self._rate = RateLimiter(t.rate_limit_per_s, t.rate_limit_burst) if t.rate_limit_per_s else None
         self._server_name = server_name()
         self._ledger = Ledger(self.metrics, self._registry, clock)
         self._ledger.limits = self._limits
@@ -314,6 +317,24 @@ class Server:
 
     # -- receiving -------------------------------------------------------------------
 
+    def _rate_limited(self, identity: bytes, decoded: Any, wait_ms: int, wall: int) -> None:
+        limit = self.config.transport.rate_limit_per_s
+        obs = decoded.obs
+        frames = encode_reply(
+            identity=identity,
+            client_id=obs.client.id,
+            model_id=obs.model_id,
+            request_id=obs.request_id,
+            protocol_version=obs.protocol_version,
+            status=Status.QUEUE_FULL,
+            error=f"this connection sends over transport.rate_limit_per_s ({limit:g}/s)",
+            observation_timestamp_ns=obs.timestamp_ns,
+            now_ns=wall,
+            retry_after_ms=wait_ms,
+        )
+        self.metrics.increment("observation_errors", {"status": "RATE_LIMITED"})
+        self._ledger.send(frames, identity, "", Status.QUEUE_FULL)
+
     def _on_frames(self, frames: list[Any]) -> None:
         now = self.clock()
         wall = time.time_ns()
@@ -331,6 +352,11 @@ class Server:
         if self._stopping:
             ledger.reject(identity, Rejection(Status.SHUTTING_DOWN, _SHUTTING_DOWN, decoded.obs), wall)
             return
+        if self._rate is not None:
+            wait_ms = self._rate.take(identity, now)
+            if wait_ms is not None:
+                self._rate_limited(identity, decoded, wait_ms, wall)
+                return
         registry = self._registry
         robots = len(registry.robots)
         engine = self._engine

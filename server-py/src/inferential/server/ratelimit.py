@@ -1,0 +1,44 @@
+"""A token bucket per connection: one flooding peer cannot take the server from the others.
+
+Keyed on the routing identity (the connection), not on the self-declared client id, so
+a flood under many invented ids from one connection is one flood. Off unless
+``transport.rate_limit_per_s`` is set. No clock of its own: the caller passes the time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional
+
+
+class RateLimiter:
+    """``rate_per_s`` observations per second per connection, bursts of up to ``burst``."""
+
+    #: connections whose bucket is kept (the least recently heard go first; a forgotten
+    #: one starts again with a full bucket)
+    MAX_CONNECTIONS = 16384
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate_per_ns = rate_per_s / 1e9
+        self.burst = float(max(1, burst))
+        self._buckets: OrderedDict[bytes, list[float]] = OrderedDict()  # identity -> [tokens, at_ns]
+        self.limited = 0
+
+    def take(self, identity: bytes, now_ns: int) -> Optional[int]:
+        """None when this connection may send one more observation now, else the ms
+        until it may (the retry hint of its refusal)."""
+        buckets = self._buckets
+        bucket = buckets.get(identity)
+        if bucket is None:
+            bucket = buckets[identity] = [self.burst, float(now_ns)]
+            if len(buckets) > self.MAX_CONNECTIONS:
+                buckets.popitem(last=False)
+        else:
+            buckets.move_to_end(identity)
+            bucket[0] = min(self.burst, bucket[0] + (now_ns - bucket[1]) * self.rate_per_ns)
+            bucket[1] = float(now_ns)
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return None
+        self.limited += 1
+        return max(1, int((1.0 - bucket[0]) / self.rate_per_ns / 1e6) + 1)
