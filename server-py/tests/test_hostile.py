@@ -11,6 +11,7 @@ import time
 from typing import Any, Optional
 
 import numpy as np
+import pytest
 import zmq
 from server_helpers import eventually, running_server
 
@@ -461,3 +462,70 @@ def test_a_flooding_connection_is_rate_limited_and_the_good_robot_is_untouched()
         limited = server.metrics.counter("observation_errors", {"status": "RATE_LIMITED"})
     assert len(got) == 40 and _failures(got) == {}, {r.error for r in got.values() if r.status != pb.OK}
     assert limited > 1000 and statuses.get(pb.QUEUE_FULL, 0) > 1000
+
+
+# --- CURVE ----------------------------------------------------------------------
+
+
+def test_with_curve_a_robot_can_only_speak_as_itself_and_keys_reload():
+    from inferential import ClientOptions, Connection
+    from inferential.config import InferentialConfig
+    from inferential.errors import RequestFailed, RequestTimeout, ServerUnavailable
+
+    server_public, server_secret = (k.decode() for k in zmq.curve_keypair())
+    keys = {name: tuple(k.decode() for k in zmq.curve_keypair()) for name in ("arm-a", "arm-b", "arm-c")}
+    known = [{"id": n, "curve_public_key": keys[n][0]} for n in ("arm-a", "arm-b")]
+
+    def options(name: str) -> ClientOptions:
+        public, secret = keys[name]
+        return ClientOptions(curve_server_key=server_public, curve_public_key=public, curve_secret_key=secret)
+
+    x = np.zeros(1, np.float32)
+    with running_server(auth={"curve_secret_key": server_secret}, clients={"known": known}) as (server, endpoint):
+        with Connection(endpoint, client_id="arm-a", options=options("arm-a")) as a:
+            assert a.model("noop").request(timeout_ms=5000, x=x).ok
+        # arm-b's key, arm-a's id: refused by name, whatever its timestamps say.
+        with Connection(endpoint, client_id="arm-a", options=options("arm-b")) as impostor:
+            with pytest.raises(RequestFailed) as refused:
+                impostor.model("noop").request(timeout_ms=5000, x=x)
+        assert refused.value.status_name == "UNAUTHENTICATED" and "arm-b" in str(refused.value)
+        # No key at all, or a key not in the list: the handshake fails, nothing is read.
+        for opts in (ClientOptions(send_timeout_ms=300), options("arm-c")):
+            with Connection(endpoint, client_id="arm-c", options=opts) as stranger:
+                with pytest.raises((ServerUnavailable, RequestTimeout)):
+                    stranger.model("noop").request(timeout_ms=500, x=x)
+        # Hot reload: arm-c's key is added.
+        config = InferentialConfig.model_validate(
+            {
+                "auth": {"curve_secret_key": server_secret},
+                "clients": {"known": known + [{"id": "arm-c", "curve_public_key": keys["arm-c"][0]}]},
+            }
+        )
+        server.reconfigure(config)
+        with Connection(endpoint, client_id="arm-c", options=options("arm-c")) as c:
+            assert c.model("noop").request(timeout_ms=5000, x=x).ok
+
+
+def test_keys_generate_prints_a_yaml_key_pair():
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = subprocess.run(
+        [sys.executable, "-m", "inferential.cli", "keys", "generate"], capture_output=True, text=True, check=True
+    ).stdout
+    pair = yaml.safe_load(out)
+    assert zmq.curve_public(pair["secret_key"].encode()).decode() == pair["public_key"]
+
+
+def test_binding_beyond_loopback_without_auth_warns_at_start(caplog):
+    with caplog.at_level("WARNING", logger="inferential.server"):
+        with running_server(transport={"bind": "tcp://0.0.0.0:0"}):
+            pass
+        exposed = [r.getMessage() for r in caplog.records if "without authentication" in r.getMessage()]
+        caplog.clear()
+        with running_server():  # loopback
+            pass
+        quiet = [r.getMessage() for r in caplog.records if "without authentication" in r.getMessage()]
+    assert len(exposed) == 1 and "0.0.0.0" in exposed[0] and not quiet

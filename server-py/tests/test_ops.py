@@ -397,6 +397,7 @@ def test_sighup_reloads_strategy_weights_and_priorities_keeping_queued_requests(
                 "priority": 0,
                 "pin_priority": True,
                 "auth_token": None,
+                "curve_public_key": None,
             }
         ]
         for t in threads:

@@ -102,6 +102,11 @@ def configure_socket(sock: zmq.Socket, options: ClientOptions) -> None:
     sock.setsockopt(zmq.RCVHWM, options.recv_hwm)
     sock.setsockopt(zmq.SNDTIMEO, options.send_timeout_ms)
     sock.setsockopt(zmq.MAXMSGSIZE, options.limits.max_message_bytes)
+    if options.curve_server_key is not None:
+        assert options.curve_public_key is not None and options.curve_secret_key is not None  # checked by options
+        sock.setsockopt(zmq.CURVE_SERVERKEY, options.curve_server_key.encode())
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, options.curve_public_key.encode())
+        sock.setsockopt(zmq.CURVE_SECRETKEY, options.curve_secret_key.encode())
     if options.zero_copy_min_bytes is not None:
         sock.copy_threshold = options.zero_copy_min_bytes
 

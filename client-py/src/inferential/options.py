@@ -40,6 +40,10 @@ class ClientOptions:
             as 1.x servers (which read only one) require.
         limits: the bounds checked on outgoing observations and incoming replies;
             keep them equal to the server's.
+        curve_server_key: the server's CURVE public key (Z85, 40 characters); with it
+            the connection is encrypted and authenticated (ZMQ CURVE), and
+            ``curve_public_key`` / ``curve_secret_key`` (this robot's key pair, from
+            ``inferential keys generate``) are required. None: no CURVE.
     """
 
     reconnect_ivl_ms: int = 100
@@ -55,11 +59,14 @@ class ClientOptions:
     zero_copy_min_bytes: Optional[int] = 1 << 20
     single_payload_frame: bool = False
     limits: Limits = field(default=DEFAULT_LIMITS)
+    curve_server_key: Optional[str] = None
+    curve_public_key: Optional[str] = None
+    curve_secret_key: Optional[str] = field(default=None, repr=False)  # a secret: never in a repr or log
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("auth_token", "single_payload_frame", "limits"):
+            if f.name in ("auth_token", "single_payload_frame", "limits") or f.name.startswith("curve_"):
                 continue
             if value is None and f.name == "zero_copy_min_bytes":
                 continue
@@ -76,6 +83,15 @@ class ClientOptions:
             raise TypeError("ClientOptions.auth_token must be a str or None")
         if not isinstance(self.limits, Limits):
             raise TypeError("ClientOptions.limits must be an inferential.Limits")
+        curve = (self.curve_server_key, self.curve_public_key, self.curve_secret_key)
+        for name, key in zip(("curve_server_key", "curve_public_key", "curve_secret_key"), curve, strict=True):
+            if key is not None and (not isinstance(key, str) or len(key) != 40):
+                raise ValueError(f"ClientOptions.{name} must be a Z85 key of 40 characters")
+        if any(k is not None for k in curve) and None in curve:
+            raise ValueError(
+                "CURVE needs curve_server_key, curve_public_key and curve_secret_key together "
+                "(a robot's pair: inferential keys generate)"
+            )
 
     def replace(self, **changes: Any) -> "ClientOptions":
         """A copy with ``changes`` applied (unknown names raise TypeError)."""

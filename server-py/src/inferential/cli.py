@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-age-ms", type=float, default=250.0, help="'pause': scheduling.action_max_age_ms (valid_until cap)"
     )
 
+    keys = sub.add_parser(
+        "keys",
+        help="CURVE key pairs for auth.curve_secret_key and clients.known[].curve_public_key",
+        description="Generate a ZMQ CURVE key pair (Z85). The server's secret key goes in auth.curve_secret_key and "
+        "its public key to every robot (curve_server_key); a robot's public key goes in "
+        "clients.known[].curve_public_key next to its id, its secret key only to that robot.",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    keys_sub.add_parser("generate", help="print a new key pair as YAML")
+
     top = sub.add_parser(
         "top",
         help="live view of a running server: robots, latency, SLO, queues",
@@ -201,6 +211,8 @@ def serve(args: argparse.Namespace) -> int:
         shown = config.model_dump(by_alias=True)
         if shown["auth"].get("token"):
             shown["auth"]["token"] = "<set>"
+        if shown["auth"].get("curve_secret_key"):
+            shown["auth"]["curve_secret_key"] = "<set>"
         for client in shown["clients"]["known"]:
             if client.get("auth_token"):
                 client["auth_token"] = "<set>"
@@ -280,6 +292,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         args.scheduler = args.scheduler or "deadline_aware"
         return run_demo(args)
+    if args.command == "keys":
+        if args.keys_command != "generate":
+            parser.parse_args(["keys", "--help"])
+        import zmq
+
+        public, secret = zmq.curve_keypair()
+        # Quoted: Z85 uses YAML indicators (#, &, *, !, {, ...); it never uses a single quote.
+        print(f"public_key: '{public.decode()}'")
+        print(f"secret_key: '{secret.decode()}'  # to this machine only")
+        return 0
     if args.command == "top":
         from inferential.top import run_top
 

@@ -92,6 +92,9 @@ class KnownClient(_Section):
     # When true the configured priority wins over what the robot sends.
     pin_priority: bool = False
     auth_token: Optional[str] = None
+    # The robot's CURVE public key (Z85, 40 characters; `inferential keys generate`):
+    # with auth.curve_secret_key set, only listed keys connect, each as this id only.
+    curve_public_key: Optional[str] = Field(None, min_length=40, max_length=40)
 
 
 class ClientsConfig(_Section):
@@ -128,6 +131,9 @@ class MetricsConfig(_Section):
 class AuthConfig(_Section):
     # A token every robot must send (auth_token); per-robot tokens in clients.known win.
     token: Optional[str] = None
+    # The server's CURVE secret key (Z85, 40 characters): encryption on, and only robots
+    # whose public key is in clients.known[].curve_public_key connect. Needs a restart.
+    curve_secret_key: Optional[str] = Field(None, min_length=40, max_length=40)
 
 
 class ModelConfig(_Section):

@@ -24,6 +24,7 @@ from inferential.dispatch.registry import create_backend
 from inferential.metrics.store import MetricsStore
 from inferential.scheduler import Scheduler
 from inferential.server.admission import admit
+from inferential.server.curve import CurveKeys, user_id
 from inferential.server.engine import Engine
 from inferential.server.ledger import Ledger
 from inferential.server.protocol import Describe, Rejection, decode_request, describe_reply, encode_reply, server_name
@@ -96,6 +97,8 @@ class Server:
             config.response_tracking.disconnect_timeout_s,
         )
         self._limits = Limits(max_message_bytes=config.transport.max_message_bytes)
+        secret = config.auth.curve_secret_key
+        self._curve = CurveKeys(secret, config.clients) if secret else None
         t = config.transport
         self._rate = RateLimiter(t.rate_limit_per_s, t.rate_limit_burst) if t.rate_limit_per_s else None
         self._server_name = server_name()
@@ -153,6 +156,10 @@ class Server:
             self.config.clients = config.clients
             self.config.auth = config.auth
             self._registry.reconfigure(config.clients, config.auth)
+            if self._curve is not None:
+                self._curve.update(config.clients)
+            if config.auth.curve_secret_key != (self._curve.secret_key if self._curve else None):
+                logger.warning("auth.curve_secret_key changed: it takes effect at the next start")
             if config.scheduling != self.config.scheduling:
                 self._engine.swap_scheduler(config.scheduling)
 
@@ -190,11 +197,12 @@ class Server:
         # whole heap and stalls every robot for tens of milliseconds.
         gc.collect()
         gc.freeze()
-        self._transport = RouterTransport(self.config.transport)
+        self._transport = RouterTransport(self.config.transport, curve=self._curve)
         self._transport.bind()
         self._ledger.transport = self._transport
         self._transport.attach(self._loop, self._on_frames, self._engine.after_change)
         self._spawn(self._engine.run())
+        self._warn_if_exposed()
         self._ready.set()
         logger.info("serving models %s on %s", sorted(self._engine.models), self.endpoint)
         return self.endpoint
@@ -234,6 +242,24 @@ class Server:
         assert self._stopped is not None
         self._stopped.set()
         logger.info("stopped")
+
+    def _warn_if_exposed(self) -> None:
+        """A server reachable beyond this host with no way to tell robots apart says so."""
+        auth, clients = self.config.auth, self.config.clients
+        if auth.curve_secret_key or auth.token or any(k.auth_token for k in clients.known):
+            return
+        endpoint = self.endpoint
+        if not endpoint.startswith("tcp://"):
+            return  # ipc:// and inproc:// stay on this host
+        host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+        if host in ("localhost", "::1") or host.startswith("127."):
+            return
+        logger.warning(
+            "listening on %s without authentication: anyone who reaches it can speak as any robot. "
+            "Set auth.curve_secret_key with clients.known[].curve_public_key (inferential keys generate), "
+            "or at least auth.token (docs/security.md)",
+            endpoint,
+        )
 
     def status(self) -> dict[str, Any]:
         engine = self._engine
@@ -352,6 +378,12 @@ class Server:
         if self._stopping:
             ledger.reject(identity, Rejection(Status.SHUTTING_DOWN, _SHUTTING_DOWN, decoded.obs), wall)
             return
+        if self._curve is not None:
+            speaker = user_id(frames[-1])
+            if speaker != decoded.obs.client.id:
+                why = f"this connection's CURVE key is bound to client '{speaker}', not '{decoded.obs.client.id}'"
+                ledger.reject(identity, Rejection(Status.UNAUTHENTICATED, why, decoded.obs), wall)
+                return
         if self._rate is not None:
             wait_ms = self._rate.take(identity, now)
             if wait_ms is not None:

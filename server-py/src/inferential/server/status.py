@@ -125,7 +125,10 @@ def redacted_config(config: Any) -> dict[str, Any]:
     return {
         "scheduling": config.scheduling.model_dump(),
         "clients": clients,
-        "auth": {"token": "<set>" if config.auth.token is not None else None},
+        "auth": {
+            "token": "<set>" if config.auth.token is not None else None,
+            "curve_secret_key": "<set>" if config.auth.curve_secret_key is not None else None,
+        },
     }
 
 

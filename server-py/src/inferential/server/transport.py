@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 import zmq
 
 from inferential.config.schema import TransportConfig
+from inferential.server.curve import CurveKeys, serve_curve
 
 logger = logging.getLogger("inferential.transport")
 
@@ -68,9 +69,15 @@ class RouterTransport:
     #: messages handled per drain before yielding to other callbacks on the loop
     BURST = 256
 
-    def __init__(self, config: TransportConfig, context: Optional[zmq.Context] = None) -> None:
+    def __init__(
+        self, config: TransportConfig, context: Optional[zmq.Context] = None, curve: Optional[CurveKeys] = None
+    ) -> None:
         self.config = config
-        self._ctx = context or zmq.Context.instance()
+        # CURVE's ZAP handler is one per context: a server with CURVE gets a context of its own.
+        self._own_ctx = context is None and curve is not None
+        self._ctx = context or (zmq.Context() if curve is not None else zmq.Context.instance())
+        self._curve = curve
+        self._auth: Any = None
         self._sock: Optional[zmq.Socket] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._on_message: Optional[Callable[[list[Any]], None]] = None
@@ -96,6 +103,8 @@ class RouterTransport:
         sock.setsockopt(zmq.MAXMSGSIZE, c.max_message_bytes)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.HANDSHAKE_IVL, c.handshake_timeout_ms)
+        if self._curve is not None:
+            self._auth = serve_curve(sock, self._curve)
         if c.heartbeat_ivl_ms:
             sock.setsockopt(zmq.HEARTBEAT_IVL, c.heartbeat_ivl_ms)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, c.heartbeat_timeout_ms)
@@ -225,3 +234,9 @@ class RouterTransport:
                 self._selector = None
             self._sock.close(linger=200)  # let replies already queued go out
             self._sock = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_ctx:
+            self._ctx.term()
+            self._own_ctx = False
