@@ -56,7 +56,9 @@ class ControlLoopStats:
     """steps: control steps run. requests: observations sent. chunks: OK replies queued.
     failed: replies with an error status, by status name. lost: requests given up after
     ``reply_timeout_s`` without a reply. overruns: periods the loop started late (the
-    previous step took longer than a period; the schedule restarts from then)."""
+    previous step took longer than a period; the schedule restarts from then).
+    stale_chunks: OK replies that arrived after their ``valid_until_ns``, and stale_rows
+    their rows: the queue executes none of them (each is dropped late or refused held)."""
 
     steps: int = 0
     requests: int = 0
@@ -64,6 +66,8 @@ class ControlLoopStats:
     failed: dict[str, int] = field(default_factory=dict)
     lost: int = 0
     overruns: int = 0
+    stale_chunks: int = 0
+    stale_rows: int = 0
 
 
 class ControlLoop:
@@ -82,6 +86,8 @@ class ControlLoop:
         reply_timeout_s: a request unanswered this long is given up (counted ``lost``) and
             a new one may go out.
         clock, sleep: monotonic seconds and the sleep that paces :meth:`run` (tests inject both).
+        wall_clock: Unix ns, compared with a reply's ``valid_until_ns`` to count stale chunks
+            (give the queue's clock when it has a fake one).
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class ControlLoop:
         history: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
         if not rate_hz > 0:
             raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
@@ -112,6 +119,7 @@ class ControlLoop:
         self.arrivals: deque[ChunkArrival] = deque(maxlen=history)
         self._clock = clock
         self._sleep = sleep
+        self._wall_clock = wall_clock
         self._last_chunk_rows = 0
         # (request id, control step, monotonic send time) of the request in flight.
         self._inflight: Optional[tuple[int, int, float]] = None
@@ -166,6 +174,10 @@ class ControlLoop:
                 if sent is None:
                     continue  # nothing to align it with
                 start = sent[1]
+            valid_until = result.valid_until_ns
+            if valid_until is not None and self._wall_clock() > valid_until:
+                self.stats.stale_chunks += 1
+                self.stats.stale_rows += int(np.shape(result["actions"])[0])
             self.queue.add_result(result, start_step=start)
             self._last_chunk_rows = int(np.shape(result["actions"])[0])
             self.stats.chunks += 1

@@ -92,11 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BASE,PER",
         help="the policy's batch time: BASE ms + PER ms per request (default 14,2)",
     )
+    chunks.add_argument(
+        "--admission",
+        default="off",
+        choices=["off", "reject", "deprioritize"],
+        help="scheduling.admission (default off: a late chunk still beats none; edf ranks by runway either way)",
+    )
     chunks.add_argument("--fixed-delay", type=int, default=1, metavar="D", help="hand-set delay of 'fixed' (steps)")
     chunks.add_argument("--noise", type=float, default=0.03, help="the policy's per-sample deviation (rad)")
-    chunks.add_argument("--pause-ms", type=float, default=600.0, help="'pause': how long the model stalls once")
+    chunks.add_argument("--pause-ms", type=float, default=1000.0, help="'pause': how long the model stalls once")
     chunks.add_argument(
-        "--max-age-ms", type=float, default=250.0, help="'pause': scheduling.action_max_age_ms (valid_until cap)"
+        "--max-age-ms", type=float, default=400.0, help="'pause': scheduling.action_max_age_ms (valid_until cap)"
     )
 
     keys = sub.add_parser(

@@ -129,6 +129,8 @@ def _robot(run: RobotRun, endpoint: str, variant: str, args: argparse.Namespace,
             "failed": dict(loop.stats.failed),
             "lost": loop.stats.lost,
             "overruns": loop.stats.overruns,
+            "stale_chunks": loop.stats.stale_chunks,
+            "stale_rows": loop.stats.stale_rows,
             "first_chunk_step": first,
         }
         run.arrivals = [
@@ -146,7 +148,11 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     if variant in NO_PREFIX:
         options["freeze"] = False
     policy: ChunkedPolicy
-    scheduling: dict[str, Any] = {"strategy": args.scheduler or "edf", "max_batch_size": 8}
+    scheduling: dict[str, Any] = {
+        "strategy": args.scheduler or "edf",
+        "max_batch_size": 8,
+        "admission": args.admission,
+    }
     if variant == "pause":
         policy = StallingPolicy(stall_at=float("inf"), stall_ms=args.pause_ms, **options)  # armed below
         scheduling["action_max_age_ms"] = args.max_age_ms
@@ -204,7 +210,20 @@ def summarize(result: dict[str, Any], duration_s: float) -> dict[str, Any]:
                 "held": s.get("held", 0),
                 "jerk_rms": run.jerk_rms(skip),
                 "failure": run.failure,
-                **{k: s.get(k) for k in ("steps", "executed", "requests", "chunks", "failed", "lost", "overruns")},
+                **{
+                    k: s.get(k)
+                    for k in (
+                        "steps",
+                        "executed",
+                        "requests",
+                        "chunks",
+                        "failed",
+                        "lost",
+                        "overruns",
+                        "stale_chunks",
+                        "stale_rows",
+                    )
+                },
             }
         )
     return {
@@ -212,6 +231,9 @@ def summarize(result: dict[str, Any], duration_s: float) -> dict[str, Any]:
         "utilization": result["utilization"],
         "underruns_per_robot_min": float(np.mean([r["underruns_per_min"] for r in per_robot])),
         "held": int(sum(r["held"] for r in per_robot)),
+        "stale_chunks": int(sum(r["stale_chunks"] or 0 for r in per_robot)),
+        "stale_rows": int(sum(r["stale_rows"] or 0 for r in per_robot)),
+        "failed": int(sum(sum((r["failed"] or {}).values()) for r in per_robot)),
         "executed": int(sum(r["executed"] or 0 for r in per_robot)),
         "jerk_rms_median": float(np.nanmedian([r["jerk_rms"] for r in per_robot])),
         "delay_abs_error_median": float(np.median(errs)) if errs else float("nan"),
@@ -255,7 +277,8 @@ def run_chunk_demo(args: argparse.Namespace) -> int:
 def _line(s: dict[str, Any]) -> str:
     return (
         f"{s['variant']:<9} model busy {100 * s['utilization']:5.1f}%  underruns/robot-min {s['underruns_per_robot_min']:7.2f}  "
-        f"held {s['held']:5d}  jerk p50 {s['jerk_rms_median']:9.1f} rad/s^3  "
+        f"held {s['held']:5d}  stale chunks {s['stale_chunks']:4d} ({s['stale_rows']} rows)  "
+        f"errors {s['failed']:4d}  jerk p50 {s['jerk_rms_median']:9.1f} rad/s^3  "
         f"|delay err| p50 {s['delay_abs_error_median']:.2f} steps (robot view {s['robot_delay_abs_error_median']:.2f}), "
         f"within 1 step {100 * s['delay_within_1_step']:.0f}%"
     )
@@ -279,6 +302,7 @@ def _write_report(folder: Path, results: list[dict], summaries: list[dict], args
                 "pause_ms",
                 "max_age_ms",
                 "scheduler",
+                "admission",
             )
         },
         "variants": summaries,
@@ -288,7 +312,7 @@ def _write_report(folder: Path, results: list[dict], summaries: list[dict], args
     (folder / "chunks.png").write_bytes(png)
     rows = "".join(
         f"<tr><td>{s['variant']}</td><td>{100 * s['utilization']:.1f}%</td><td>{s['underruns_per_robot_min']:.2f}</td>"
-        f"<td>{s['held']}</td><td>{s['jerk_rms_median']:.1f}</td><td>{s['delay_abs_error_median']:.2f}</td>"
+        f"<td>{s['held']}</td><td>{s['stale_chunks']} ({s['stale_rows']})</td><td>{s['failed']}</td><td>{s['jerk_rms_median']:.1f}</td><td>{s['delay_abs_error_median']:.2f}</td>"
         f"<td>{100 * s['delay_within_1_step']:.0f}%</td><td>{s['robot_delay_abs_error_median']:.2f}</td></tr>"
         for s in summaries
     )
@@ -297,7 +321,7 @@ def _write_report(folder: Path, results: list[dict], summaries: list[dict], args
 <body><h1>Action chunks: {args.robots} robots, chunks of {args.chunk}</h1>
 <p>{_describe(args)}</p>
 <table><tr><th>variant</th><th>model busy</th><th>underruns / robot-min (after the first chunk)</th><th>held (stale refused)</th>
-<th>jerk RMS p50 (rad/s&sup3;)</th><th>|actual-predicted delay| p50 (steps)</th><th>within 1 step</th><th>robot-view delay error p50</th></tr>{rows}</table>
+<th>stale chunks (rows), none executed</th><th>error replies</th><th>jerk RMS p50 (rad/s&sup3;)</th><th>|actual-predicted delay| p50 (steps)</th><th>within 1 step</th><th>robot-view delay error p50</th></tr>{rows}</table>
 <img src="data:image/png;base64,{base64.b64encode(png).decode()}" style="max-width:100%">
 </body></html>"""
     path = folder / "index.html"
@@ -309,7 +333,7 @@ def _describe(args: argparse.Namespace) -> str:
     return (
         f"Rates {'/'.join(f'{r:g}' for r in args.rates)} Hz, a new chunk asked at {args.request_at} actions left, "
         f"model {args.model_ms[0]:g} ms + {args.model_ms[1]:g} ms per request (slept), scheduler "
-        f"{args.scheduler or 'edf'}, blend '{args.blend}' for rtc-blend and blend (latest-only otherwise), fixed delay {args.fixed_delay} steps, "
+        f"{args.scheduler or 'edf'} (admission {args.admission}), blend '{args.blend}' for rtc-blend and blend (latest-only otherwise), fixed delay {args.fixed_delay} steps, "
         f"pause {args.pause_ms:g} ms with action_max_age_ms {args.max_age_ms:g}; {args.duration:g} s per variant."
     )
 
