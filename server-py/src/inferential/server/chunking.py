@@ -52,14 +52,15 @@ def predict_batch(
 
     ``service_ms`` is the scheduler's estimate for this batch size (None before the
     model's first measured batch: the prediction is then the wait and the margin only,
-    an underestimate that lasts one batch). Sets ``predicted_delay_ms`` on every request,
-    and the ``inference_delay_steps`` input on those with a control rate.
+    an underestimate that lasts one batch). Only requests with a control rate get one
+    (``predicted_delay_ms`` and the ``inference_delay_steps`` input): without a rate
+    there are no steps to count, and the others' replies carry no delay.
     """
     ahead_ms = (service_ms or 0.0) + margin_ms
     for r in batch:
-        r.predicted_delay_ms = predicted = (now_ns - r.arrival_ns) / 1e6 + ahead_ms
         rate = r.control_rate_hz
         if rate > 0:
+            r.predicted_delay_ms = predicted = (now_ns - r.arrival_ns) / 1e6 + ahead_ms
             # Rounded up: freezing one action too many costs a little reactivity; one too
             # few lets the robot execute an action the new chunk then contradicts.
             r.inputs[DELAY_INPUT] = max(0, math.ceil(predicted * rate / 1000.0 - 1e-9))

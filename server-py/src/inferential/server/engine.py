@@ -338,6 +338,11 @@ class Engine:
     def _predict(self, model: str, batch: list[InferenceRequest]) -> None:
         """Each request's delay, predicted now it is dispatched (server/chunking.py): the
         model gets it as ``inference_delay_steps`` to freeze that prefix of its chunk."""
+        for r in batch:
+            if r.control_rate_hz > 0:
+                break
+        else:
+            return  # no chunked robot in this batch: nothing to predict (the common case)
         # A custom scheduler may keep no service-time estimate: the prediction is then
         # the wait and the margin.
         estimate = getattr(self.scheduler, "estimate_service_ms", None)
