@@ -192,7 +192,10 @@ def reply_fields(base: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         "observation_timestamp_ns": int(base.get("timestamp_ns", 0)),
         "metadata": {},
     }
-    for key in ("response_id", "model_id", "error", "metadata", "retryable", "retry_after_ms", "timing"):
+    for key in (
+        "response_id", "model_id", "error", "metadata", "retryable", "retry_after_ms", "timing",
+        "first_action_step", "action_period_ms", "predicted_delay_steps", "actual_delay_steps", "valid_until_ns",
+    ):  # fmt: skip
         if key in spec:
             fields[key] = spec[key]
     if "protocol_version" in spec:
@@ -202,7 +205,9 @@ def reply_fields(base: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     if "client_id" in spec:
         fields["client"] = {"id": spec["client_id"]}
     if fields["protocol_version"] == 0:  # a 1.x server sends none of the v2 fields
-        for key in ("status", "retryable", "timing", "observation_timestamp_ns", "request_id", "retry_after_ms"):
+        for key in ("status", "retryable", "timing", "observation_timestamp_ns", "request_id", "retry_after_ms",
+                    "first_action_step", "action_period_ms", "predicted_delay_steps", "actual_delay_steps",
+                    "valid_until_ns"):  # fmt: skip
             fields.pop(key, None)
     return fields
 

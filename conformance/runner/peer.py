@@ -45,6 +45,7 @@ def free_port() -> int:
 class PeerOptions:
     heartbeat_ivl_ms: int = 0
     heartbeat_timeout_ms: int = 0
+    curve_secret_key: Optional[bytes] = None  # Z85: the peer is a CURVE server (any client key)
 
 
 class ReferencePeer:
@@ -135,6 +136,9 @@ class ReferencePeer:
         if self.options.heartbeat_ivl_ms:
             sock.setsockopt(zmq.HEARTBEAT_IVL, self.options.heartbeat_ivl_ms)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.options.heartbeat_timeout_ms or self.options.heartbeat_ivl_ms * 3)
+        if self.options.curve_secret_key:
+            sock.curve_server = True
+            sock.curve_secretkey = self.options.curve_secret_key
         monitor = sock.get_monitor_socket()
         for attempt in range(100):
             try:

@@ -42,6 +42,7 @@ SCHEMA: dict[str, dict[int, tuple[str, str]]] = {
         13: ("actions_remaining", "o:u"),
         14: ("control_rate_hz", "f"),
         15: ("auth_token", "s"),
+        16: ("control_step", "o:u"),
     },
     "ServerTiming": {1: ("queue_wait_ms", "f"), 2: ("inference_ms", "f"), 3: ("total_ms", "f"), 4: ("batch_size", "u")},
     "ModelResponse": {
@@ -60,6 +61,11 @@ SCHEMA: dict[str, dict[int, tuple[str, str]]] = {
         13: ("retryable", "b"),
         14: ("observation_timestamp_ns", "u"),
         15: ("retry_after_ms", "u"),
+        16: ("first_action_step", "o:u"),
+        17: ("action_period_ms", "f"),
+        18: ("predicted_delay_steps", "f"),
+        19: ("actual_delay_steps", "f"),
+        20: ("valid_until_ns", "u"),
     },
 }
 

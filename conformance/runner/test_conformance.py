@@ -15,6 +15,7 @@ import time
 from typing import Any, Iterator, Optional
 
 import pytest
+import zmq
 
 import refwire
 from cases import (
@@ -267,8 +268,18 @@ class Session:
         self.testee = testee
         self.spec = case.spec
         self.peer: Optional[ReferencePeer] = None
+        self.curve_keys: dict[str, str] = {}
         if server_endpoint is None:
-            opts = self.spec.get("peer", {})
+            opts = dict(self.spec.get("peer", {}))
+            if opts.pop("curve", False):
+                server_public, server_secret = zmq.curve_keypair()
+                client_public, client_secret = zmq.curve_keypair()
+                self.curve_keys = {
+                    "curve_server_key": server_public.decode(),
+                    "curve_public_key": client_public.decode(),
+                    "curve_secret_key": client_secret.decode(),
+                }
+                opts["curve_secret_key"] = server_secret
             self.peer = ReferencePeer(options=PeerOptions(**{k: v for k, v in opts.items() if k != "auto"}))
             self.peer.auto = opts.get("auto")
             self.endpoint = self.peer.endpoint
@@ -283,7 +294,7 @@ class Session:
             self.peer.on_receive = self._auto_reply
         try:
             if self.spec.get("connect", True) is not False:
-                options = {"client_id": "r1", **self.spec.get("options", {})}
+                options = self.client_options(self.spec.get("options", {}))
                 ok(self.testee.call("connect", endpoint=self.endpoint, options=options), "connect")
             for index, step in enumerate(self.spec["steps"]):
                 try:
@@ -293,6 +304,18 @@ class Session:
         finally:
             if self.peer is not None:
                 self.peer.close()
+
+    def client_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The connect options of a step: `curve: auto` takes the keys made for the peer,
+        `curve: wrong_server_key` the client's own pair with another server's public key."""
+        options = {"client_id": "r1", **given}
+        curve = options.pop("curve", None)
+        if curve == "auto":
+            options.update(self.curve_keys)
+        elif curve == "wrong_server_key":
+            options.update(self.curve_keys)
+            options["curve_server_key"] = zmq.curve_keypair()[0].decode()
+        return options
 
     # the peer's automatic answers: a list of reply specs sent for every observation
     def _auto_reply(self, rec: Any) -> None:
@@ -385,7 +408,7 @@ class Session:
             if expect is not None:
                 check_subset(expect, answer["options"], "options")
         elif name == "connect":
-            options = {"client_id": "r1", **body.get("options", {})}
+            options = self.client_options(body.get("options", {}))
             answer = self.call("connect", {"endpoint": self.endpoint, "options": options}, step)
             if expect is not None and "error" in expect:
                 check_error(answer, expect["error"], self.refs, name)

@@ -53,6 +53,7 @@ _NUMPY = {
 _OPTION_NAMES = (
     "reconnect_ivl_ms", "reconnect_ivl_max_ms", "send_timeout_ms", "heartbeat_ivl_ms",
     "heartbeat_timeout_ms", "send_hwm", "recv_hwm", "auth_token", "single_payload_frame",
+    "curve_server_key", "curve_public_key", "curve_secret_key",
 )  # fmt: skip
 
 
@@ -108,6 +109,8 @@ def observation_inputs(args: dict[str, Any]) -> dict[str, Any]:
         inputs["actions_remaining"] = int(model["actions_remaining"])
     if model.get("control_rate_hz"):
         inputs["control_rate_hz"] = float(model["control_rate_hz"])
+    if args.get("control_step") is not None:
+        inputs["control_step"] = int(args["control_step"])
     return inputs
 
 
@@ -145,6 +148,11 @@ def reply_json(result: Any) -> dict[str, Any]:
         },
         "tensors": tensors,
         "metadata": dict(result.metadata),
+        "first_action_step": None if result.first_action_step is None else str(result.first_action_step),
+        "action_period_ms": result.action_period_ms,
+        "predicted_delay_steps": result.predicted_delay_steps,
+        "actual_delay_steps": result.actual_delay_steps,
+        "valid_until_ns": None if result.valid_until_ns is None else str(result.valid_until_ns),
     }
 
 
@@ -169,7 +177,7 @@ class Worker:
         if cmd == "hello":
             return {"language": "python", "client_version": getattr(inferential, "__version__", "2")}
         if cmd == "connect":
-            options = {k: v for k, v in args.get("options", {}).items() if k in _OPTION_NAMES}
+            options = {k: v for k, v in args.get("options", {}).items() if k in _OPTION_NAMES and v is not None}
             if options.get("auth_token") == "":
                 options.pop("auth_token")
             opts = args.get("options", {})
@@ -290,6 +298,9 @@ class Worker:
                     results.append(None if action is None else [float(x) for x in np.ravel(action)])
                 elif name == "remaining":
                     results.append(queue.actions_remaining())
+                elif name == "peek":
+                    peeked = queue.peek(body.get("limit"))
+                    results.append(None if peeked is None else [[float(x) for x in np.ravel(r)] for r in peeked])
                 elif name == "now_ns":
                     clock[0] = int(body)
                     results.append(None)
