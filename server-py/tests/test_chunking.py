@@ -143,3 +143,33 @@ def test_error_replies_and_1x_style_requests_carry_no_chunk_fields():
         assert not reply.HasField("first_action_step")
         assert (reply.action_period_ms, reply.actual_delay_steps, reply.valid_until_ns) == (0.0, 0.0, 0)
     assert metrics.values("delay_prediction_error_steps") == []
+
+
+def test_the_prediction_error_is_exported_signed_and_absolute_per_model():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from inferential.config import ModelConfig
+    from inferential.metrics.prometheus import PrometheusExporter
+    from inferential.server import Server
+
+    server = Server(
+        config=InferentialConfig(models=[ModelConfig(name="noop", target="inferential.models.testing:NoOp")])
+    )
+    exporter = PrometheusExporter(server)
+    for error in (-0.4, 0.2, 1.5):
+        server.metrics.record("delay_prediction_error_steps", error, {"client": "arm", "model": "noop"})
+    families = {f.name: f for f in text_string_to_metric_families(exporter.render().decode())}
+
+    def sample(family: str, suffix: str, **labels: str) -> float:
+        return next(
+            s.value
+            for s in families[family].samples
+            if s.name == family + suffix and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    signed = "inferential_delay_prediction_error_steps"
+    absolute = "inferential_delay_prediction_abs_error_steps"
+    assert sample(signed, "_count", model="noop") == 3
+    assert sample(signed, "_bucket", model="noop", le="0.0") == 1  # the one early reply
+    assert sample(absolute, "_sum", model="noop") == pytest.approx(2.1)
+    assert sample(absolute, "_bucket", model="noop", le="1.0") == 2  # |-0.4| and 0.2 within one step

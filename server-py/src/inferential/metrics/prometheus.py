@@ -83,8 +83,9 @@ class PrometheusExporter:
             buckets=_BYTES_BUCKETS,
             registry=self.registry,
         )
-        # One store metric (signed error) feeds both: the signed one shows a bias, the
-        # absolute one its median (histogram_quantile) in control steps.
+        # One store metric (signed error) feeds both: the signed one shows a bias (buckets
+        # only: with negative buckets the client omits _sum, as OpenMetrics requires), the
+        # absolute one the size of the error in control steps.
         self._delay_error = Histogram(
             "inferential_delay_prediction_error_steps",
             "Actual minus predicted delay of chunked replies (control steps; > 0: later than predicted)",
