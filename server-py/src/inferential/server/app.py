@@ -28,7 +28,7 @@ from inferential.server.curve import CurveKeys, user_id
 from inferential.server.engine import Engine
 from inferential.server.ledger import Ledger
 from inferential.server.protocol import Describe, Rejection, decode_request, describe_reply, encode_reply, server_name
-from inferential.server.ratelimit import RateLimiter
+from inferential.server.ratelimit import DROP, RateLimiter
 from inferential.server.registry import ClientRegistry
 from inferential.server.transport import RouterTransport
 from inferential.wire import Limits, Status
@@ -365,6 +365,12 @@ class Server:
         now = self.clock()
         wall = time.time_ns()
         ledger = self._ledger
+        wait_ms = None
+        if self._rate is not None and frames:
+            wait_ms = self._rate.take(bytes(frames[0].buffer), now)
+            if wait_ms == DROP:
+                self.metrics.increment("observation_errors", {"status": "RATE_LIMITED_DROPPED"})
+                return
         try:
             identity, decoded = decode_request(frames, self._limits)
         except Rejection as rej:
@@ -384,11 +390,9 @@ class Server:
                 why = f"this connection's CURVE key is bound to client '{speaker}', not '{decoded.obs.client.id}'"
                 ledger.reject(identity, Rejection(Status.UNAUTHENTICATED, why, decoded.obs), wall)
                 return
-        if self._rate is not None:
-            wait_ms = self._rate.take(identity, now)
-            if wait_ms is not None:
-                self._rate_limited(identity, decoded, wait_ms, wall)
-                return
+        if wait_ms is not None:
+            self._rate_limited(identity, decoded, wait_ms, wall)
+            return
         registry = self._registry
         robots = len(registry.robots)
         engine = self._engine

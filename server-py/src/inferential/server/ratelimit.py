@@ -1,7 +1,10 @@
 """A token bucket per connection: one flooding peer cannot take the server from the others.
 
 Keyed on the routing identity (the connection), not on the self-declared client id, so
-a flood under many invented ids from one connection is one flood. Off unless
+a flood under many invented ids from one connection is one flood. Over the rate, an
+observation is refused with a reply (QUEUE_FULL and a retry hint); refusals put the
+bucket in debt, and past a burst's worth of debt messages are dropped before they are
+even decoded: answering a flood one by one would hand it the server anyway. Off unless
 ``transport.rate_limit_per_s`` is set. No clock of its own: the caller passes the time.
 """
 
@@ -9,6 +12,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Optional
+
+#: ``take``'s answer for a message to drop unread
+DROP = -1
 
 
 class RateLimiter:
@@ -23,10 +29,12 @@ class RateLimiter:
         self.burst = float(max(1, burst))
         self._buckets: OrderedDict[bytes, list[float]] = OrderedDict()  # identity -> [tokens, at_ns]
         self.limited = 0
+        self.dropped = 0
 
     def take(self, identity: bytes, now_ns: int) -> Optional[int]:
-        """None when this connection may send one more observation now, else the ms
-        until it may (the retry hint of its refusal)."""
+        """None when this connection may send one more observation now; else the ms
+        until it may (the retry hint of its refusal), or DROP for a connection that kept
+        sending through a burst's worth of refusals."""
         buckets = self._buckets
         bucket = buckets.get(identity)
         if bucket is None:
@@ -37,8 +45,15 @@ class RateLimiter:
             buckets.move_to_end(identity)
             bucket[0] = min(self.burst, bucket[0] + (now_ns - bucket[1]) * self.rate_per_ns)
             bucket[1] = float(now_ns)
-        if bucket[0] >= 1.0:
-            bucket[0] -= 1.0
+        tokens = bucket[0]
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
             return None
+        if tokens <= -self.burst:
+            # A burst's worth of refusals already went unheeded: this is a flood, and answering
+            # each message would spend the server on it. Dropped unread (counted by the caller).
+            self.dropped += 1
+            return DROP
+        bucket[0] = tokens - 1.0  # refusals run up a debt, so a sender that keeps going is dropped
         self.limited += 1
         return max(1, int((1.0 - bucket[0]) / self.rate_per_ns / 1e6) + 1)
