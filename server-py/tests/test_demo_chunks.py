@@ -47,4 +47,5 @@ def test_a_short_chunk_demo_reports_each_variant_and_the_pause_is_refused(tmp_pa
     assert pause["stale_chunks"] > 0  # replies past their valid_until_ns: none of their rows ran
     assert all(r["underruns_per_min"] > 0 for r in pause["robots"])
     assert (folder / "chunks.png").stat().st_size > 10_000
+    assert (folder / "chunks_robots.png").stat().st_size > 10_000
     assert "pause" in (folder / "index.html").read_text()

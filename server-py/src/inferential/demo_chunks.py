@@ -310,6 +310,8 @@ def _write_report(folder: Path, results: list[dict], summaries: list[dict], args
     (folder / "chunks.json").write_text(json.dumps(data, indent=2, default=float))
     png = _plot(results, summaries, args)
     (folder / "chunks.png").write_bytes(png)
+    robots_png = _plot_robots(results)
+    (folder / "chunks_robots.png").write_bytes(robots_png)
     rows = "".join(
         f"<tr><td>{s['variant']}</td><td>{100 * s['utilization']:.1f}%</td><td>{s['underruns_per_robot_min']:.2f}</td>"
         f"<td>{s['held']}</td><td>{s['stale_chunks']} ({s['stale_rows']})</td><td>{s['failed']}</td><td>{s['jerk_rms_median']:.1f}</td><td>{s['delay_abs_error_median']:.2f}</td>"
@@ -323,6 +325,8 @@ def _write_report(folder: Path, results: list[dict], summaries: list[dict], args
 <table><tr><th>variant</th><th>model busy</th><th>underruns / robot-min (after the first chunk)</th><th>held (stale refused)</th>
 <th>stale chunks (rows), none executed</th><th>error replies</th><th>jerk RMS p50 (rad/s&sup3;)</th><th>|actual-predicted delay| p50 (steps)</th><th>within 1 step</th><th>robot-view delay error p50</th></tr>{rows}</table>
 <img src="data:image/png;base64,{base64.b64encode(png).decode()}" style="max-width:100%">
+<h2>Executed trajectory per robot</h2>
+<img src="data:image/png;base64,{base64.b64encode(robots_png).decode()}" style="max-width:100%">
 </body></html>"""
     path = folder / "index.html"
     path.write_text(html)
@@ -338,29 +342,56 @@ def _describe(args: argparse.Namespace) -> str:
     )
 
 
+def _trajectories(ax: Any, results: list[dict], robot: int) -> None:
+    """Robot ``robot``'s executed joint 0 in every variant, one above the other (the same
+    targets at the same times), the steps with no action (underrun or hold) marked x."""
+    for k, res in enumerate(results):
+        run = res["runs"][robot]
+        if not run.positions:
+            continue
+        t = np.arange(len(run.positions)) / run.rate_hz
+        q0 = np.asarray(run.positions)[:, 0] - 1.0 * k
+        (line,) = ax.plot(t, q0, linewidth=0.8, label=f"{res['variant']} (-{k})")
+        if run.starved:
+            idx = np.asarray(run.starved)
+            idx = idx[idx < len(q0)]
+            ax.plot(idx / run.rate_hz, q0[idx], "x", color=line.get_color(), markersize=4)
+    first = results[0]["runs"][robot]
+    ax.set_title(f"{first.name} ({first.rate_hz:g} Hz): joint 0 (rad), variants shifted by 1, x: no action", fontsize=9)
+    ax.set_xlabel("time (s)")
+    ax.legend(fontsize=6)
+
+
+def _plot_robots(results: list[dict]) -> bytes:
+    """Every robot's executed trajectory, one panel each."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results[0]["runs"])
+    cols = 2
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(16, 3.2 * rows), squeeze=False)
+    for i in range(rows * cols):
+        ax = axes[i // cols][i % cols]
+        if i < n:
+            _trajectories(ax, results, i)
+        else:
+            ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=70)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _plot(results: list[dict], summaries: list[dict], args: argparse.Namespace) -> bytes:
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib.pyplot as plt
 
     n_robots = args.robots
     fig, axes = plt.subplots(2, 2, figsize=(16, 9))
-    # (a) One robot's executed trajectory (joint 0) in every variant, one above the other
-    # (the same targets at the same times), steps with no action marked.
-    ax = axes[0][0]
-    for k, res in enumerate(results):
-        run = res["runs"][0]
-        if not run.positions:
-            continue
-        t = np.arange(len(run.positions)) / run.rate_hz
-        q0 = np.asarray(run.positions)[:, 0] - 1.0 * k
-        (line,) = ax.plot(t, q0, linewidth=0.9, label=f"{res['variant']} (-{k})")
-        if run.starved:
-            idx = np.asarray(run.starved)
-            idx = idx[idx < len(q0)]
-            ax.plot(idx / run.rate_hz, q0[idx], "x", color=line.get_color(), markersize=4)
-    ax.set_title(f"{results[0]['runs'][0].name}: executed joint 0 (rad), variants shifted by 1 (x: no action)")
-    ax.set_xlabel("time (s)")
-    ax.legend(fontsize=7)
+    # (a) One robot's executed trajectory; every robot's is in the second figure.
+    _trajectories(axes[0][0], results, 0)
     # (b) Jerk per robot and variant.
     ax = axes[0][1]
     width = 0.8 / max(1, len(summaries))
