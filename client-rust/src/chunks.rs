@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
+use crate::reply::Reply;
 
 /// A user blend: `f(old, new) -> action`.
 pub type BlendFn = Box<dyn Fn(&[f64], &[f64]) -> Vec<f64> + Send>;
@@ -179,6 +180,42 @@ impl ActionChunkQueue {
         Ok(queued)
     }
 
+    /// Queues the `actions` output of a chunked policy's reply: row 0 applies to the reply's
+    /// `first_action_step` (the observation's `control_step`, echoed), or to `start_step`
+    /// when the reply has none (a server that does not echo it); every row expires at the
+    /// reply's `valid_until_ns`. The tensor's first dimension is the steps, the rest one
+    /// action (any numeric dtype, widened to `f64`). Returns the rows queued or merged.
+    ///
+    /// `invalid_argument` when the reply has no `actions` tensor, the tensor is a scalar,
+    /// or neither the reply nor the caller gives a start step.
+    pub fn add_reply(&mut self, reply: &Reply, start_step: Option<u64>) -> Result<usize> {
+        let Some(start) = reply.first_action_step().or(start_step) else {
+            return Err(Error::invalid(
+                "the reply carries no first_action_step: pass the start step",
+            ));
+        };
+        let actions = reply.tensor("actions").ok_or_else(|| {
+            Error::invalid(format!(
+                "the reply of model '{}' has no 'actions' tensor",
+                reply.model_id()
+            ))
+        })?;
+        let Some((&rows, action_shape)) = actions.shape().split_first() else {
+            return Err(Error::invalid(
+                "'actions' is a scalar: a chunk needs at least one dimension (its rows are steps)",
+            ));
+        };
+        if rows == 0 {
+            return Ok(0);
+        }
+        // One value per action when the tensor is [H]; a [H, J, ...] row holds the rest.
+        let row_len = action_shape.iter().product::<usize>();
+        if row_len == 0 {
+            return Ok(0);
+        }
+        self.add(&actions.to_f64(), row_len, start, reply.valid_until_ns())
+    }
+
     /// The action for the current step, then the next step. `None` when none is queued (an
     /// underrun) or when it expired (a hold); either way the step is spent.
     pub fn pop(&mut self) -> Option<Vec<f64>> {
@@ -210,6 +247,24 @@ impl ActionChunkQueue {
             step = step.saturating_add(1);
         }
         count
+    }
+
+    /// The valid actions queued for consecutive steps from `next_step` (at most `limit`),
+    /// without executing them; `None` when there are none. A policy doing real-time chunking
+    /// is sent these with the next observation, as the prefix it must not change.
+    pub fn peek(&self, limit: Option<usize>) -> Option<Vec<Vec<f64>>> {
+        let count = self.actions_remaining() as usize;
+        let count = limit.map_or(count, |l| count.min(l));
+        if count == 0 {
+            return None;
+        }
+        let rows = self
+            .slots
+            .range(self.next_step..)
+            .take(count)
+            .map(|(_, slot)| slot.action.clone())
+            .collect();
+        Some(rows)
     }
 
     /// Forgets every queued action (e.g. after an emergency stop).
@@ -317,5 +372,84 @@ mod tests {
         assert!(q.add(&[1.0f32, 2.0], 2, 0, None).is_err());
         assert!(q.add(&[1.0f32, 2.0, 3.0], 2, 0, None).is_err());
         assert_eq!(q.pop(), Some(vec![4.0]));
+    }
+
+    fn chunked_reply(
+        first: Option<u64>,
+        valid_until_ns: u64,
+        values: &[f32],
+        shape: &[i64],
+    ) -> Reply {
+        use crate::test_support::{frames, response, tensor};
+        let mut resp = response("chunked", 1, crate::pb::Status::Ok);
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        resp.tensors = vec![tensor("actions", 2, shape, 0, bytes.len() as u64)];
+        resp.first_action_step = first;
+        resp.action_period_ms = 20.0;
+        resp.valid_until_ns = valid_until_ns;
+        crate::codec::decode_reply(&frames(&resp, &[&bytes]), &crate::Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn a_reply_queues_its_rows_from_first_action_step_until_valid_until() {
+        let now = Arc::new(AtomicU64::new(1000));
+        let clock = Arc::clone(&now);
+        let mut q = ActionChunkQueue::with_clock(
+            Blend::Latest,
+            10,
+            Box::new(move || clock.load(Ordering::Relaxed)),
+        )
+        .unwrap();
+        // [3 steps, 2 joints] for steps 9..=11: step 9 is already behind the queue.
+        let reply = chunked_reply(Some(9), 5000, &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], &[3, 2]);
+        assert_eq!(
+            q.add_reply(&reply, Some(0)).unwrap(),
+            2,
+            "the reply's step wins"
+        );
+        assert_eq!(q.stats().late, 1);
+        assert_eq!(q.peek(None), Some(vec![vec![2.0, 3.0], vec![4.0, 5.0]]));
+        now.store(5001, Ordering::Relaxed);
+        assert_eq!(q.pop(), None, "past the reply's valid_until_ns");
+        assert_eq!(q.stats().held, 1);
+    }
+
+    #[test]
+    fn a_reply_without_a_step_needs_the_callers_and_without_actions_is_refused() {
+        let mut q = ActionChunkQueue::new(Blend::Latest, 0).unwrap();
+        let reply = chunked_reply(None, 0, &[7.0, 8.0], &[2]);
+        assert_eq!(reply.valid_until_ns(), None);
+        let err = q.add_reply(&reply, None).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+        assert_eq!(q.add_reply(&reply, Some(0)).unwrap(), 2);
+        assert_eq!(
+            q.pop(),
+            Some(vec![7.0]),
+            "a [H] tensor is one value per step"
+        );
+        let scalar = chunked_reply(Some(0), 0, &[1.0], &[]);
+        assert!(q.add_reply(&scalar, None).is_err());
+    }
+
+    #[test]
+    fn peek_shows_the_valid_consecutive_actions_without_executing_them() {
+        let now = Arc::new(AtomicU64::new(0));
+        let clock = Arc::clone(&now);
+        let mut q = ActionChunkQueue::with_clock(
+            Blend::Latest,
+            0,
+            Box::new(move || clock.load(Ordering::Relaxed)),
+        )
+        .unwrap();
+        assert_eq!(q.peek(None), None);
+        q.add(&[1.0f32, 2.0, 3.0], 1, 0, Some(100)).unwrap();
+        q.add(&[9.0f32], 1, 5, None).unwrap(); // after a gap: not consecutive
+        assert_eq!(q.peek(Some(2)), Some(vec![vec![1.0], vec![2.0]]));
+        assert_eq!(q.peek(Some(0)), None);
+        assert_eq!(q.peek(None).map(|r| r.len()), Some(3));
+        assert_eq!(q.stats().executed, 0, "peeking executes nothing");
+        assert_eq!(q.pop(), Some(vec![1.0]));
+        now.store(101, Ordering::Relaxed);
+        assert_eq!(q.peek(None), None, "expired actions are not shown");
     }
 }

@@ -10,7 +10,7 @@ use prost::Message as _;
 
 use crate::error::{Error, Result};
 use crate::pb;
-use crate::reply::{Reply, Tensor, Timing};
+use crate::reply::{ChunkInfo, Reply, Tensor, Timing};
 use crate::wire::dtype::DType;
 use crate::wire::limits::Limits;
 use crate::wire::status::Status;
@@ -171,6 +171,7 @@ pub fn encode_observation<'a>(
                 .unwrap_or(0.0),
         )?,
         auth_token: params.auth_token.to_owned(),
+        control_step: obs.control_step,
         ..Default::default()
     };
 
@@ -506,8 +507,37 @@ pub(crate) fn build_reply(
         protocol_version: resp.protocol_version,
         tensors,
         metadata: resp.metadata,
+        chunk: chunk_info(
+            resp.first_action_step,
+            resp.action_period_ms,
+            resp.predicted_delay_steps,
+            resp.actual_delay_steps,
+            resp.valid_until_ns,
+        ),
         round_trip: None,
     })
+}
+
+/// The action-chunk fields of a reply: all defaults unless it answers a chunked robot
+/// (a step echoed, a period or an expiry), so a stray delay figure alone means nothing.
+fn chunk_info(
+    first_action_step: Option<u64>,
+    action_period_ms: f32,
+    predicted_delay_steps: f32,
+    actual_delay_steps: f32,
+    valid_until_ns: u64,
+) -> ChunkInfo {
+    if first_action_step.is_none() && action_period_ms == 0.0 && valid_until_ns == 0 {
+        return ChunkInfo::default();
+    }
+    ChunkInfo {
+        first_action_step,
+        action_period_ms,
+        predicted_delay_steps,
+        actual_delay_steps,
+        // 0 on the wire means "no expiry".
+        valid_until_ns: (valid_until_ns != 0).then_some(valid_until_ns),
+    }
 }
 
 /// A reply from the frames a DEALER receives (`["", envelope, payload...]`), or why the
@@ -895,5 +925,53 @@ mod tests {
             .into_result()
             .unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::UnknownStatus);
+    }
+
+    #[test]
+    fn control_step_is_sent_only_when_set_even_when_zero() {
+        let p = params(Limits::default());
+        let env = |obs: &Observation<'_>| {
+            let out = encode_observation(&p, obs).unwrap();
+            pb::Observation::decode(&out[1][..]).unwrap()
+        };
+        assert_eq!(env(&Observation::new()).control_step, None);
+        assert_eq!(
+            env(&Observation::new().control_step(0)).control_step,
+            Some(0)
+        );
+        assert_eq!(
+            env(&Observation::new().control_step(1234)).control_step,
+            Some(1234)
+        );
+    }
+
+    #[test]
+    fn the_chunk_fields_of_a_reply_are_read_and_absent_ones_are_none() {
+        let mut resp = response("m", 1, pb::Status::Ok);
+        let plain = decode_reply(&frames(&resp, &[]), &Limits::default()).unwrap();
+        assert_eq!(
+            (plain.first_action_step(), plain.valid_until_ns()),
+            (None, None)
+        );
+        assert_eq!(plain.action_period_ms(), 0.0);
+        resp.first_action_step = Some(0);
+        resp.action_period_ms = 20.0;
+        resp.predicted_delay_steps = 1.5;
+        resp.actual_delay_steps = 1.25;
+        resp.valid_until_ns = 1_700_000_000_320_000_000;
+        let r = decode_reply(&frames(&resp, &[]), &Limits::default()).unwrap();
+        assert_eq!(r.first_action_step(), Some(0), "step 0 is a step");
+        assert_eq!(
+            (
+                r.action_period_ms(),
+                r.predicted_delay_steps(),
+                r.actual_delay_steps()
+            ),
+            (20.0, 1.5, 1.25)
+        );
+        assert_eq!(r.valid_until_ns(), Some(1_700_000_000_320_000_000));
+        resp.valid_until_ns = 0;
+        let r = decode_reply(&frames(&resp, &[]), &Limits::default()).unwrap();
+        assert_eq!(r.valid_until_ns(), None, "0 on the wire is no expiry");
     }
 }

@@ -23,6 +23,17 @@ pub struct Timing {
     pub batch_size: u32,
 }
 
+/// The action-chunk fields of a reply (protocol §3 "Action chunks", §14); every field is
+/// its default in a reply to a robot that sent no `control_step` and no control rate.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct ChunkInfo {
+    pub(crate) first_action_step: Option<u64>,
+    pub(crate) action_period_ms: f32,
+    pub(crate) predicted_delay_steps: f32,
+    pub(crate) actual_delay_steps: f32,
+    pub(crate) valid_until_ns: Option<u64>,
+}
+
 /// One output tensor: its bytes are a slice of the received ZeroMQ frame (no copy).
 #[derive(Debug, Clone)]
 pub struct Tensor {
@@ -87,6 +98,35 @@ impl Tensor {
         }
     }
 
+    /// Every element widened to `f64`, whatever the dtype (int64 / uint64 values past
+    /// 2^53 round): what [`crate::chunks::ActionChunkQueue::add_reply`] queues.
+    pub fn to_f64(&self) -> Vec<f64> {
+        fn each<const N: usize>(data: &[u8], f: impl Fn([u8; N]) -> f64) -> Vec<f64> {
+            data.chunks_exact(N)
+                .map(|c| {
+                    let mut a = [0u8; N];
+                    a.copy_from_slice(c);
+                    f(a)
+                })
+                .collect()
+        }
+        let d = &self.data[..];
+        match self.dtype {
+            DType::Float16 => each(d, |b| f64::from(half::f16::from_le_bytes(b))),
+            DType::BFloat16 => each(d, |b| f64::from(half::bf16::from_le_bytes(b))),
+            DType::Float32 => each(d, |b| f64::from(f32::from_le_bytes(b))),
+            DType::Float64 => each(d, f64::from_le_bytes),
+            DType::Uint8 | DType::Bool => each(d, |[b]: [u8; 1]| f64::from(b)),
+            DType::Int8 => each(d, |b| f64::from(i8::from_le_bytes(b))),
+            DType::Int16 => each(d, |b| f64::from(i16::from_le_bytes(b))),
+            DType::Uint16 => each(d, |b| f64::from(u16::from_le_bytes(b))),
+            DType::Int32 => each(d, |b| f64::from(i32::from_le_bytes(b))),
+            DType::Uint32 => each(d, |b| f64::from(u32::from_le_bytes(b))),
+            DType::Int64 => each(d, |b| i64::from_le_bytes(b) as f64),
+            DType::Uint64 => each(d, |b| u64::from_le_bytes(b) as f64),
+        }
+    }
+
     /// A BOOL tensor's elements (the decoder checked every byte is 0 or 1).
     pub fn to_bools(&self) -> Result<Vec<bool>> {
         if self.dtype != DType::Bool {
@@ -117,6 +157,7 @@ pub struct Reply {
     pub(crate) protocol_version: u32,
     pub(crate) tensors: Vec<Tensor>,
     pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) chunk: ChunkInfo,
     pub(crate) round_trip: Option<Duration>,
 }
 
@@ -189,6 +230,31 @@ impl Reply {
     /// The string outputs.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
+    }
+    /// The control step row 0 of this reply's `actions` applies to: the observation's
+    /// `control_step`, echoed. `None` when the observation sent none (or from a server
+    /// that does not echo it).
+    pub fn first_action_step(&self) -> Option<u64> {
+        self.chunk.first_action_step
+    }
+    /// The time between two rows of the chunk, ms (`1000 / control_rate_hz`); 0 without a
+    /// control rate.
+    pub fn action_period_ms(&self) -> f32 {
+        self.chunk.action_period_ms
+    }
+    /// The control steps the server predicted would pass between the observation and the
+    /// robot receiving the reply (what the model was told); 0 without a control rate.
+    pub fn predicted_delay_steps(&self) -> f32 {
+        self.chunk.predicted_delay_steps
+    }
+    /// The control steps that did pass from the observation's arrival at the server to the
+    /// reply leaving it; 0 without a control rate.
+    pub fn actual_delay_steps(&self) -> f32 {
+        self.chunk.actual_delay_steps
+    }
+    /// Unix ns after which this reply's actions must not be executed; `None` = no expiry.
+    pub fn valid_until_ns(&self) -> Option<u64> {
+        self.chunk.valid_until_ns
     }
     /// From sending the observation to receiving this reply, measured by this client.
     pub fn round_trip(&self) -> Option<Duration> {

@@ -39,6 +39,7 @@ pub struct Observation<'a> {
     pub(crate) deadline_ns: Option<u64>,
     pub(crate) actions_remaining: Option<u32>,
     pub(crate) control_rate_hz: Option<f32>,
+    pub(crate) control_step: Option<u64>,
     pub(crate) invalid: Option<String>,
 }
 
@@ -150,6 +151,14 @@ impl<'a> Observation<'a> {
     /// Overrides the model handle's control rate (Hz) for this observation.
     pub fn control_rate_hz(mut self, hz: f32) -> Self {
         self.control_rate_hz = Some(hz);
+        self
+    }
+
+    /// The robot's control step when the sensors were read (action chunks, protocol §3):
+    /// the server echoes it as the reply's `first_action_step`, the step row 0 of the
+    /// reply's `actions` applies to. Not sent unless set (0 is a step like any other).
+    pub fn control_step(mut self, step: u64) -> Self {
+        self.control_step = Some(step);
         self
     }
 }
