@@ -2,7 +2,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <algorithm>
 #include <exception>
+#include <type_traits>
 #include <limits>
 #include <string>
 #include <utility>
@@ -17,6 +19,64 @@ Error invalid(std::string message) {
   return Error{ErrorKind::invalid_argument, 0, false, 0, 0, {}, std::move(message)};
 }
 Error out_of_memory() { return Error{ErrorKind::internal, 0, false, 0, 0, {}, "out of memory in ActionChunkQueue"}; }
+
+// IEEE binary16 bits to double (subnormals, infinities and NaN included).
+double half_to_double(std::uint16_t bits) {
+  const int exponent = (bits >> 10) & 0x1F;
+  const int mantissa = bits & 0x3FF;
+  double magnitude;
+  if (exponent == 0) {
+    magnitude = std::ldexp(static_cast<double>(mantissa), -24);
+  } else if (exponent == 0x1F) {
+    magnitude = mantissa ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
+  } else {
+    magnitude = std::ldexp(static_cast<double>(mantissa | 0x400), exponent - 25);
+  }
+  return (bits & 0x8000) ? -magnitude : magnitude;
+}
+
+// The elements of a reply tensor as doubles; empty for a dtype that is not a number.
+template <class T>
+std::optional<std::vector<double>> widen(const ReplyTensor& t) {
+  auto values = t.values<T>();
+  if (!values) return std::nullopt;
+  std::vector<double> out;
+  out.reserve(values->size());
+  for (const T& v : *values) {
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      out.push_back(static_cast<double>(v.to_float()));
+    } else if constexpr (std::is_same_v<T, Float16>) {
+      out.push_back(half_to_double(v.bits));
+    } else {
+      out.push_back(static_cast<double>(v));
+    }
+  }
+  return out;
+}
+
+std::optional<std::vector<double>> tensor_as_doubles(const ReplyTensor& t) {
+  switch (t.dtype()) {
+    case DType::float16: return widen<Float16>(t);
+    case DType::float32: return widen<float>(t);
+    case DType::float64: return widen<double>(t);
+    case DType::bfloat16: return widen<BFloat16>(t);
+    case DType::uint8: return widen<std::uint8_t>(t);
+    case DType::int8: return widen<std::int8_t>(t);
+    case DType::int16: return widen<std::int16_t>(t);
+    case DType::uint16: return widen<std::uint16_t>(t);
+    case DType::int32: return widen<std::int32_t>(t);
+    case DType::uint32: return widen<std::uint32_t>(t);
+    case DType::int64: return widen<std::int64_t>(t);
+    case DType::uint64: return widen<std::uint64_t>(t);
+    case DType::boolean: {  // read as bytes: a byte other than 0/1 is not a valid C++ bool
+      std::vector<double> out;
+      out.reserve(t.size_bytes());
+      for (std::size_t i = 0; i < t.size_bytes(); ++i) out.push_back(t.data()[i] != std::byte{0} ? 1.0 : 0.0);
+      return out;
+    }
+    default: return std::nullopt;  // an unknown dtype
+  }
+}
 
 }  // namespace
 
@@ -191,6 +251,43 @@ Result<std::size_t> ActionChunkQueue::add(const std::vector<std::vector<double>>
     return out_of_memory();
   }
   return add(Span<double>(flat.data(), flat.size()), width, start_step, valid_until_ns);
+}
+
+Result<std::size_t> ActionChunkQueue::add_reply(const Reply& reply, std::optional<std::int64_t> start_step) noexcept {
+  const ReplyTensor* actions = reply.tensor("actions");
+  if (!actions) return invalid("ActionChunkQueue::add_reply: the reply has no 'actions' tensor");
+  const auto& shape = actions->shape();
+  if (shape.empty()) return invalid("ActionChunkQueue::add_reply: 'actions' is 0-d (its rows are steps)");
+  std::int64_t first;
+  if (reply.first_action_step) {
+    if (*reply.first_action_step > static_cast<std::uint64_t>(kMaxStep))
+      return invalid("ActionChunkQueue::add_reply: first_action_step " + std::to_string(*reply.first_action_step) +
+                     " is past the last step");
+    first = static_cast<std::int64_t>(*reply.first_action_step);
+  } else if (start_step) {
+    first = *start_step;
+  } else {
+    return invalid("ActionChunkQueue::add_reply: the reply carries no first_action_step: pass start_step");
+  }
+  // A validity past the int64 range is centuries away: as good as none.
+  std::optional<std::int64_t> until;
+  if (reply.valid_until_ns)
+    until = static_cast<std::int64_t>(std::min<std::uint64_t>(*reply.valid_until_ns, static_cast<std::uint64_t>(kMaxStep)));
+  if (shape[0] == 0) return std::size_t{0};
+  const std::size_t rows = static_cast<std::size_t>(shape[0]);
+  if (actions->element_count() % rows != 0 || actions->element_count() / rows == 0)
+    return invalid("ActionChunkQueue::add_reply: 'actions' has rows of 0 values");
+  const std::size_t width = actions->element_count() / rows;
+  std::optional<std::vector<double>> values;
+  try {
+    values = tensor_as_doubles(*actions);
+  } catch (...) {
+    return out_of_memory();
+  }
+  if (!values)
+    return invalid(std::string("ActionChunkQueue::add_reply: 'actions' is not numeric (dtype ") +
+                   std::to_string(static_cast<int>(actions->dtype())) + ")");
+  return add(Span<double>(values->data(), values->size()), width, first, until);
 }
 
 std::optional<std::vector<double>> ActionChunkQueue::pop() noexcept {

@@ -135,6 +135,11 @@ Result<Connection> Connection::create(Options options) noexcept {
     sock.set(zmq::sockopt::rcvhwm, o.recv_hwm);
     sock.set(zmq::sockopt::sndtimeo, o.send_timeout_ms);
     sock.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(o.limits.max_message_bytes));
+    if (o.curve_server_key) {  // validate() saw all three, each a Z85 key
+      sock.set(zmq::sockopt::curve_serverkey, *o.curve_server_key);
+      sock.set(zmq::sockopt::curve_publickey, *o.curve_public_key);
+      sock.set(zmq::sockopt::curve_secretkey, *o.curve_secret_key);
+    }
     try {
       sock.connect(o.endpoint);
     } catch (const zmq::error_t& e) {

@@ -138,6 +138,7 @@ Result<std::vector<zmq::message_t>> encode_observation(const EnvelopeFields& f, 
     if (obs.deadline_ns()) env.set_deadline_ns(*obs.deadline_ns());
     if (obs.actions_remaining()) env.set_actions_remaining(*obs.actions_remaining());
     if (obs.control_rate_hz()) env.set_control_rate_hz(*obs.control_rate_hz());
+    if (obs.control_step()) env.set_control_step(*obs.control_step());
     if (!f.auth_token.empty()) env.set_auth_token(f.auth_token);
 
     std::vector<zmq::message_t> payload;
@@ -375,6 +376,11 @@ Decoded decode_reply(std::vector<zmq::message_t> frames, const Limits& limits) n
     r.response_id = resp.response_id();
     r.timestamp_ns = resp.timestamp_ns();
     r.observation_timestamp_ns = resp.observation_timestamp_ns();
+    if (resp.has_first_action_step()) r.first_action_step = resp.first_action_step();
+    r.action_period_ms = resp.action_period_ms();
+    r.predicted_delay_steps = resp.predicted_delay_steps();
+    r.actual_delay_steps = resp.actual_delay_steps();
+    if (resp.valid_until_ns() != 0) r.valid_until_ns = resp.valid_until_ns();
     r.metadata = std::move(metadata);
     d.reply = std::move(r);
     return d;

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <zmq.h>
+
 #include <cstdio>
 #include <random>
 
@@ -9,7 +11,38 @@ namespace inferential {
 
 namespace {
 Error bad(std::string message) { return Error{ErrorKind::invalid_argument, 0, false, 0, 0, {}, std::move(message)}; }
+// A Z85 CURVE key: 40 characters that decode to 32 bytes. zmq_z85_decode is the decoder
+// libzmq itself uses for the socket option, so what passes here is what the socket accepts.
+bool is_z85_key(const std::string& key) {
+  if (key.size() != 40) return false;
+  std::uint8_t decoded[32];
+  return zmq_z85_decode(decoded, key.c_str()) != nullptr;
+}
+
+// The first problem with the CURVE options, if any (never quoting a key: one is a secret).
+std::optional<std::string> check_curve(const Options& o) {
+  const std::pair<const char*, const std::optional<std::string>*> keys[] = {
+      {"curve_server_key", &o.curve_server_key},
+      {"curve_public_key", &o.curve_public_key},
+      {"curve_secret_key", &o.curve_secret_key}};
+  int given = 0;
+  for (const auto& [name, key] : keys) {
+    if (!*key) continue;
+    ++given;
+    if (!is_z85_key(**key))
+      return std::string("Options.") + name + " must be a Z85 key of 40 characters (inferential keys generate)";
+  }
+  if (given != 0 && given != 3)
+    return std::string("CURVE needs curve_server_key, curve_public_key and curve_secret_key together "
+                       "(the robot's pair: inferential keys generate)");
+  if (given == 3 && !curve_available())
+    return std::string("CURVE keys were given but this libzmq was built without CURVE support");
+  return std::nullopt;
+}
+
 }  // namespace
+
+bool curve_available() noexcept { return zmq_has("curve") != 0; }
 
 Result<void> validate(const Options& o) {
   if (o.endpoint.empty()) return bad("Options.endpoint is empty");
@@ -40,6 +73,7 @@ Result<void> validate(const Options& o) {
   if (o.auth_token.size() > l.max_auth_token_bytes)
     return bad("Options.auth_token is longer than " + std::to_string(l.max_auth_token_bytes) + " bytes");
   if (!is_valid_utf8(o.auth_token)) return bad("Options.auth_token is not valid UTF-8");
+  if (auto e = check_curve(o)) return bad(*e);
   if (l.max_message_bytes == 0 || l.max_message_bytes > static_cast<std::size_t>(INT64_MAX))
     return bad("Options.limits.max_message_bytes is out of range");
   return {};

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "inferential/errors.hpp"
+#include "inferential/reply.hpp"
 #include "inferential/wire.hpp"
 
 namespace inferential {
@@ -91,6 +92,24 @@ class ActionChunkQueue {
   // The same with one vector per row (every row of the same, non-zero width).
   Result<std::size_t> add(const std::vector<std::vector<double>>& rows, std::int64_t start_step,
                           std::optional<std::int64_t> valid_until_ns = std::nullopt) noexcept;
+
+  // Queues the `actions` tensor of a chunked reply ([H, ...]: H rows, one per step, each
+  // row the remaining dimensions flattened; any numeric dtype). Row 0 is for the reply's
+  // first_action_step (the observation's control_step, echoed) or, when the reply has none
+  // (a server that does not echo it, an observation sent without control_step), for
+  // `start_step`; the rows expire at the reply's valid_until_ns. Returns the rows queued
+  // or merged.
+  //
+  // invalid_argument, with the queue unchanged, when the reply has no `actions` tensor, it
+  // is 0-d, empty per row, of a non-numeric dtype, when neither the reply nor the caller
+  // gives a start step, when first_action_step is past the last representable step, or for
+  // any reason add() refuses a chunk.
+  Result<std::size_t> add_reply(const Reply& reply,
+                                std::optional<std::int64_t> start_step = std::nullopt) noexcept;
+  // The name the Python client uses.
+  Result<std::size_t> add_result(const Reply& reply, std::optional<std::int64_t> start_step = std::nullopt) noexcept {
+    return add_reply(reply, start_step);
+  }
 
   // The action for step next_step(), then next_step() moves on by one whatever the
   // outcome. Empty when no action is queued (an underrun) or when it has expired (a hold:

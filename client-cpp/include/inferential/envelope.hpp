@@ -69,6 +69,9 @@ class Observation {
   Observation& deadline_ns(std::uint64_t value) { deadline_ns_ = value; return *this; }
   Observation& actions_remaining(std::uint32_t value) { actions_remaining_ = value; return *this; }
   Observation& control_rate_hz(float value) { control_rate_hz_ = value; return *this; }
+  // The robot's control step when this observation was taken (action chunks, docs/protocol.md
+  // §3): the server echoes it as the reply's first_action_step.
+  Observation& control_step(std::uint64_t value) { control_step_ = value; return *this; }
 
   const std::vector<TensorInput>& tensors() const noexcept { return tensors_; }
   const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
@@ -78,6 +81,7 @@ class Observation {
   std::optional<std::uint64_t> deadline_ns() const noexcept { return deadline_ns_; }
   std::optional<std::uint32_t> actions_remaining() const noexcept { return actions_remaining_; }
   std::optional<float> control_rate_hz() const noexcept { return control_rate_hz_; }
+  std::optional<std::uint64_t> control_step() const noexcept { return control_step_; }
 
  private:
   std::vector<TensorInput> tensors_;
@@ -88,6 +92,7 @@ class Observation {
   std::optional<std::uint64_t> deadline_ns_;
   std::optional<std::uint32_t> actions_remaining_;
   std::optional<float> control_rate_hz_;
+  std::optional<std::uint64_t> control_step_;
 };
 
 // Everything an encoded observation needs besides the Observation itself.

@@ -35,8 +35,19 @@ struct Options {
   std::string auth_token;  // sent with every observation when non-empty
   // Join every tensor into exactly one payload frame (1.x servers read only one).
   bool single_payload_frame = false;
+  // ZMQ CURVE (docs/security.md): the server's public key and this robot's key pair, Z85
+  // text of 40 characters each (`inferential keys generate`). All three or none: with
+  // them the connection is encrypted and the server knows the robot by its key; a server
+  // with another key never completes the handshake, so observe() fails with
+  // server_unavailable and nothing is sent. The secret key is never logged.
+  std::optional<std::string> curve_server_key;
+  std::optional<std::string> curve_public_key;
+  std::optional<std::string> curve_secret_key;
   Limits limits;
 };
+
+// True when the linked libzmq can do CURVE (it was built with libsodium or its own crypto).
+bool curve_available() noexcept;
 
 // Checks every option; the error (kind invalid_argument) names the first bad one.
 Result<void> validate(const Options& options);

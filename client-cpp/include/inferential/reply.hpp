@@ -98,6 +98,16 @@ struct Reply {
   std::map<std::string, std::string> metadata;
   std::vector<ReplyTensor> tensors;
 
+  // Action chunks (docs/protocol.md §3, §14). The observation's control_step, echoed: row 0
+  // of the `actions` tensor is the action for this step; empty when the observation sent none
+  // (or the server does not echo it).
+  std::optional<std::uint64_t> first_action_step;
+  float action_period_ms = 0;       // the control period the server assumed; 0 without a rate
+  float predicted_delay_steps = 0;  // the inference delay the model was told, in steps
+  float actual_delay_steps = 0;     // arrival at the server -> reply sent, in steps
+  // Unix ns after which these actions must not be executed; empty when the reply sets none (0).
+  std::optional<std::uint64_t> valid_until_ns;
+
   bool is_ok() const noexcept { return status == status::ok; }
   // The tensor with this key, or nullptr.
   const ReplyTensor* tensor(const std::string& key) const noexcept;

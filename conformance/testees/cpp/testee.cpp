@@ -9,6 +9,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "inferential/inferential.hpp"
@@ -142,7 +143,12 @@ json reply_json(const inf::Reply& r) {
           {"retry_after_ms", r.retry_after_ms},
           {"timing", timing},
           {"tensors", tensors},
-          {"metadata", metadata}};
+          {"metadata", metadata},
+          {"first_action_step", r.first_action_step ? json(std::to_string(*r.first_action_step)) : json(nullptr)},
+          {"action_period_ms", r.action_period_ms},
+          {"predicted_delay_steps", r.predicted_delay_steps},
+          {"actual_delay_steps", r.actual_delay_steps},
+          {"valid_until_ns", r.valid_until_ns ? json(std::to_string(*r.valid_until_ns)) : json(nullptr)}};
 }
 
 // The observation of an observe/request/encode command. `storage` owns the tensor
@@ -182,6 +188,8 @@ inf::Observation observation(const json& args, std::vector<std::string>& storage
     float rate = number(model["control_rate_hz"], "control_rate_hz");
     if (rate != 0.0f) obs.control_rate_hz(rate);
   }
+  if (args.contains("control_step") && !args["control_step"].is_null())
+    obs.control_step(integer<std::uint64_t>(args["control_step"], "control_step"));
   return obs;
 }
 
@@ -319,6 +327,10 @@ class Testee {
     if (opts.contains("auth_token") && !opts["auth_token"].is_null()) o.auth_token = opts["auth_token"].get<std::string>();
     if (opts.contains("single_payload_frame") && !opts["single_payload_frame"].is_null())
       o.single_payload_frame = opts["single_payload_frame"].get<bool>();
+    for (auto [name, field] : {std::pair{"curve_server_key", &o.curve_server_key},
+                               std::pair{"curve_public_key", &o.curve_public_key},
+                               std::pair{"curve_secret_key", &o.curve_secret_key}})
+      if (opts.contains(name) && !opts[name].is_null()) *field = opts[name].get<std::string>();
     if (conn_) conn_->close();
     conn_.reset();
     auto c = inf::Connection::create(o);
@@ -425,6 +437,12 @@ class Testee {
       } else if (name == "pop") {
         auto action = q.pop();
         results.push_back(action ? json(*action) : json(nullptr));
+      } else if (name == "peek") {
+        std::size_t limit = std::numeric_limits<std::size_t>::max();
+        if (body.contains("limit") && !body["limit"].is_null()) limit = integer<std::size_t>(body["limit"], "limit");
+        auto peeked = q.peek(limit);
+        if (!peeked) return fail(peeked.error());
+        results.push_back(peeked->empty() ? json(nullptr) : json(*peeked));
       } else if (name == "remaining") {
         results.push_back(q.actions_remaining());
       } else if (name == "now_ns") {
