@@ -215,6 +215,81 @@ TEST(ChunkQueue, PeekShowsTheValidConsecutivePrefixWithoutExecutingIt) {
   EXPECT_TRUE(expired->empty());
 }
 
+// A reply as the decoder makes it: an `actions` tensor of float32 rows and the chunk fields.
+inf::Reply chunk_reply(const std::vector<std::vector<float>>& rows, std::optional<std::uint64_t> first_step,
+                       std::optional<std::uint64_t> valid_until_ns = std::nullopt) {
+  auto flat = std::make_shared<std::vector<float>>();
+  for (const auto& row : rows) flat->insert(flat->end(), row.begin(), row.end());
+  inf::Reply r;
+  const std::int64_t width = rows.empty() ? 0 : static_cast<std::int64_t>(rows.front().size());
+  r.tensors.emplace_back("actions", inf::DType::float32, std::vector<std::int64_t>{static_cast<std::int64_t>(rows.size()), width},
+                         reinterpret_cast<const std::byte*>(flat->data()), flat->size() * sizeof(float), true, flat);
+  r.first_action_step = first_step;
+  r.valid_until_ns = valid_until_ns;
+  return r;
+}
+
+TEST(ChunkQueue, AddReplyStartsAtFirstActionStepAndExpiresAtValidUntil) {
+  FakeClock clock;
+  inf::ChunkQueueOptions o;
+  o.clock = clock.fn();
+  auto q = make(o);
+  const std::int64_t until = *clock.now + 50;
+  auto added = q.add_reply(chunk_reply({{1, 10}, {2, 20}, {3, 30}}, 1, static_cast<std::uint64_t>(until)));
+  ASSERT_TRUE(added.ok()) << added.error().to_string();
+  EXPECT_EQ(*added, 3u);
+  EXPECT_FALSE(q.pop());  // step 0: the chunk starts at step 1
+  EXPECT_EQ(q.stats().underruns, 1u);
+  EXPECT_EQ(q.pop(), (std::vector<double>{1, 10}));
+  *clock.now = until + 1;  // past valid_until_ns: the rest is held, not executed
+  EXPECT_EQ(q.actions_remaining(), 0u);
+  EXPECT_FALSE(q.pop());
+  EXPECT_EQ(q.stats().held, 1u);
+}
+
+TEST(ChunkQueue, AddReplyWithoutFirstActionStepNeedsAStartStep) {
+  auto q = make();
+  const auto reply = chunk_reply({{1}, {2}}, std::nullopt);  // no validity: never expires
+  auto refused = q.add_reply(reply);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().kind, inf::ErrorKind::invalid_argument);
+  EXPECT_TRUE(q.empty());
+  auto added = q.add_result(reply, 0);
+  ASSERT_TRUE(added.ok());
+  EXPECT_EQ(*added, 2u);
+  // The reply's own step wins over the caller's.
+  auto echoed = q.add_reply(chunk_reply({{5}}, 3), 0);
+  ASSERT_TRUE(echoed.ok());
+  auto shown = q.peek();
+  ASSERT_TRUE(shown.ok());
+  EXPECT_EQ(*shown, (std::vector<std::vector<double>>{{1}, {2}}));  // step 2 empty, 3 not consecutive
+  EXPECT_EQ(q.size(), 3u);
+}
+
+TEST(ChunkQueue, AddReplyRefusesWhatIsNotAChunk) {
+  auto q = make();
+  inf::Reply none;
+  none.first_action_step = 0;
+  EXPECT_FALSE(q.add_reply(none).ok());  // no actions tensor
+  auto scalar = std::make_shared<float>(1.0f);
+  inf::Reply zero_d = none;
+  zero_d.tensors.emplace_back("actions", inf::DType::float32, std::vector<std::int64_t>{},
+                              reinterpret_cast<const std::byte*>(scalar.get()), sizeof(float), true, scalar);
+  EXPECT_FALSE(q.add_reply(zero_d).ok());
+  auto past = chunk_reply({{1}}, static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) + 1);
+  EXPECT_FALSE(q.add_reply(past).ok());
+  EXPECT_TRUE(q.empty());
+  // A 1-D [H] tensor is H one-value rows; an integer dtype becomes double.
+  auto ints = std::make_shared<std::vector<std::int32_t>>(std::vector<std::int32_t>{4, 5});
+  inf::Reply one_d = none;
+  one_d.tensors.emplace_back("actions", inf::DType::int32, std::vector<std::int64_t>{2},
+                             reinterpret_cast<const std::byte*>(ints->data()), 2 * sizeof(std::int32_t), true, ints);
+  auto added = q.add_reply(one_d);
+  ASSERT_TRUE(added.ok());
+  EXPECT_EQ(q.pop(), (std::vector<double>{4}));
+  EXPECT_EQ(q.pop(), (std::vector<double>{5}));
+}
+
 TEST(ChunkQueue, StartStepAndClear) {
   inf::ChunkQueueOptions o;
   o.start_step = 100;

@@ -6,6 +6,7 @@
 
 #include "inferential.pb.h"
 #include "inferential/envelope.hpp"
+#include "inferential/options.hpp"
 
 namespace inf = inferential;
 namespace pb = inferential::pb;
@@ -212,6 +213,23 @@ TEST(Encode, EveryFieldOfTheObservationIsWritten) {
   EXPECT_EQ(env.protocol_version(), 2u);
 }
 
+TEST(Encode, ControlStepIsSentWhenSetZeroIncludedAndAbsentOtherwise) {
+  auto with = inf::encode_observation(fields(), inf::Observation().control_step(1234).actions_remaining(5), {});
+  ASSERT_TRUE(with.ok());
+  auto env = parse_obs(*with);
+  ASSERT_TRUE(env.has_control_step());
+  EXPECT_EQ(env.control_step(), 1234u);
+  // Step 0 is a real step (the first one), not "unset": proto3 optional keeps it.
+  auto zero = inf::encode_observation(fields(), inf::Observation().control_step(0), {});
+  ASSERT_TRUE(zero.ok());
+  env = parse_obs(*zero);
+  EXPECT_TRUE(env.has_control_step());
+  EXPECT_EQ(env.control_step(), 0u);
+  auto without = inf::encode_observation(fields(), inf::Observation(), {});
+  ASSERT_TRUE(without.ok());
+  EXPECT_FALSE(parse_obs(*without).has_control_step());
+}
+
 TEST(Encode, RefusesEveryBrokenRuleLocally) {
   const float two[2] = {1, 2};
   using K = inf::ErrorKind;
@@ -372,6 +390,78 @@ TEST(Decode, StatusRetryableAndTimingFollowTheSpec) {
   EXPECT_EQ(err->kind, inf::ErrorKind::unknown_status);
   EXPECT_EQ(err->status, 99);
   EXPECT_TRUE(err->retryable);
+}
+
+TEST(Decode, ChunkFieldsAreReadAndAbsentOnesStayEmpty) {
+  pb::ModelResponse chunked = ok_reply();
+  chunked.set_first_action_step(12);
+  chunked.set_action_period_ms(20.0f);
+  chunked.set_predicted_delay_steps(1.5f);
+  chunked.set_actual_delay_steps(1.25f);
+  chunked.set_valid_until_ns(1700000000320000000ull);
+  auto d = inf::decode_reply(frames_of(chunked, {}), {});
+  ASSERT_TRUE(d.reply);
+  ASSERT_TRUE(d.reply->first_action_step);
+  EXPECT_EQ(*d.reply->first_action_step, 12u);
+  EXPECT_EQ(d.reply->action_period_ms, 20.0f);
+  EXPECT_EQ(d.reply->predicted_delay_steps, 1.5f);
+  EXPECT_EQ(d.reply->actual_delay_steps, 1.25f);
+  ASSERT_TRUE(d.reply->valid_until_ns);
+  EXPECT_EQ(*d.reply->valid_until_ns, 1700000000320000000ull);
+
+  // A step 0 echoed is present; a valid_until_ns of 0 means "none".
+  pb::ModelResponse first = ok_reply();
+  first.set_first_action_step(0);
+  first.set_valid_until_ns(0);
+  d = inf::decode_reply(frames_of(first, {}), {});
+  ASSERT_TRUE(d.reply);
+  ASSERT_TRUE(d.reply->first_action_step);
+  EXPECT_EQ(*d.reply->first_action_step, 0u);
+  EXPECT_FALSE(d.reply->valid_until_ns);
+
+  d = inf::decode_reply(frames_of(ok_reply(), {}), {});
+  ASSERT_TRUE(d.reply);
+  EXPECT_FALSE(d.reply->first_action_step);
+  EXPECT_FALSE(d.reply->valid_until_ns);
+  EXPECT_EQ(d.reply->action_period_ms, 0.0f);
+  EXPECT_EQ(d.reply->predicted_delay_steps, 0.0f);
+  EXPECT_EQ(d.reply->actual_delay_steps, 0.0f);
+}
+
+TEST(Options, CurveKeysComeTogetherAsZ85OrNotAtAll) {
+  ASSERT_TRUE(inf::curve_available()) << "Debian's libzmq is built with libsodium";
+  char server_public[41], server_secret[41], client_public[41], client_secret[41];
+  ASSERT_EQ(zmq_curve_keypair(server_public, server_secret), 0);
+  ASSERT_EQ(zmq_curve_keypair(client_public, client_secret), 0);
+  inf::Options o;
+  o.curve_server_key = server_public;
+  o.curve_public_key = client_public;
+  o.curve_secret_key = client_secret;
+  EXPECT_TRUE(inf::validate(o).ok());
+
+  auto refused = [](const inf::Options& bad) {
+    auto v = inf::validate(bad);
+    return !v.ok() && v.error().kind == inf::ErrorKind::invalid_argument;
+  };
+  inf::Options missing = o;
+  missing.curve_secret_key.reset();
+  EXPECT_TRUE(refused(missing));
+  inf::Options only_server;
+  only_server.curve_server_key = server_public;
+  EXPECT_TRUE(refused(only_server));
+  inf::Options short_key = o;
+  short_key.curve_public_key = std::string(client_public).substr(0, 39);
+  EXPECT_TRUE(refused(short_key));
+  inf::Options not_z85 = o;
+  not_z85.curve_server_key = std::string(40, ' ');  // 40 characters, none in the Z85 alphabet
+  EXPECT_TRUE(refused(not_z85));
+  // The message names the option, never the secret itself.
+  inf::Options bad_secret = o;
+  bad_secret.curve_secret_key = std::string(client_secret).substr(0, 39) + "~";
+  auto v = inf::validate(bad_secret);
+  ASSERT_FALSE(v.ok());
+  EXPECT_NE(v.error().message.find("curve_secret_key"), std::string::npos);
+  EXPECT_EQ(v.error().message.find(std::string(client_secret).substr(0, 39)), std::string::npos);
 }
 
 TEST(Decode, FramingErrorsAreMalformedWithoutAHeader) {

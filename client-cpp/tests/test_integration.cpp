@@ -371,3 +371,138 @@ TEST(Restart, ClientResumesAfterTheServerComesBack) {
   EXPECT_TRUE(resumed);
   std::fprintf(stderr, "resumed %.0f ms after the server was up again\n", ms_since(t0));
 }
+
+namespace {
+
+// A Z85 CURVE key pair from libzmq (what `inferential keys generate` makes).
+struct KeyPair {
+  std::string public_key, secret_key;
+};
+KeyPair curve_pair() {
+  char pub[41] = {0}, sec[41] = {0};
+  EXPECT_EQ(zmq_curve_keypair(pub, sec), 0);
+  return {pub, sec};
+}
+
+inf::Model model_of(const inf::Connection& c, const std::string& id) {
+  auto m = c.model(id);
+  EXPECT_TRUE(m.ok());
+  return std::move(m).value();
+}
+
+// A config file removed with the test.
+struct TempConfig {
+  std::string path;
+  explicit TempConfig(const std::string& text, const char* tag)
+      : path("/tmp/inferential-cpp-" + std::string(tag) + "-" + std::to_string(::getpid()) + ".yaml") {
+    std::ofstream(path) << text;
+  }
+  ~TempConfig() { std::remove(path.c_str()); }
+};
+
+}  // namespace
+
+// The real server with auth.curve_secret_key and one robot's public key listed: the right
+// keys work (encrypted, under the id bound to the key); another id under that key is
+// UNAUTHENTICATED; a wrong server key or an unlisted robot key never completes the
+// handshake, so nothing is sent and observe() is server_unavailable within send_timeout_ms.
+TEST(Curve, OnlyTheListedKeyWithTheRightServerKeyGetsThrough) {
+  ASSERT_TRUE(inf::curve_available());
+  const KeyPair server = curve_pair(), robot = curve_pair(), stranger = curve_pair(), other_server = curve_pair();
+  TempConfig config("clients:\n  known:\n    - {id: curve-bot, curve_public_key: '" + robot.public_key +
+                        "'}\nauth:\n  curve_secret_key: '" + server.secret_key + "'\n",
+                    "curve");
+  auto args = testing_support::test_models();
+  args.insert(args.end(), {"--config", config.path});
+  ServerProcess proc(args);
+  ASSERT_TRUE(proc.start()) << "the Python server did not start with CURVE";
+
+  auto connect_with = [&](const std::string& id, const std::string& server_key, const KeyPair& pair) {
+    inf::Options o;
+    o.endpoint = proc.endpoint();
+    o.client_id = id;
+    o.send_timeout_ms = 300;
+    o.curve_server_key = server_key;
+    o.curve_public_key = pair.public_key;
+    o.curve_secret_key = pair.secret_key;
+    auto c = inf::Connection::create(o);
+    EXPECT_TRUE(c.ok()) << c.error().to_string();
+    return std::move(c).value();
+  };
+  const float x[2] = {1.0f, 2.0f};
+
+  auto good = connect_with("curve-bot", server.public_key, robot);
+  auto reply = model_of(good, "echo").request(inf::Observation().tensor("x", {2}, x, 2), 5000);
+  ASSERT_TRUE(reply.ok()) << reply.error().to_string();
+  EXPECT_EQ(reply->client_id, "curve-bot");
+  ASSERT_NE(reply->tensor("x"), nullptr);
+  EXPECT_EQ(reply->tensor("x")->to_vector<float>(), (std::vector<float>{1.0f, 2.0f}));
+
+  auto impostor = connect_with("someone-else", server.public_key, robot);
+  auto refused = model_of(impostor, "echo").request(inf::Observation().tensor("x", {2}, x, 2), 5000);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().kind, inf::ErrorKind::unauthenticated) << refused.error().to_string();
+
+  for (auto* c : {&other_server, &stranger}) {
+    const bool wrong_server = c == &other_server;
+    auto conn = wrong_server ? connect_with("curve-bot", other_server.public_key, robot)
+                             : connect_with("curve-bot", server.public_key, stranger);
+    const auto t0 = Clock::now();
+    auto sent = model_of(conn, "echo").observe(inf::Observation().tensor("x", {2}, x, 2));
+    ASSERT_FALSE(sent.ok()) << (wrong_server ? "wrong server key" : "unlisted robot key");
+    EXPECT_EQ(sent.error().kind, inf::ErrorKind::server_unavailable);
+    EXPECT_LT(ms_since(t0), 300 + 1000.0);  // bounded by send_timeout_ms (+ scheduling slack)
+    EXPECT_EQ(conn.stats().sent, 0u);
+  }
+}
+
+// The chunk fields through the real server and its shipped chunked policy: the control step
+// comes back as first_action_step, the period and validity follow from the control rate, and
+// the queue places the chunk's rows at that step.
+TEST(Chunks, ControlStepComesBackAsFirstActionStepAndTheQueueUsesIt) {
+  ServerProcess proc({"--model", "chunked=inferential.models.chunked_policy:ChunkedPolicy"});
+  ASSERT_TRUE(proc.start()) << "the Python server did not start with the chunked policy";
+  inf::Options o;
+  o.endpoint = proc.endpoint();
+  o.client_id = "chunk-bot";
+  auto conn = inf::Connection::create(o);
+  ASSERT_TRUE(conn.ok()) << conn.error().to_string();
+  auto policy = conn->model("chunked");
+  ASSERT_TRUE(policy.ok());
+  const std::vector<float> joints(7, 0.1f), target = {0.3f, -0.2f};
+  const float rate_hz = 50.0f;
+  const std::uint64_t step = 100;
+  auto reply = policy->request(inf::Observation()
+                                   .tensor("joints", {7}, joints)
+                                   .tensor("target", {2}, target)
+                                   .control_step(step)
+                                   .actions_remaining(0)
+                                   .control_rate_hz(rate_hz),
+                               10000);
+  ASSERT_TRUE(reply.ok()) << reply.error().to_string();
+  ASSERT_TRUE(reply->first_action_step);
+  EXPECT_EQ(*reply->first_action_step, step);
+  EXPECT_FLOAT_EQ(reply->action_period_ms, 1000.0f / rate_hz);
+  const inf::ReplyTensor* actions = reply->tensor("actions");
+  ASSERT_NE(actions, nullptr);
+  ASSERT_EQ(actions->shape().size(), 2u);
+  const auto rows = static_cast<std::uint64_t>(actions->shape()[0]);
+  // The server dates the actions: the observation's time plus the chunk's rows at our rate.
+  ASSERT_TRUE(reply->valid_until_ns);
+  EXPECT_EQ(*reply->valid_until_ns,
+            reply->observation_timestamp_ns + static_cast<std::uint64_t>(static_cast<double>(rows) * 1e9 / rate_hz));
+
+  inf::ChunkQueueOptions qo;
+  qo.start_step = static_cast<std::int64_t>(step);
+  auto queue = inf::ActionChunkQueue::create(qo);
+  ASSERT_TRUE(queue.ok());
+  auto added = queue->add_reply(*reply);
+  ASSERT_TRUE(added.ok()) << added.error().to_string();
+  EXPECT_EQ(*added, rows);
+  EXPECT_EQ(queue->actions_remaining(), rows);  // valid for 320 ms from the observation: now
+  auto first = queue->pop();
+  ASSERT_TRUE(first);
+  const auto row0 = actions->values<float>();
+  ASSERT_EQ(first->size(), static_cast<std::size_t>(actions->shape()[1]));
+  for (std::size_t j = 0; j < first->size(); ++j) EXPECT_EQ((*first)[j], static_cast<double>((*row0)[j]));
+}
