@@ -2,6 +2,13 @@
 # Cargo runs niced on two jobs: the machine's cores are shared.
 CARGO := CARGO_BUILD_JOBS=2 nice cargo
 RUST_GEN := client-rust/src/generated
+# CURVE: the zmq crate's bundled libzmq is built without libsodium, so it has no CURVE (the
+# crate then refuses CURVE keys with `unsupported`). Overriding zmq-sys's build script
+# (cargo's `links` override) links the system libzmq instead, which has it: the second test
+# run and the conformance testee use that, each in a target dir of its own.
+RUST_HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+RUST_SYSTEM_LIBZMQ := --config 'target.$(RUST_HOST).zmq.rustc-link-lib=["zmq"]'
+APT_PACKAGES += libzmq3-dev
 
 .PHONY: test-rust proto-rust proto-check-rust package-rust fuzz-rust bench-rust testee-rust example-rust
 
@@ -14,7 +21,9 @@ test-rust: $(VENV)/.stamp
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy -p inferential --all-targets -- -D warnings
 	$(CARGO) clippy -p inferential --all-targets --all-features -- -D warnings
-	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) $(CARGO) test -p inferential --all-features
+	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) INFERENTIAL_EXPECT_CURVE=0 $(CARGO) test -p inferential --all-features
+	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) INFERENTIAL_EXPECT_CURVE=1 CARGO_TARGET_DIR=$(CURDIR)/target/system-libzmq \
+	  $(CARGO) test -p inferential --test curve $(RUST_SYSTEM_LIBZMQ)
 
 # Regenerate the committed prost code from proto/ (prost-build runs protoc).
 proto-rust:
@@ -32,13 +41,14 @@ package-rust:
 	$(CARGO) package -p inferential
 
 # The conformance testee (conformance/testees/rust, a maturin-built pyo3 module) installed
-# into the venv; `make conformance` builds it first and runs the rust column.
+# into the venv; `make conformance` builds it first and runs the rust column. It links the
+# system libzmq (see RUST_SYSTEM_LIBZMQ) so that the CURVE cases run.
 CONFORMANCE_LANGS += rust
 CONFORMANCE_TESTEES += testee-rust
 testee-rust: $(VENV)/.stamp
 	@$(VENV)/bin/maturin --version >/dev/null 2>&1 || $(PIP) install -q maturin==1.16.0
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) CARGO_TARGET_DIR=$(CURDIR)/target CARGO_BUILD_JOBS=2 nice \
-	  $(VENV)/bin/maturin develop --release -q -m conformance/testees/rust/Cargo.toml
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) CARGO_TARGET_DIR=$(CURDIR)/target/testee-rust CARGO_BUILD_JOBS=2 nice \
+	  $(VENV)/bin/maturin develop --release -q -m conformance/testees/rust/Cargo.toml $(RUST_SYSTEM_LIBZMQ)
 
 # Fuzz the reply decoder for FUZZ_SECONDS (default 60) from the committed seeds; prints
 # libFuzzer's run count; any crash leaves its input in client-rust/fuzz/artifacts/.

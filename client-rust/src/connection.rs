@@ -195,6 +195,21 @@ impl Connection {
         socket.set_sndtimeo(int(options.send_timeout_ms))?;
         socket
             .set_maxmsgsize(i64::try_from(options.limits.max_message_bytes).unwrap_or(i64::MAX))?;
+        if let Some([server, public, secret]) = options.curve_keys() {
+            if !crate::options::curve_supported() {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "CURVE keys were given but this build's libzmq has no CURVE: the zmq \
+                     crate's bundled libzmq is built without libsodium; link the system \
+                     libzmq instead (README, \"CURVE\")",
+                ));
+            }
+            // Setting the server key makes this DEALER a CURVE client; libzmq takes the
+            // 40-character Z85 text as it is.
+            socket.set_curve_serverkey(server.as_bytes())?;
+            socket.set_curve_publickey(public.as_bytes())?;
+            socket.set_curve_secretkey(secret.as_bytes())?;
+        }
         socket
             .connect(&endpoint)
             .map_err(|e| Error::invalid(format!("cannot connect to {endpoint:?}: {e}")))?;

@@ -42,6 +42,9 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The connection is closed.
     Closed,
+    /// This build cannot do what was asked (CURVE needs a libzmq built with it: see
+    /// [`crate::curve_supported`]).
+    Unsupported,
     /// A ZeroMQ call failed for a reason not listed above.
     Transport,
 }
@@ -66,6 +69,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::Closed => "closed",
+            ErrorKind::Unsupported => "unsupported",
             ErrorKind::Transport => "transport",
         }
     }

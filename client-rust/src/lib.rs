@@ -69,7 +69,7 @@ pub(crate) use generated as pb;
 pub use aio::{AsyncConnection, AsyncModel};
 pub use connection::{Connection, Model, ServerInfo, SocketOptions, Stats};
 pub use error::{Error, ErrorKind, Result};
-pub use options::ConnectionBuilder;
+pub use options::{curve_supported, ConnectionBuilder};
 pub use reply::{Reply, Tensor, Timing};
 pub use wire::dtype::{DType, Element};
 pub use wire::limits::Limits;

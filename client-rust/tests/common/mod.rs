@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use inferential::{Connection, Observation};
+use inferential::{Connection, ConnectionBuilder, Observation};
 
 /// The Python interpreter of the project's venv (INFERENTIAL_PYTHON overrides it).
 pub fn python() -> PathBuf {
@@ -45,6 +45,14 @@ impl Server {
 
     pub fn start_on(port: u16) -> Server {
         let endpoint = format!("tcp://127.0.0.1:{port}");
+        let probe = Connection::builder(&endpoint);
+        Server::start_with(port, &[], probe)
+    }
+
+    /// A server with more `serve` arguments (e.g. `--config FILE`), ready once `probe`
+    /// (the options a client of that server needs, e.g. its CURVE keys) gets an answer.
+    pub fn start_with(port: u16, extra: &[&str], probe: ConnectionBuilder) -> Server {
+        let endpoint = format!("tcp://127.0.0.1:{port}");
         let mut cmd = vec![
             python().display().to_string(),
             "-m".into(),
@@ -59,6 +67,7 @@ impl Server {
             cmd.push("--model".into());
             cmd.push((*m).into());
         }
+        cmd.extend(extra.iter().map(|a| (*a).to_owned()));
         let quoted: Vec<String> = cmd.iter().map(|a| format!("'{a}'")).collect();
         // exec'd children keep the pid; the watchdog kills the server on stdin EOF.
         let script = format!(
@@ -79,12 +88,12 @@ impl Server {
             child,
             stdin: Some(stdin),
         };
-        server.wait_ready();
+        server.wait_ready(probe);
         server
     }
 
-    fn wait_ready(&self) {
-        let conn = Connection::builder(&self.endpoint)
+    fn wait_ready(&self, probe: ConnectionBuilder) {
+        let conn = probe
             .client_id("readiness")
             .reconnect_ivl_ms(20)
             .reconnect_ivl_max_ms(0)

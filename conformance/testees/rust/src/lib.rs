@@ -40,6 +40,7 @@ fn is_status_kind(kind: ErrorKind) -> bool {
             | ErrorKind::InvalidArgument
             | ErrorKind::Closed
             | ErrorKind::Transport
+            | ErrorKind::Unsupported
     )
 }
 
@@ -173,6 +174,9 @@ fn observation(args: &Value) -> Result<Observation<'static>, Fail> {
     if let Some(s) = u32_of(args, "steps_remaining")? {
         obs = obs.steps_remaining(s);
     }
+    if let Some(step) = uint(args, "control_step")? {
+        obs = obs.control_step(step);
+    }
     Ok(obs)
 }
 
@@ -220,6 +224,11 @@ fn reply_json(reply: &Reply) -> Value {
         "protocol_version": reply.protocol_version(), "retryable": reply.retryable(),
         "error": reply.error(), "retry_after_ms": reply.retry_after_ms(), "timing": timing,
         "tensors": tensors, "metadata": reply.metadata(),
+        "first_action_step": reply.first_action_step().map(|s| s.to_string()),
+        "action_period_ms": reply.action_period_ms(),
+        "predicted_delay_steps": reply.predicted_delay_steps(),
+        "actual_delay_steps": reply.actual_delay_steps(),
+        "valid_until_ns": reply.valid_until_ns().map(|v| v.to_string()),
     })
 }
 
@@ -251,6 +260,15 @@ fn connect(args: &Value) -> Answer {
     }
     if let Some(v) = text(o, "auth_token")? {
         b = b.auth_token(v);
+    }
+    if let Some(v) = text(o, "curve_server_key")? {
+        b = b.curve_server_key(v);
+    }
+    if let Some(v) = text(o, "curve_public_key")? {
+        b = b.curve_public_key(v);
+    }
+    if let Some(v) = text(o, "curve_secret_key")? {
+        b = b.curve_secret_key(v);
     }
     if let Some(v) = field(o, "single_payload_frame") {
         b = b.single_payload_frame(
@@ -420,6 +438,16 @@ fn chunk_queue(args: &Value) -> Answer {
             json!(queue.add(&values, row_len.max(1), start, uint(add, "valid_until_ns")?)?)
         } else if field(op, "pop").is_some() {
             json!(queue.pop())
+        } else if let Some(peek) = op.get("peek") {
+            let limit = match field(peek, "limit") {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .and_then(|l| usize::try_from(l).ok())
+                        .ok_or_else(|| bad(format!("peek limit: {v}")))?,
+                ),
+            };
+            json!(queue.peek(limit))
         } else if field(op, "remaining").is_some() {
             json!(queue.actions_remaining())
         } else if let Some(t) = uint(op, "now_ns")? {
