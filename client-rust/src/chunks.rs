@@ -126,6 +126,11 @@ impl ActionChunkQueue {
         self.next_step
     }
 
+    /// The queue's clock now (Unix ns): what `valid_until_ns` is compared with.
+    pub fn now_ns(&self) -> u64 {
+        (self.clock)()
+    }
+
     /// The counters.
     pub fn stats(&self) -> ChunkQueueStats {
         self.stats

@@ -51,6 +51,7 @@ mod aio;
 pub mod chunks;
 pub mod codec;
 mod connection;
+pub mod control;
 mod error;
 mod matching;
 mod options;
