@@ -506,3 +506,142 @@ TEST(Chunks, ControlStepComesBackAsFirstActionStepAndTheQueueUsesIt) {
   ASSERT_EQ(first->size(), static_cast<std::size_t>(actions->shape()[1]));
   for (std::size_t j = 0; j < first->size(); ++j) EXPECT_EQ((*first)[j], static_cast<double>((*row0)[j]));
 }
+
+// --- ControlLoop -----------------------------------------------------------------------
+
+TEST(ControlLoopCreate, BadOptionsAreRefused) {
+  inf::Options o;
+  o.endpoint = "tcp://127.0.0.1:" + std::to_string(testing_support::free_port());  // nobody there
+  auto conn = inf::Connection::create(o);
+  ASSERT_TRUE(conn.ok());
+  auto m = model_of(*conn, "chunked");
+  auto refused = [&](inf::ControlLoopOptions lo) {
+    auto loop = inf::ControlLoop::create(m, std::move(lo));
+    return !loop.ok() && loop.error().kind == inf::ErrorKind::invalid_argument;
+  };
+  inf::ControlLoopOptions lo;
+  lo.rate_hz = 0;
+  EXPECT_TRUE(refused(lo));
+  lo.rate_hz = std::numeric_limits<double>::infinity();
+  EXPECT_TRUE(refused(lo));
+  lo = {};
+  lo.reply_timeout_ms = 0;
+  EXPECT_TRUE(refused(lo));
+  lo = {};
+  lo.queue.new_weight = 0;  // the queue's own check
+  EXPECT_TRUE(refused(lo));
+  lo = {};
+  lo.prefix_input = std::string();
+  EXPECT_TRUE(refused(lo));
+  auto loop = inf::ControlLoop::create(m);
+  ASSERT_TRUE(loop.ok());
+  auto no_bound = loop->run([] { return inf::Observation(); }, [](const auto&) {});
+  ASSERT_FALSE(no_bound.ok());
+  EXPECT_EQ(no_bound.error().kind, inf::ErrorKind::invalid_argument);
+}
+
+// run()'s pacing on an injected clock, with no server: each refused observe() is counted
+// and retried next step, every step is an underrun, and a step that takes longer than a
+// whole period restarts the schedule (an overrun) instead of bursting to catch up.
+TEST(ControlLoopRun, PacesOnItsClockCountsOverrunsAndRefusedSends) {
+  inf::Options o;
+  o.endpoint = "tcp://127.0.0.1:" + std::to_string(testing_support::free_port());
+  o.send_timeout_ms = 0;  // refuse at once: no server is connected
+  auto conn = inf::Connection::create(o);
+  ASSERT_TRUE(conn.ok());
+  auto now = std::make_shared<std::int64_t>(0);
+  std::vector<std::int64_t> sleeps;
+  inf::ControlLoopOptions lo;
+  lo.rate_hz = 100;  // 10 ms periods
+  const std::int64_t period = 10'000'000;
+  lo.clock = [now] { return *now; };
+  lo.sleep = [now, &sleeps](std::int64_t ns) {
+    sleeps.push_back(ns);
+    *now += ns;
+  };
+  auto loop = inf::ControlLoop::create(model_of(*conn, "chunked"), lo);
+  ASSERT_TRUE(loop.ok());
+  int acted = 0;
+  auto stats = loop->run([] { return inf::Observation(); },
+                         [&](const std::optional<std::vector<double>>& action) {
+                           EXPECT_FALSE(action);
+                           // Step 3 takes 2.5 periods: the schedule is a whole period late.
+                           if (++acted == 3) *now += period * 5 / 2;
+                         },
+                         6);
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->steps, 6u);
+  EXPECT_EQ(stats->requests, 0u);
+  EXPECT_EQ(stats->send_failed, 6u);
+  ASSERT_TRUE(loop->last_error());
+  EXPECT_EQ(loop->last_error()->kind, inf::ErrorKind::server_unavailable);
+  EXPECT_EQ(loop->queue().stats().underruns, 6u);
+  EXPECT_EQ(stats->overruns, 1u);
+  // 6 steps, one of them overran (no sleep after it): 5 sleeps of one period each.
+  EXPECT_EQ(sleeps, std::vector<std::int64_t>(5, period));
+
+  // duration_s bounds it too: 0.05 s at 10 ms is 5 steps.
+  auto timed = loop->run([] { return inf::Observation(); }, [](const auto&) {}, std::nullopt, 0.05);
+  ASSERT_TRUE(timed.ok());
+  EXPECT_EQ(timed->steps, 6u + 5u);
+}
+
+// The real server and its shipped chunked policy at 50 Hz: chunks come back at the step
+// each observation was taken, the robot executes them (the first steps underrun while the
+// first chunk is computed), and the queued prefix goes out with each new observation.
+TEST(ControlLoopRun, RunsAChunkedPolicyAgainstTheRealServer) {
+  ServerProcess proc({"--model", "chunked=inferential.models.chunked_policy:ChunkedPolicy"});
+  ASSERT_TRUE(proc.start()) << "the Python server did not start with the chunked policy";
+  inf::Options o;
+  o.endpoint = proc.endpoint();
+  o.client_id = "loop-bot";
+  auto conn = inf::Connection::create(o);
+  ASSERT_TRUE(conn.ok());
+  inf::ControlLoopOptions lo;
+  lo.rate_hz = 50;
+  lo.queue.blend = inf::ChunkBlend::exponential;
+  auto loop = inf::ControlLoop::create(model_of(*conn, "chunked"), lo);
+  ASSERT_TRUE(loop.ok());
+
+  std::vector<float> joints(7, 0.0f);
+  const std::vector<float> target = {0.4f, -0.3f};
+  std::uint64_t executed = 0, held_still = 0;
+  auto stats = loop->run(
+      [&] { return inf::Observation().tensor("joints", {7}, joints).tensor("target", {2}, target); },
+      [&](const std::optional<std::vector<double>>& action) {
+        if (!action) {
+          ++held_still;
+          return;
+        }
+        ASSERT_EQ(action->size(), joints.size());
+        for (std::size_t j = 0; j < joints.size(); ++j) joints[j] = static_cast<float>((*action)[j]);
+        ++executed;
+      },
+      100);
+  ASSERT_TRUE(stats.ok());
+  const auto& q = loop->queue().stats();
+  std::printf("[ measured ] 100 steps at 50 Hz: %llu requests, %llu chunks, %llu executed, %llu underruns, "
+              "%llu held, %llu overruns, %llu lost\n",
+              static_cast<unsigned long long>(stats->requests), static_cast<unsigned long long>(stats->chunks),
+              static_cast<unsigned long long>(q.executed), static_cast<unsigned long long>(q.underruns),
+              static_cast<unsigned long long>(q.held), static_cast<unsigned long long>(stats->overruns),
+              static_cast<unsigned long long>(stats->lost));
+  EXPECT_EQ(stats->steps, 100u);
+  EXPECT_EQ(executed, q.executed);
+  EXPECT_EQ(held_still, q.underruns + q.held);
+  EXPECT_TRUE(stats->failed.empty());
+  EXPECT_EQ(stats->refused_chunks, 0u);
+  EXPECT_GE(stats->chunks, 2u);  // 16-row chunks over 100 steps: the loop must ask again
+  EXPECT_GT(q.executed, 0u);
+  ASSERT_EQ(loop->arrivals().size(), stats->chunks);
+  std::int64_t previous = -1;
+  for (const auto& a : loop->arrivals()) {
+    EXPECT_GT(a.sent_step, previous);              // one request at a time, steps move forward
+    EXPECT_GE(a.arrived_step, a.sent_step);        // a chunk arrives after its observation
+    ASSERT_TRUE(a.round_trip_ms);
+    EXPECT_GT(*a.round_trip_ms, 0.0);
+    previous = a.sent_step;
+  }
+  // Every step before the first chunk arrived had nothing to execute.
+  EXPECT_GE(q.underruns, static_cast<std::uint64_t>(loop->arrivals().front().arrived_step));
+}

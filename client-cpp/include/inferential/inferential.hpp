@@ -3,6 +3,7 @@
 
 #include "inferential/chunks.hpp"
 #include "inferential/connection.hpp"
+#include "inferential/control.hpp"
 #include "inferential/envelope.hpp"
 #include "inferential/errors.hpp"
 #include "inferential/matching.hpp"
