@@ -1,5 +1,6 @@
 // libFuzzer target: arbitrary bytes as the frames a DEALER receives, through the
-// reply decoder and the matcher. Any crash, sanitizer report or exception escaping
+// reply decoder, an action-chunk queue (add_reply, whatever the reply's chunk fields and
+// `actions` tensor say) and the matcher. Any crash, sanitizer report or exception escaping
 // is a finding.
 //
 // Input layout: byte 0 bit 0 set = a non-empty delimiter; then frames as
@@ -8,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "inferential/chunks.hpp"
 #include "inferential/matching.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -40,6 +42,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
     }
     if (sum == 0xFFFFFFFFu) std::abort();  // keeps the loop from being optimized out
+    // A chunk from the network: refused or queued, never a crash. Bounded so a huge
+    // first_action_step or row count cannot make the fuzzer itself run out of memory.
+    const inferential::ReplyTensor* actions = decoded.reply->tensor("actions");
+    if (actions && actions->element_count() <= 4096) {
+      auto queue = inferential::ActionChunkQueue::create();
+      if (queue) {
+        (void)queue->add_reply(*decoded.reply, 0);
+        (void)queue->peek(8);
+        (void)queue->pop();
+      }
+    }
   }
   // Route it as if a request with its id were waiting.
   inferential::Matcher m;

@@ -45,6 +45,14 @@ def main(out: Path) -> None:
     r4.tensors.add(key="a", dtype=pb.UINT8, shape=[2, 2], byte_offset=0, byte_length=4)
     r4.tensors.add(key="c", dtype=pb.INT64, shape=[1], byte_offset=8, byte_length=8)
     seeds["two_frames"] = frames_input(r4.SerializeToString(), [b"\1\2\3\4\0\0\0\0", struct.pack("<q", -1)])
+    r5 = reply()  # a chunked policy's reply: [3, 2] float32 actions and the chunk fields
+    r5.tensors.add(key="actions", dtype=pb.FLOAT32, shape=[3, 2], byte_offset=0, byte_length=24)
+    r5.first_action_step = 12
+    r5.action_period_ms = 20.0
+    r5.predicted_delay_steps = 1.5
+    r5.actual_delay_steps = 1.25
+    r5.valid_until_ns = 1_700_000_000_320_000_000
+    seeds["chunk"] = frames_input(r5.SerializeToString(), [struct.pack("<6f", *range(6))])
     for name, data in seeds.items():
         (out / name).write_bytes(data)
 
