@@ -104,5 +104,5 @@ build --color=no --curses=no
 RC
 
 cd "$ws"
-bazel --output_user_root="$out_root" --batch build //client-cpp:client //client-cpp:control_loop //client-cpp:test_integration
+bazel --output_user_root="$out_root" --batch build //client-cpp:client //client-cpp:control_loop //client-cpp:chunked_loop //client-cpp:test_integration
 bazel --output_user_root="$out_root" --batch test --test_output=errors //client-cpp:test_codec //client-cpp:test_matching //client-cpp:test_chunks
