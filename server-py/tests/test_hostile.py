@@ -532,3 +532,30 @@ def test_binding_beyond_loopback_without_auth_warns_at_start(caplog):
             pass
         quiet = [r.getMessage() for r in caplog.records if "without authentication" in r.getMessage()]
     assert len(exposed) == 1 and "0.0.0.0" in exposed[0] and not quiet
+
+
+# --- two connections, one routing identity (1.x robots use their client id) -----------
+
+
+@pytest.mark.parametrize("policy", ["handover", "reject"])
+def test_the_two_connections_one_identity_policy_is_explicit(policy):
+    with running_server(transport={"duplicate_identity": policy}) as (_, endpoint):
+        first = Peer(endpoint, routing_id=b"arm-1")
+        try:
+            first.send("arm-1")
+            assert [r.status for r in first.replies(5.0)] == [pb.OK]
+            second = Peer(endpoint, routing_id=b"arm-1")  # the same identity, a new connection
+            try:
+                time.sleep(0.3)
+                second.send("arm-1")
+                first.send("arm-1")
+                got_second = second.replies(1.0)
+                got_first = first.replies(1.0)
+            finally:
+                second.close()
+        finally:
+            first.close()
+    if policy == "handover":  # the newcomer takes the identity over (the first, cut off, reconnects)
+        assert [r.request_id for r in got_second] == [1]
+    else:  # the newcomer is refused; the first keeps its connection
+        assert got_second == [] and [r.request_id for r in got_first] == [2]

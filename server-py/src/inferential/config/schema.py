@@ -27,6 +27,11 @@ class TransportConfig(_Section):
     # A connection that has not completed the ZMTP handshake (greeting, and CURVE when on)
     # in this time is closed: idle or half-open sockets cannot hold descriptors for long.
     handshake_timeout_ms: int = Field(5000, ge=0)
+    # A second connection with the routing identity of a connected one (1.x robots use their
+    # client id as routing identity): "handover" gives it the identity and closes the old
+    # connection (a robot reconnecting after a network change is served at once);
+    # "reject" refuses the newcomer while the first is connected (no one can cut a robot off).
+    duplicate_identity: Literal["handover", "reject"] = "handover"
     # Per-connection token bucket on observations (None = off): past it an observation
     # is answered QUEUE_FULL with a retry hint, before any other work is spent on it.
     rate_limit_per_s: Optional[float] = Field(None, gt=0)

@@ -94,9 +94,10 @@ class RouterTransport:
         c = self.config
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A 1.x robot that reconnects under the same identity (its client_id) takes
-        # over the old connection instead of being refused until heartbeats expire.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A 1.x robot's routing identity is its client_id. "handover": one that reconnects
+        # under it takes over the old connection instead of being refused until heartbeats
+        # expire (and so can anyone claiming it); "reject": the first connection keeps it.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1 if c.duplicate_identity == "handover" else 0)
         sock.setsockopt(zmq.RCVHWM, c.recv_hwm)
         sock.setsockopt(zmq.SNDHWM, c.send_hwm)
         # Per frame; a peer sending more is disconnected by libzmq before we see it.
