@@ -53,13 +53,14 @@ def _observation(client: str, rid: int, model: str = "policy", timestamp_ns: Opt
 class Server:
     """`inferential serve` on free ports, its RSS sampled every 0.5 s."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, rate_limit: bool = True) -> None:
         self.port, http = _free_port(), _free_port()
+        # 40/s per connection: twice a good robot's rate, far under a flood's.
+        limit = " rate_limit_per_s: 40, rate_limit_burst: 20," if rate_limit else ""
         config = os.path.join(workdir, f"soak-{self.port}.yaml")
         with open(config, "w") as f:
             f.write(
-                f"transport: {{bind: 'tcp://127.0.0.1:{self.port}', max_message_bytes: {MAX_MESSAGE},"
-                " rate_limit_per_s: 40, rate_limit_burst: 20}\n"
+                f"transport: {{bind: 'tcp://127.0.0.1:{self.port}',{limit} max_message_bytes: {MAX_MESSAGE}}}\n"
                 f"metrics: {{http_port: {http}}}\n"
                 "scheduling: {max_queue_size: 2000}\n"
                 "models: [{name: policy, target: 'inferential.models.testing:Sleep', options: {base_ms: 1.0},"
