@@ -68,11 +68,13 @@ class Server:
                 "logging: {level: WARNING}\n"
             )
         self.http = f"http://127.0.0.1:{http}"
+        # The server's log goes to a file: a pipe nobody reads would stall it once full.
+        self.log_path = os.path.join(workdir, f"server-{self.port}.log")
+        self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inferential.cli", "serve", "--config", config],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         self.rss: list[int] = []
         end = time.monotonic() + 60
@@ -99,8 +101,15 @@ class Server:
             self._stop.wait(0.5)
 
     def metrics_bytes(self) -> int:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {self.proc.returncode} during the run:\n{self.log_tail()}")
         with urllib.request.urlopen(f"{self.http}/metrics", timeout=10) as r:
             return len(r.read())
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-lines:])
 
     def stop(self) -> None:
         self._stop.set()
@@ -111,6 +120,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._log.close()
 
 
 def run_fleet(endpoint: str, robots: int, hz: float, seconds: float) -> dict:
