@@ -26,6 +26,25 @@ _EAGAIN, _EHOSTUNREACH = zmq.EAGAIN, zmq.EHOSTUNREACH
 _monotonic_ns = time.monotonic_ns
 
 
+def keepalive_options(sock: zmq.Socket, ivl_ms: int, timeout_ms: int) -> None:
+    """Detect a silent peer within about ``ivl_ms + timeout_ms`` without ZMTP PINGs.
+
+    Idle connections are probed by TCP keepalive every ``ivl_ms`` (whole seconds, at
+    least 1) and dropped after ``timeout_ms`` of unanswered probes; data left
+    unacknowledged for ``timeout_ms`` ends the connection too (ZMQ_TCP_MAXRT, which is
+    TCP_USER_TIMEOUT on Linux). ``ivl_ms = 0`` leaves the kernel's defaults.
+    """
+    if ivl_ms <= 0:
+        return
+    every_s = max(1, -(-ivl_ms // 1000))
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, every_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, every_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, -(-timeout_ms // (every_s * 1000))))
+    if timeout_ms > 0:
+        sock.setsockopt(zmq.TCP_MAXRT, timeout_ms)
+
+
 class _TimedSelector:
     """The event loop's selector, with the times of its last waits recorded.
 
@@ -106,10 +125,14 @@ class RouterTransport:
         sock.setsockopt(zmq.HANDSHAKE_IVL, c.handshake_timeout_ms)
         if self._curve is not None:
             self._auth = serve_curve(sock, self._curve)
-        if c.heartbeat_ivl_ms:
-            sock.setsockopt(zmq.HEARTBEAT_IVL, c.heartbeat_ivl_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, c.heartbeat_timeout_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TTL, c.heartbeat_timeout_ms)
+        # Dead peers are found by TCP keepalive and a retransmission timeout, not by ZMTP
+        # PINGs from this socket: libzmq 4.3.x (4.3.4 and pyzmq's 4.3.5) aborts the whole
+        # process (`Assertion failed: !_io_error (stream_engine_base.cpp)`) when its PING
+        # timer fires on a connection whose input is paused at RCVHWM and whose peer has
+        # just hung up: a flooding or slow-draining robot that disconnects could kill the
+        # server (test_transport_survives_peer_hangup_at_hwm). PINGs the robots send are
+        # still answered by libzmq, and their TTL still drops a robot that went silent.
+        keepalive_options(sock, c.heartbeat_ivl_ms, c.heartbeat_timeout_ms)
         sock.bind(c.bind)
         self._sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)

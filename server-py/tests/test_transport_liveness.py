@@ -1,0 +1,97 @@
+"""The server's socket outlives peers that hang up while their input is paused.
+
+libzmq 4.3.x aborts the process (`Assertion failed: !_io_error`) when a ZMTP PING timer
+fires on a connection whose input is paused at RCVHWM and whose peer has hung up. The
+full soak (200 robots x 20 Hz) killed the server this way twice. These tests run the
+scenario in a child process, since the failure is an abort, not an exception.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import zmq
+
+from inferential.config.schema import TransportConfig
+from inferential.server.transport import RouterTransport
+
+_SCENARIO = textwrap.dedent(
+    """
+    import time, zmq
+    from inferential.config.schema import TransportConfig
+    from inferential.server.transport import RouterTransport
+
+    # Short keepalive settings: with ZMTP PINGs these armed the timer that aborted.
+    t = RouterTransport(TransportConfig(bind="tcp://127.0.0.1:0", recv_hwm=5,
+                                        heartbeat_ivl_ms=100, heartbeat_timeout_ms=2000))
+    endpoint = t.bind()  # never attached: nobody reads, so each peer's input pauses at RCVHWM
+    ctx = zmq.Context()
+    for _ in range(8):
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(endpoint)
+        for _ in range(100):
+            try:
+                d.send(b"x" * 100_000, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        time.sleep(0.2)
+        d.close()  # hang up while the server's side of the connection is paused
+        time.sleep(0.3)  # several PING intervals: the old timer fired here
+        while t._sock.poll(0):
+            t._sock.recv_multipart()
+    t.close()
+    print("survived")
+    """
+)
+
+
+def test_transport_survives_peer_hangup_at_hwm() -> None:
+    proc = subprocess.run([sys.executable, "-c", _SCENARIO], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
+    assert "survived" in proc.stdout
+
+
+def _tcp_option(sock: zmq.Socket, option: int) -> int:
+    return int(sock.getsockopt(option))
+
+
+def test_heartbeat_settings_become_tcp_keepalive_not_pings() -> None:
+    t = RouterTransport(TransportConfig(bind="tcp://127.0.0.1:0", heartbeat_ivl_ms=1500, heartbeat_timeout_ms=5000))
+    t.bind()
+    try:
+        s = t._sock
+        assert s is not None
+        assert _tcp_option(s, zmq.HEARTBEAT_IVL) == 0  # no PING timer on the server's connections
+        assert _tcp_option(s, zmq.TCP_KEEPALIVE) == 1
+        assert _tcp_option(s, zmq.TCP_KEEPALIVE_IDLE) == 2  # whole seconds, rounded up
+        assert _tcp_option(s, zmq.TCP_KEEPALIVE_INTVL) == 2
+        assert _tcp_option(s, zmq.TCP_KEEPALIVE_CNT) == 3  # 5 s of unanswered probes
+        assert _tcp_option(s, zmq.TCP_MAXRT) == 5000
+    finally:
+        t.close()
+
+
+def test_robot_pings_still_answered_and_silent_robot_dropped() -> None:
+    """A robot's own PINGs are still answered although the server sends none."""
+    t = RouterTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
+    endpoint = t.bind()
+    ctx = zmq.Context()
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.setsockopt(zmq.HEARTBEAT_IVL, 50)
+    d.setsockopt(zmq.HEARTBEAT_TIMEOUT, 200)
+    monitor = d.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        d.connect(endpoint)
+        d.send(b"hello")
+        assert t._sock is not None and t._sock.poll(2000)
+        # 1 s of PINGs every 50 ms, each needing a PONG within 200 ms: none missed.
+        assert not monitor.poll(1000), "the robot timed the server out: its PINGs were not answered"
+    finally:
+        monitor.close()
+        d.close()
+        t.close()
+        ctx.term()
