@@ -56,10 +56,15 @@ def test_the_corpus_is_shared() -> None:
 def test_decode_case_as_an_observation(case: conformance.Case) -> None:
     spec = case.spec["reply"]
     frames = observation_frames(spec)
-    if case.spec.get("expect", {}).get("malformed"):
+    # A rule that differs by direction states the server's side in observation_expect.
+    expect = case.spec.get("observation_expect", case.spec.get("expect", {}))
+    if expect.get("malformed"):
         with pytest.raises(Rejection) as info:
             decode_request(frames, LIMITS)
         assert info.value.status == refwire.STATUS_VALUE["INVALID_REQUEST"]
+        assert expect.get("error", "") in info.value.message
+        if expect.get("request_id") is not None and info.value.obs is not None:
+            assert info.value.obs.request_id == int(expect["request_id"])
         return
     _, decoded = decode_request(frames, LIMITS)
     for t in conformance.expand_tensors(spec.get("tensors", [])):

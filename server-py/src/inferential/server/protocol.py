@@ -101,9 +101,21 @@ def _ids_of(frames: Sequence[Any]) -> Optional[pb.Observation]:
 _HINTS = ("urgency", "latency_budget_ms", "control_rate_hz")
 
 
+def _newer_version(version: int) -> str:
+    return (
+        f"protocol_version {version} is newer than this server speaks: "
+        f"it accepts {PROTOCOL_VERSION}, and 0 (absent) or 1 for 1.x clients"
+    )
+
+
 def decode_observation(
     obs: pb.Observation, segments: Sequence[Any], limits: Limits, payload_bytes: Optional[int] = None
 ) -> Decoded:
+    version = obs.protocol_version
+    if version > PROTOCOL_VERSION and not (not obs.model_id and DESCRIBE_KEY in obs.metadata):
+        # A newer peer's fields may mean what this server cannot know: refused first, by name.
+        # A describe request is answered whatever its version, so a newer client can learn ours.
+        raise Rejection(pb.INVALID_REQUEST, _newer_version(version), obs)
     try:
         check_text("client.id", obs.client.id, limits.max_id_bytes, required=True)
         if not obs.model_id and DESCRIBE_KEY in obs.metadata:
