@@ -184,6 +184,12 @@ class RayConfig(_Section):
     replica_failure_retries: int = Field(1, ge=0)
     # How often health() is refreshed from serve.status().
     health_interval_s: float = Field(2.0, gt=0)
+    # Batches go to replicas on this machine over their own Unix socket (docs/ray.md,
+    # "The direct data path"); Serve still deploys, checks and replaces them. False:
+    # every batch is a Serve handle call.
+    direct: bool = True
+    # Models always called through Serve handles (for comparison, as bench-ray does).
+    handle_models: list[str] = []
 
 
 class LoggingConfig(_Section):
