@@ -1,0 +1,575 @@
+"""How the server's cost grows with the fleet: robots 1 to 200 at 50 Hz, ours (both transport
+paths) against the published 1.4.0, small and 150 KB observations.
+
+    make bench-scale                       (about 8 minutes)
+    make bench-scale SCALE_ARGS=--quick    (a smoke run, about 1.5 minutes)
+    .venv/bin/python bench/scale.py [--quick] [--robots 1,10,50] [--sizes small,150kb]
+        [--paths python,native] [--no-published] [--seconds 8] [--model noop|sleep1]
+
+Each point (observation size x robots x server) gets a fresh server process, so no point
+inherits another's backlog; the points are interleaved (for each size and robot count, every
+server in turn) so the servers of one row are measured minutes, not the whole run, apart.
+
+Servers
+  python     `inferential serve`, local backend, with ``transport.native: off`` when the native
+             module is importable (else the default configuration, which has only this path)
+  native     the same with ``transport.native: on``; listed by default only when
+             ``import inferential_native`` works, otherwise skipped with a note
+  1.4.0      the published package in .venv-published (bench/_published_peer.py), its default
+             configuration
+Model: ``noop`` by default (7 zeros; 1.4.0 runs it inline on its loop), so the figures are the
+server's own cost per request, not a model's; ``--model sleep1`` puts a 1 ms model behind it.
+
+Robots are open loop at 50 Hz (period +-5 % jitter, random phases) with a 20 ms budget (the
+period; sent in the observation to our server, 1.4.0 has no field for it). A robot keeps at most
+``--max-inflight`` (10) unanswered observations younger than 1 s; past that it skips a send (it
+counts as offered and not served). That bounds the memory of an overloaded run (200 robots x
+150 KB is 1.5 GB/s offered) the way a real client's bounded queue would.
+
+The load generator is this process: one thread, one DEALER per robot, and an epoll over the
+sockets' ZMQ_FD descriptors (a zmq.Poller over 200 sockets costs more per wake-up than the
+messages do). Observations are encoded once per robot with the SDK's codec; per send only the
+envelope is re-serialised (request id, timestamp; for 1.4.0 the ``seq`` metadata its replies
+echo). Replies are matched by request id (ours) or ``seq`` (1.4.0).
+
+Per point, over the measured window (after a 1 s warm-up):
+  server CPU/req   user+sys of the server process (/proc/<pid>/stat, every thread) divided by
+                   the replies it sent in the window (any status)
+  server CPU       the same CPU as a share of one core
+  p50 / p99        round trip of OK replies, robot side (send to receipt)
+  goodput          OK replies within the 20 ms budget per second, and as % of offered
+                   (robots x 50 Hz x window)
+  gen CPU          this generator's own CPU (all its threads, ZMQ's I/O thread included) as a
+                   share of a core, and per observation sent
+  others           the rest of the machine's busy CPU in the window (/proc/stat), in cores: on
+                   a shared 2-core box it says how much the point had to itself
+Writes bench/results/scale.json, scale.md (the table) and scale.png (--quick: scale-quick.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import os
+import platform
+import random
+import resource
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _fleet import IMAGE as SMALL_IMAGE
+from _peers import IMAGE as LARGE_IMAGE
+from _peers import REPO, cpu_seconds, free_port, start_server, stop, wait_ready
+from inferential._envelope import encode_observation
+from inferential._proto import inferential_pb2 as pb
+from inferential.wire import DEFAULT_LIMITS
+
+PUBLISHED_PY = REPO / ".venv-published" / "bin" / "python"
+RESULTS = REPO / "bench" / "results"
+JOINTS = np.linspace(-1, 1, 7, dtype=np.float32)
+IMAGES = {"small": SMALL_IMAGE, "150kb": LARGE_IMAGE}
+PUBLISHED = "1.4.0"
+# The generator calls libzmq through pyzmq's backend methods with plain int flags, as the
+# server's transport does: the convenience layer (flag enums, zmq.Again on every empty read)
+# would cost the generator more than its messages, and its CPU is taken from the server.
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+_parse_response = pb.ModelResponse.FromString
+ZERO_COPY_MIN = 65536
+ABANDON_NS = 1_000_000_000  # an observation unanswered this long no longer holds a robot's in-flight slot
+
+
+def native_available() -> bool:
+    try:
+        import inferential_native  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+
+def start_peer(peer: str, model: str, native_known: bool, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """A fresh server for one point: ``python``/``native`` (ours) or ``1.4.0``."""
+    if peer == PUBLISHED:
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        with open(tmp / "published.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [str(PUBLISHED_PY), str(REPO / "bench" / "_published_peer.py"), "--bind", endpoint],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )
+        try:
+            wait_ready(proc, endpoint)
+        except BaseException:
+            stop(proc)
+            raise
+        time.sleep(0.3)
+        return proc, endpoint
+    extra: list[str] = []
+    if peer == "native" or native_known:
+        # Quoted: a YAML `on` is a boolean, a string suits a bool field and an on|off one alike.
+        cfg = tmp / f"transport-{peer}.yaml"
+        cfg.write_text(f'transport:\n  native: "{"on" if peer == "native" else "off"}"\n')
+        extra = ["--config", str(cfg)]
+    models = {"noop": "inferential.models.testing:NoOp", "sleep1": "inferential.models.testing:Sleep"}
+    return start_server({model: models[model]}, extra, log_path=tmp / f"server-{peer}.log")
+
+
+# --- the load generator ------------------------------------------------------------------------
+
+
+@dataclass
+class Robot:
+    name: str
+    sock: zmq.Socket
+    obs: pb.Observation
+    payload: list
+    phase_ns: int
+    sent_ns: list[int] = field(default_factory=list)  # by request id - 1
+    planned_ns: list[int] = field(default_factory=list)
+    reply_ns: list[int] = field(default_factory=list)  # 0 = none yet
+    status: list[int] = field(default_factory=list)  # -1 = none yet
+    inflight: int = 0
+    oldest: int = 0  # index of the oldest send that may still hold an in-flight slot
+
+
+def _proc_stat_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (/proc/stat, all cores)."""
+    parts = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    vals = [int(x) for x in parts]
+    idle = vals[3] + vals[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(vals[:8]) - idle) / tick, sum(vals[:8]) / tick
+
+
+def _self_cpu() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def run_point(endpoint: str, server_pid: int, n: int, image: np.ndarray, v1: bool, args: argparse.Namespace,
+              tag: str) -> dict:
+    rng = random.Random(args.seed * 1000 + n)
+    period_ns = 1e9 / args.hz
+    ctx = zmq.Context(io_threads=1)
+    ep = select.epoll()
+    robots: list[Robot] = []
+    by_fd: dict[int, Robot] = {}
+    try:
+        for i in range(n):
+            name = f"{tag}-{i:03d}"
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            # Bounded by --max-inflight anyway; deep enough that ZMQ itself never refuses a send.
+            sock.setsockopt(zmq.SNDHWM, 1000)
+            sock.setsockopt(zmq.RCVHWM, 1000)
+            if v1:
+                sock.setsockopt(zmq.ROUTING_ID, name.encode())  # what 1.4.0's client does
+            sock.connect(endpoint)
+            frames = encode_observation(
+                client_id=name, client_type="bench-robot", model_id=args.model, request_id=1,
+                inputs={"joints": JOINTS, "image": image, "seq": "1"}, urgency=0.5, priority=1,
+                latency_budget_ms=args.budget_ms, limits=DEFAULT_LIMITS, single_payload_frame=v1,
+            )
+            robot = Robot(name, sock, pb.Observation.FromString(bytes(frames[1])), [bytes(f) for f in frames[2:]],
+                          rng.randrange(int(period_ns)))
+            robots.append(robot)
+            fd = sock.getsockopt(zmq.FD)
+            by_fd[fd] = robot
+            ep.register(fd, select.EPOLLIN)
+        time.sleep(0.3 + n * 0.002)  # let every connection complete before the clock starts
+        return _drive(robots, by_fd, ep, server_pid, n, period_ns, rng, args)
+    finally:
+        ep.close()
+        for r in robots:
+            r.sock.close(linger=0)
+        ctx.term()
+
+
+def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, server_pid: int, n: int,
+           period_ns: float, rng: random.Random, args: argparse.Namespace) -> dict:
+    start = time.monotonic_ns() + 20_000_000
+    meas_start = start + int(args.warmup * 1e9)
+    meas_end = meas_start + int(args.seconds * 1e9)
+    grace_end = meas_end + int(args.grace * 1e9)
+    heap = [(start + r.phase_ns, i) for i, r in enumerate(robots)]
+    heapq.heapify(heap)
+    budget_ns = args.budget_ms * 1e6
+    skipped = [0]  # sends a robot skipped because its in-flight window was full (measured window)
+    outstanding = [0]
+    replies_in_window = [0]
+    unknown = [0]
+    snap: dict[str, tuple] = {}
+
+    def drain(r: Robot) -> None:
+        sock = r.sock
+        # Asking ZMQ_EVENTS first costs less than the zmq.Again a final empty read would raise,
+        # and it processes the socket's commands as a read would (re-arming ZMQ_FD).
+        while _get(sock, _EVENTS) & _POLLIN:
+            frame = _recv(sock, _NOBLOCK, False)
+            frames = [frame]
+            while frame.more:  # ZMQ delivers whole messages: the rest is already here
+                frame = _recv(sock, 0, False)
+                frames.append(frame)
+            now = time.monotonic_ns()
+            try:
+                resp = _parse_response(frames[1].bytes)
+                rid = resp.request_id or int(resp.metadata.get("seq", "0") or 0)
+            except Exception:  # noqa: BLE001 -- a reply we cannot read is counted, never fatal to the run
+                unknown[0] += 1
+                continue
+            if not 1 <= rid <= len(r.sent_ns) or r.reply_ns[rid - 1]:
+                unknown[0] += 1
+                continue
+            r.reply_ns[rid - 1] = now
+            r.status[rid - 1] = resp.status
+            outstanding[0] -= 1
+            if rid - 1 >= r.oldest:
+                r.inflight -= 1
+            if meas_start <= now < meas_end:
+                replies_in_window[0] += 1
+
+    def send(r: Robot, planned: int) -> None:
+        now = time.monotonic_ns()
+        # Free the slots of observations unanswered for ABANDON_NS (lost, or queued for seconds).
+        while r.oldest < len(r.sent_ns) and (r.reply_ns[r.oldest] or now - r.sent_ns[r.oldest] > ABANDON_NS):
+            if not r.reply_ns[r.oldest]:
+                r.inflight -= 1
+            r.oldest += 1
+        if r.inflight >= args.max_inflight:
+            if meas_start <= planned < meas_end:
+                skipped[0] += 1
+            return
+        rid = len(r.sent_ns) + 1
+        obs = r.obs
+        obs.request_id = rid
+        obs.timestamp_ns = time.time_ns()
+        obs.metadata["seq"] = str(rid)
+        sock = r.sock
+        try:
+            _send(sock, b"", _NOBLOCK | _SNDMORE, True, False)
+            last = len(r.payload) - 1
+            _send(sock, obs.SerializeToString(), _NOBLOCK | (_SNDMORE if last >= 0 else 0), True, False)
+            for k, frame in enumerate(r.payload):
+                # Large frames go zero-copy (ZMQ reads our bytes object), small ones are copied.
+                _send(sock, frame, _NOBLOCK | (_SNDMORE if k < last else 0), len(frame) < ZERO_COPY_MIN, False)
+        except zmq.Again:
+            if meas_start <= planned < meas_end:
+                skipped[0] += 1
+            return
+        r.sent_ns.append(now)
+        r.planned_ns.append(planned)
+        r.reply_ns.append(0)
+        r.status.append(-1)
+        r.inflight += 1
+        outstanding[0] += 1
+
+    def snapshot() -> tuple:
+        return time.monotonic_ns(), cpu_seconds(server_pid), _self_cpu(), time.thread_time(), *_proc_stat_busy()
+
+    next_sweep = start
+    while True:
+        now = time.monotonic_ns()
+        if "start" not in snap and now >= meas_start:
+            snap["start"] = snapshot()
+        if "end" not in snap and now >= meas_end:
+            snap["end"] = snapshot()
+        while heap and heap[0][0] <= now:
+            planned, i = heapq.heappop(heap)
+            r = robots[i]
+            send(r, planned)
+            # A send may consume the socket's pending wake-up (ZMQ_FD is edge-like): read now.
+            drain(r)
+            following = planned + int(period_ns * rng.uniform(0.95, 1.05))
+            if following < meas_end:
+                heapq.heappush(heap, (following, i))
+            now = time.monotonic_ns()
+        if now >= next_sweep:
+            # Safety net against a missed edge: an empty read of every socket, ten times a second.
+            for r in robots:
+                drain(r)
+            next_sweep = now + 100_000_000
+        if not heap and now >= meas_end and (outstanding[0] == 0 or now >= grace_end):
+            break
+        target = heap[0][0] if heap else min(grace_end, next_sweep)
+        if "end" not in snap:
+            target = min(target, meas_end)
+        timeout = max(0.0, (min(target, next_sweep) - now) / 1e9)
+        for fd, _ in ep.poll(timeout):
+            drain(by_fd[fd])
+    if "end" not in snap:
+        snap["end"] = snapshot()
+
+    (t0, s0, g0, m0, b0, _), (t1, s1, g1, m1, b1, _) = snap["start"], snap["end"]
+    wall = (t1 - t0) / 1e9
+    server_cpu, gen_cpu, busy = s1 - s0, g1 - g0, b1 - b0
+    offered = 0
+    ok_lat: list[float] = []
+    good = late = sheds = unanswered = sent = 0
+    lags: list[float] = []
+    shed_kinds: dict[str, int] = {}
+    for r in robots:
+        for k, planned in enumerate(r.planned_ns):
+            if not meas_start <= planned < meas_end:
+                continue
+            sent += 1
+            lags.append((r.sent_ns[k] - planned) / 1e6)
+            st, rep = r.status[k], r.reply_ns[k]
+            if not rep:
+                unanswered += 1
+                continue
+            lat = rep - r.sent_ns[k]
+            if st in (pb.OK, pb.STATUS_UNSPECIFIED):
+                ok_lat.append(lat / 1e6)
+                if lat <= budget_ns:
+                    good += 1
+                else:
+                    late += 1
+            else:
+                sheds += 1
+                name = pb.Status.Name(st) if st in pb.Status.values() else str(st)
+                shed_kinds[name] = shed_kinds.get(name, 0) + 1
+    offered = sent + skipped[0]
+    replies = replies_in_window[0]
+    return {
+        "robots": n,
+        "offered_per_s": offered / args.seconds,
+        "offered": offered,
+        "sent": sent,
+        "skipped": skipped[0],
+        "ok": len(ok_lat),
+        "good": good,
+        "late": late,
+        "sheds": sheds,
+        "shed_kinds": shed_kinds,
+        "unanswered": unanswered,
+        "unknown_replies": unknown[0],
+        "p50_ms": float(np.percentile(ok_lat, 50)) if ok_lat else float("nan"),
+        "p99_ms": float(np.percentile(ok_lat, 99)) if ok_lat else float("nan"),
+        "goodput_per_s": good / args.seconds,
+        "goodput_pct": 100.0 * good / offered if offered else float("nan"),
+        "replies_in_window": replies,
+        "server_cpu_us_per_req": 1e6 * server_cpu / replies if replies else float("nan"),
+        "server_cpu_cores": server_cpu / wall,
+        "gen_cpu_cores": gen_cpu / wall,
+        "gen_cpu_us_per_obs": 1e6 * gen_cpu / sent if sent else float("nan"),
+        # The Python loop's share of it; the rest is ZMQ's I/O thread (TCP, wake-ups).
+        "gen_python_cores": (m1 - m0) / wall,
+        "others_cores": max(0.0, busy / wall - server_cpu / wall - gen_cpu / wall),
+        "machine_busy_cores": busy / wall,
+        "send_lag_p99_ms": float(np.percentile(lags, 99)) if lags else float("nan"),
+        "window_s": wall,
+    }
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def saturation(p: dict, cores: int) -> str:
+    """Why a point is past what it can serve: the server's loop, or the whole machine."""
+    marks = []
+    if p["server_cpu_cores"] >= 0.9:
+        marks.append("server")
+    if p["machine_busy_cores"] >= 0.9 * cores:
+        marks.append("machine")
+    return "+".join(marks)
+
+
+HEADER = ("| obs | robots | server | offered/s | server CPU µs/req | server CPU | p50 ms | p99 ms | goodput/s | "
+          "goodput % | shed | skipped | no reply | gen CPU | gen µs/obs | others | saturated |")
+
+
+def _f(x: float, spec: str) -> str:
+    """A figure, or "-" where there is none (no OK reply, no reply in the window)."""
+    return "-" if math.isnan(x) else format(x, spec)
+
+
+def table(points: list[dict], cores: int) -> str:
+    lines = [HEADER, "|" + "|".join(["---"] * (HEADER.count("|") - 1)) + "|"]
+    for p in points:
+        lines.append(
+            f"| {p['size']} | {p['robots']} | {p['peer']} | {p['offered_per_s']:,.0f} | {_f(p['server_cpu_us_per_req'], ',.0f')} | "
+            f"{100 * p['server_cpu_cores']:.0f} % | {_f(p['p50_ms'], '.2f')} | {_f(p['p99_ms'], '.2f')} | "
+            f"{p['goodput_per_s']:,.0f} | {p['goodput_pct']:.1f} | {p['sheds']} | {p['skipped']} | {p['unanswered']} | "
+            f"{100 * p['gen_cpu_cores']:.0f} % | {p['gen_cpu_us_per_obs']:.0f} | {p['others_cores']:.2f} | "
+            f"{saturation(p, cores) or '-'} |")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = report["points"]
+    sizes = [s for s in report["meta"]["sizes"] if any(p["size"] == s for p in points)]
+    peers = list(dict.fromkeys(p["peer"] for p in points))
+    colors = {"python": "#2a7ab0", "native": "#1e9e5a", PUBLISHED: "#d1495b"}
+    fig, axes = plt.subplots(3, len(sizes), figsize=(6.5 * len(sizes), 11), squeeze=False)
+    for col, size in enumerate(sizes):
+        for peer in peers:
+            pts = sorted((p for p in points if p["size"] == size and p["peer"] == peer), key=lambda p: p["robots"])
+            if not pts:
+                continue
+            xs = [p["robots"] for p in pts]
+            c = colors.get(peer, "grey")
+            label = f"ours, {peer} path" if peer != PUBLISHED else "published 1.4.0"
+            axes[0, col].plot(xs, [p["server_cpu_us_per_req"] for p in pts], "-o", color=c, label=label)
+            axes[1, col].plot(xs, [p["p50_ms"] for p in pts], "-o", color=c, label=f"{label} p50")
+            axes[1, col].plot(xs, [p["p99_ms"] for p in pts], "--^", color=c, alpha=0.7, label=f"{label} p99")
+            # Goodput of 0 has no place on a log axis: drawn at 1/s, labelled 0 %.
+            axes[2, col].plot(xs, [max(p["goodput_per_s"], 1.0) for p in pts], "-o", color=c, label=label)
+            for p in pts:
+                sat = saturation(p, report["meta"]["cores"])
+                mark = f"{p['goodput_pct']:.0f} %" + (" S" if "server" in sat else "") + (" M" if "machine" in sat else "")
+                axes[2, col].annotate(mark, (p["robots"], max(p["goodput_per_s"], 1.0)), fontsize=7, color=c,
+                                      textcoords="offset points", xytext=(3, 4 if peer != PUBLISHED else -10))
+        title = f"{'small (3,100 B)' if size == 'small' else '150 KB'} observations"
+        axes[0, col].set_title(f"{title}: server CPU per request", fontsize=10)
+        axes[0, col].set_ylabel("µs of server CPU / request")
+        axes[0, col].set_yscale("log")
+        axes[1, col].set_title(f"{title}: round trip of OK replies", fontsize=10)
+        axes[1, col].set_ylabel("ms (log)")
+        axes[1, col].set_yscale("log")
+        axes[1, col].axhline(report["meta"]["budget_ms"], color="red", linestyle=":", linewidth=0.8)
+        robots = report["meta"]["robots"]
+        axes[2, col].plot(robots, [n * report["meta"]["hz"] for n in robots], ":", color="grey", label="offered")
+        axes[2, col].set_title(f"{title}: goodput (OK within {report['meta']['budget_ms']:g} ms; % of offered; "
+                               "S: server >= 90 % of a core, M: machine >= 90 % busy)", fontsize=8)
+        axes[2, col].set_ylabel("OK within budget / s (log)")
+        axes[2, col].set_yscale("log")
+        for row in range(3):
+            ax = axes[row, col]
+            ax.set_xscale("log")
+            ax.set_xticks(report["meta"]["robots"])
+            ax.set_xticklabels([str(x) for x in report["meta"]["robots"]])
+            ax.set_xlabel(f"robots x {report['meta']['hz']:g} Hz")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+    m = report["meta"]
+    fig.suptitle(f"make bench-scale ({m['mode']}, {m['date']}; {m['model']} model; shared {m['cores']}-core machine)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="robots 1, 50, 200, 2 s per point (a smoke run)")
+    ap.add_argument("--robots", help="comma list (default 1,10,50,100,200; quick 1,50,200)")
+    ap.add_argument("--sizes", default="small,150kb", help="comma list of small, 150kb")
+    ap.add_argument("--paths", help="our transport paths, comma list of python, native "
+                    "(default: python, plus native when `import inferential_native` works)")
+    ap.add_argument("--no-published", action="store_true", help="skip the published 1.4.0 server")
+    ap.add_argument("--seconds", type=float, help="measured seconds per point (default 8, quick 2)")
+    ap.add_argument("--warmup", type=float, help="unmeasured seconds first (default 1, quick 0.5)")
+    ap.add_argument("--grace", type=float, default=2.0, help="wait for late replies after the window")
+    ap.add_argument("--hz", type=float, default=50.0)
+    ap.add_argument("--budget-ms", type=float, default=20.0)
+    ap.add_argument("--max-inflight", type=int, default=10, help="unanswered observations a robot allows")
+    ap.add_argument("--model", choices=("noop", "sleep1"), default="noop")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", help="default bench/results/scale.json (quick: scale-quick.json, so a smoke run "
+                    "never overwrites the full run's results)")
+    args = ap.parse_args()
+    q = args.quick
+    robots = [int(x) for x in (args.robots or ("1,50,200" if q else "1,10,50,100,200")).split(",")]
+    sizes = [s for s in args.sizes.split(",") if s]
+    for s in sizes:
+        if s not in IMAGES:
+            ap.error(f"unknown size {s!r} (small, 150kb)")
+    args.seconds = args.seconds or (2.0 if q else 8.0)
+    args.out = args.out or str(RESULTS / ("scale-quick.json" if q else "scale.json"))
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if q else 1.0)
+    native_known = native_available()
+    if args.paths:
+        paths = [p for p in args.paths.split(",") if p]
+        if "native" in paths and not native_known:
+            print("note: `import inferential_native` fails here (not built?): the native path is skipped")
+            paths.remove("native")
+    else:
+        paths = ["python"] + (["native"] if native_known else [])
+        if not native_known:
+            print("note: `import inferential_native` fails here (not built?): only the python path is measured")
+    peers = list(paths)
+    if not args.no_published:
+        if PUBLISHED_PY.exists():
+            peers.append(PUBLISHED)
+        else:
+            print(f"note: {PUBLISHED_PY} missing (make setup creates it): the 1.4.0 rows are skipped")
+    cores = os.cpu_count() or 1
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{platform.machine()}, {cores} cores, load average before the run "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "cores": cores, "mode": "quick" if q else "full", "robots": robots, "sizes": sizes, "peers": peers,
+        "hz": args.hz, "budget_ms": args.budget_ms, "model": args.model, "seconds": args.seconds,
+        "warmup": args.warmup, "max_inflight": args.max_inflight, "python": platform.python_version(),
+    }
+    print(f"Machine: {meta['machine']}. Mode: {meta['mode']}. Servers: {', '.join(peers)}; model {args.model}; "
+          f"{args.seconds:g} s per point after {args.warmup:g} s warm-up.", flush=True)
+    started = time.perf_counter()
+    points: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmpdir:
+        tmp = Path(tmpdir)
+        for size in sizes:
+            image = IMAGES[size]
+            for n in robots:
+                for peer in peers:
+                    proc, endpoint = start_peer(peer, args.model, native_known, tmp)
+                    try:
+                        p = run_point(endpoint, proc.pid, n, image, peer == PUBLISHED, args,
+                                      f"s{size}-{peer}-{n}")
+                        if proc.poll() is not None:
+                            raise RuntimeError(f"{peer} server exited during the point (code {proc.returncode})")
+                    finally:
+                        stop(proc)
+                    p.update(size=size, peer=peer, load_average=os.getloadavg()[0])
+                    points.append(p)
+                    print(f"  {size:>5} x {n:>3} robots, {peer:>6}: server {p['server_cpu_us_per_req']:7.0f} µs/req "
+                          f"({100 * p['server_cpu_cores']:3.0f} %), p50 {p['p50_ms']:7.2f} p99 {p['p99_ms']:8.2f} ms, "
+                          f"goodput {p['goodput_per_s']:6.0f}/s = {p['goodput_pct']:5.1f} %, "
+                          f"gen {100 * p['gen_cpu_cores']:3.0f} % ({p['gen_cpu_us_per_obs']:.0f} µs/obs), "
+                          f"others {p['others_cores']:.2f} cores, lag p99 {p['send_lag_p99_ms']:.1f} ms", flush=True)
+    meta["wall_time_s"] = round(time.perf_counter() - started, 1)
+    meta["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    report = {"meta": meta, "points": points}
+    md = table(points, cores)
+    print("\n" + md)
+    print("\nshed = explicit non-OK replies; skipped = sends a robot skipped with its in-flight window full; "
+          "others = the rest of the machine's busy CPU (cores); saturated: server = its process >= 90 % of a "
+          f"core, machine = >= 90 % of all {cores} cores busy")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(
+        f"# make bench-scale ({meta['mode']}, {meta['date']})\n\n{meta['machine']}; servers {', '.join(peers)}; "
+        f"model {args.model}; {args.hz:g} Hz, budget {args.budget_ms:g} ms; {args.seconds:g} s per point.\n\n{md}\n")
+    plot(report, out.with_suffix(".png"))
+    print(f"\nwrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')} (wall time {meta['wall_time_s']:.0f} s; "
+          f"load average after {meta['load_average_after']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
