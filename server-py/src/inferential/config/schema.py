@@ -36,6 +36,9 @@ class TransportConfig(_Section):
     # is answered QUEUE_FULL with a retry hint, before any other work is spent on it.
     rate_limit_per_s: Optional[float] = Field(None, gt=0)
     rate_limit_burst: int = Field(100, ge=1)
+    # Connections past their handshake at once (None = no cap beyond the descriptor limit):
+    # over it a new connection is refused during its handshake (ZAP) and counted.
+    max_connections: Optional[int] = Field(None, ge=1)
     # The socket on a native I/O thread (inferential_native, server-native/): "auto" uses it
     # when the module is built, "on" requires it, "off" keeps the pure-Python transport.
     native: Literal["auto", "on", "off"] = "auto"
