@@ -78,6 +78,10 @@ class SchedulingConfig(_Section):
     # Scheduling aims to finish this much before each deadline: the time a reply
     # takes to reach the robot once the server hands it to its socket.
     deadline_margin_ms: float = Field(1.0, ge=0)
+    # A result ready only after its request's deadline (margin included): "withhold" sends
+    # DEADLINE_UNMEETABLE instead (a late action is worse than none; action chunks are
+    # exempt), "send" sends the late OK. Counted as late_results_withheld.
+    late_results: Literal["withhold", "send"] = "withhold"
     # Action chunks: the longest an OK reply's actions stay valid after the observation's
     # timestamp (its valid_until_ns, docs/protocol.md "Action chunks"); None = only the
     # chunk's own length at the robot's control rate limits it.
