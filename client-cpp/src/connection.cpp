@@ -129,8 +129,19 @@ Result<Connection> Connection::create(Options options) noexcept {
     sock.set(zmq::sockopt::immediate, 1);
     sock.set(zmq::sockopt::reconnect_ivl, o.reconnect_ivl_ms);
     sock.set(zmq::sockopt::reconnect_ivl_max, o.reconnect_ivl_max_ms);
-    sock.set(zmq::sockopt::heartbeat_ivl, o.heartbeat_ivl_ms);
-    sock.set(zmq::sockopt::heartbeat_timeout, o.heartbeat_timeout_ms);
+    // A silent server is found by TCP keepalive, never by ZMTP PINGs from this socket:
+    // libzmq 4.3.x aborts the process when a PING timer fires on a connection whose
+    // input is paused at RCVHWM and whose peer has hung up (protocol §8, "Liveness").
+    // Probes every interval (whole seconds, at least 1), dropped after the timeout.
+    if (o.heartbeat_ivl_ms > 0) {
+      const int every_s = std::max(1, (o.heartbeat_ivl_ms + 999) / 1000);
+      sock.set(zmq::sockopt::tcp_keepalive, 1);
+      sock.set(zmq::sockopt::tcp_keepalive_idle, every_s);
+      sock.set(zmq::sockopt::tcp_keepalive_intvl, every_s);
+      sock.set(zmq::sockopt::tcp_keepalive_cnt,
+               std::max(1, (o.heartbeat_timeout_ms + every_s * 1000 - 1) / (every_s * 1000)));
+      if (o.heartbeat_timeout_ms > 0) sock.set(zmq::sockopt::tcp_maxrt, o.heartbeat_timeout_ms);
+    }
     sock.set(zmq::sockopt::sndhwm, o.send_hwm);
     sock.set(zmq::sockopt::rcvhwm, o.recv_hwm);
     sock.set(zmq::sockopt::sndtimeo, o.send_timeout_ms);
@@ -200,6 +211,11 @@ Result<SocketOptions> Connection::socket_options() const noexcept {
     o.reconnect_ivl_max = s.get(zmq::sockopt::reconnect_ivl_max);
     o.heartbeat_ivl = s.get(zmq::sockopt::heartbeat_ivl);
     o.heartbeat_timeout = s.get(zmq::sockopt::heartbeat_timeout);
+    o.tcp_keepalive = s.get(zmq::sockopt::tcp_keepalive);
+    o.tcp_keepalive_idle = s.get(zmq::sockopt::tcp_keepalive_idle);
+    o.tcp_keepalive_intvl = s.get(zmq::sockopt::tcp_keepalive_intvl);
+    o.tcp_keepalive_cnt = s.get(zmq::sockopt::tcp_keepalive_cnt);
+    o.tcp_maxrt = s.get(zmq::sockopt::tcp_maxrt);
     o.immediate = s.get(zmq::sockopt::immediate);
     o.sndtimeo = s.get(zmq::sockopt::sndtimeo);
     o.sndhwm = s.get(zmq::sockopt::sndhwm);

@@ -12,6 +12,8 @@
 #include <optional>
 #include <thread>
 
+#include <zmq.hpp>
+
 #include "inferential/inferential.hpp"
 #include "server_process.hpp"
 
@@ -281,8 +283,13 @@ TEST_F(Integration, SocketOptionsAreThoseOfTheSpec) {
   ASSERT_TRUE(o.ok());
   EXPECT_EQ(o->reconnect_ivl, 100);
   EXPECT_EQ(o->reconnect_ivl_max, 5000);
-  EXPECT_EQ(o->heartbeat_ivl, 1000);
-  EXPECT_EQ(o->heartbeat_timeout, 5000);
+  // Liveness by TCP keepalive, never a ZMTP PING timer (protocol §8).
+  EXPECT_EQ(o->heartbeat_ivl, 0);
+  EXPECT_EQ(o->tcp_keepalive, 1);
+  EXPECT_EQ(o->tcp_keepalive_idle, 1);
+  EXPECT_EQ(o->tcp_keepalive_intvl, 1);
+  EXPECT_EQ(o->tcp_keepalive_cnt, 5);
+  EXPECT_EQ(o->tcp_maxrt, 5000);
   EXPECT_EQ(o->immediate, 1);
   EXPECT_EQ(o->sndtimeo, 1000);
   EXPECT_EQ(o->sndhwm, 100);
@@ -644,4 +651,43 @@ TEST(ControlLoopRun, RunsAChunkedPolicyAgainstTheRealServer) {
   }
   // Every step before the first chunk arrived had nothing to execute.
   EXPECT_GE(q.underruns, static_cast<std::uint64_t>(loop->arrivals().front().arrived_step));
+}
+
+// A server that answers a robot which is not reading its replies, then goes away: with
+// ZMTP PINGs on the robot's socket, libzmq 4.3.x aborted the whole process here (the
+// Rust crate's vendored 4.3.4 and pyzmq's 4.3.5 did, every run). Linked against
+// Debian's 4.3.4 this scenario did not abort even with PINGs on, so here it checks only
+// that the client survives it; SocketOptionsAreThoseOfTheSpec checks that no PING timer
+// is armed, which is what removes the abort wherever libzmq comes from.
+TEST(Liveness, RobotSurvivesTheServerLeavingWhileRepliesAreUnread) {
+  zmq::context_t ctx;
+  for (int round = 0; round < 3; ++round) {
+    zmq::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.bind("tcp://127.0.0.1:*");
+    inf::Options o;
+    o.endpoint = router.get(zmq::sockopt::last_endpoint);
+    o.client_id = "unread-bot";
+    o.heartbeat_ivl_ms = 100;
+    o.recv_hwm = 5;
+    auto c = inf::Connection::create(o);
+    ASSERT_TRUE(c.ok());
+    auto m = c->model("m");
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(m->observe(inf::Observation()).ok());
+    zmq::message_t identity;
+    ASSERT_TRUE(router.recv(identity));
+    zmq::message_t more;
+    while (router.get(zmq::sockopt::rcvmore)) ASSERT_TRUE(router.recv(more));
+    const std::string reply(100000, 'x');
+    for (int i = 0; i < 200; ++i) {
+      zmq::message_t id(identity.data(), identity.size());
+      if (!router.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) break;
+      router.send(zmq::str_buffer(""), zmq::send_flags::sndmore);
+      router.send(zmq::buffer(reply), zmq::send_flags::none);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    router.close();  // the server goes away while the robot's input is paused
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  }
 }

@@ -184,7 +184,11 @@ def test_options_reach_the_socket_and_zmq_assigns_the_routing_id():
     with Connection(server=unused_tcp_endpoint(), client_id="robot", options=opts) as conn:
         s = conn._socket
         assert (s.getsockopt(zmq.RECONNECT_IVL), s.getsockopt(zmq.RECONNECT_IVL_MAX)) == (7, 700)
-        assert (s.getsockopt(zmq.HEARTBEAT_IVL), s.getsockopt(zmq.HEARTBEAT_TIMEOUT)) == (300, 900)
+        # Liveness by TCP keepalive, never a ZMTP PING timer (inferential.liveness).
+        assert s.getsockopt(zmq.HEARTBEAT_IVL) == 0
+        keepalive = [zmq.TCP_KEEPALIVE, zmq.TCP_KEEPALIVE_IDLE, zmq.TCP_KEEPALIVE_INTVL, zmq.TCP_KEEPALIVE_CNT]
+        assert [s.getsockopt(o) for o in keepalive] == [1, 1, 1, 1]
+        assert s.getsockopt(zmq.TCP_MAXRT) == 900
         assert (s.getsockopt(zmq.SNDTIMEO), s.getsockopt(zmq.SNDHWM), s.getsockopt(zmq.RCVHWM)) == (250, 11, 13)
         assert s.getsockopt(zmq.IMMEDIATE) == 1 and s.getsockopt(zmq.LINGER) == 0
         assert s.getsockopt(zmq.ROUTING_ID) == b""  # never the client_id (the 1.x reply-stealing bug)
@@ -350,3 +354,41 @@ def test_retry_after_ms_is_exposed_and_the_client_does_not_retry(peer, conn):
         conn.model("policy").request(timeout_ms=2000, x=np.ones(1))
     assert info.value.retry_after_ms == 25 and info.value.result.retry_after_ms == 25
     assert conn.stats.sent == 1  # nothing was sent again
+
+
+_UNREAD_REPLIES_THEN_SERVER_GONE = """
+import time, zmq
+from inferential import ClientOptions, Connection
+
+# A server that answers a robot which is not reading its replies, then goes away: with
+# ZMTP PINGs on the robot's socket, libzmq 4.3.x aborted the robot's process here.
+ctx = zmq.Context()
+for _ in range(4):
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    with Connection(server=f"tcp://127.0.0.1:{port}", client_id="robot",
+                    options=ClientOptions(heartbeat_ivl_ms=100, recv_hwm=5)) as conn:
+        conn.model("m").observe(note="hi")
+        identity = router.recv_multipart()[0]
+        for _ in range(200):
+            try:
+                router.send_multipart([identity, b"", b"x" * 100_000], zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        time.sleep(0.2)
+        router.close()  # the server goes away while the robot's input is paused
+        time.sleep(0.4)
+print("survived")
+"""
+
+
+def test_robot_survives_server_leaving_while_replies_are_unread():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _UNREAD_REPLIES_THEN_SERVER_GONE], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
+    assert "survived" in proc.stdout

@@ -62,6 +62,16 @@ pub struct SocketOptions {
     pub heartbeat_ivl: i32,
     /// ZMQ_HEARTBEAT_TIMEOUT.
     pub heartbeat_timeout: i32,
+    /// ZMQ_TCP_KEEPALIVE (1 when `heartbeat_ivl_ms` > 0).
+    pub tcp_keepalive: i32,
+    /// ZMQ_TCP_KEEPALIVE_IDLE, seconds.
+    pub tcp_keepalive_idle: i32,
+    /// ZMQ_TCP_KEEPALIVE_INTVL, seconds.
+    pub tcp_keepalive_intvl: i32,
+    /// ZMQ_TCP_KEEPALIVE_CNT.
+    pub tcp_keepalive_cnt: i32,
+    /// ZMQ_TCP_MAXRT, milliseconds.
+    pub tcp_maxrt: i32,
     /// ZMQ_IMMEDIATE (1).
     pub immediate: i32,
     /// ZMQ_SNDTIMEO.
@@ -180,7 +190,7 @@ impl Connection {
     pub(crate) fn open(options: ConnectionBuilder) -> Result<Connection> {
         let endpoint = options.normalized_endpoint();
         let ctx = zmq::Context::new();
-        let socket = ctx.socket(zmq::DEALER)?;
+        let mut socket = ctx.socket(zmq::DEALER)?;
         // validate() checked that every value fits an i32 / i64.
         let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
         socket.set_linger(0)?;
@@ -188,8 +198,13 @@ impl Connection {
         socket.set_immediate(true)?;
         socket.set_reconnect_ivl(int(options.reconnect_ivl_ms))?;
         socket.set_reconnect_ivl_max(int(options.reconnect_ivl_max_ms))?;
-        socket.set_heartbeat_ivl(int(options.heartbeat_ivl_ms))?;
-        socket.set_heartbeat_timeout(int(options.heartbeat_timeout_ms))?;
+        // A silent server is found by TCP keepalive, not ZMTP PINGs: a PING timer can
+        // abort the robot's process in libzmq 4.3.x (see the liveness module).
+        crate::liveness::apply(
+            &mut socket,
+            options.heartbeat_ivl_ms,
+            options.heartbeat_timeout_ms,
+        )?;
         socket.set_sndhwm(int(options.send_hwm))?;
         socket.set_rcvhwm(int(options.recv_hwm))?;
         socket.set_sndtimeo(int(options.send_timeout_ms))?;
@@ -319,9 +334,18 @@ impl Connection {
 
     /// The DEALER's options read back from libzmq.
     pub fn socket_options(&self) -> Result<SocketOptions> {
-        let state = self.shared.lock_open()?;
+        let mut state = self.shared.lock_open()?;
+        let tcp_maxrt = match state.socket.as_mut() {
+            Some(socket) => crate::liveness::tcp_maxrt(socket)?,
+            None => return Err(Error::new(ErrorKind::Closed, "connection is closed")),
+        };
         let s = state.socket()?;
         Ok(SocketOptions {
+            tcp_keepalive: s.get_tcp_keepalive()?,
+            tcp_keepalive_idle: s.get_tcp_keepalive_idle()?,
+            tcp_keepalive_intvl: s.get_tcp_keepalive_intvl()?,
+            tcp_keepalive_cnt: s.get_tcp_keepalive_cnt()?,
+            tcp_maxrt,
             reconnect_ivl: s.get_reconnect_ivl()?,
             reconnect_ivl_max: s.get_reconnect_ivl_max()?,
             heartbeat_ivl: s.get_heartbeat_ivl()?,

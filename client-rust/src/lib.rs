@@ -28,7 +28,8 @@
     clippy::panic,
     clippy::indexing_slicing
 )]
-// Only `aio` (the tokio feature) has unsafe code: registering a descriptor with tokio.
+// Only `aio` (registering a descriptor with tokio) and `liveness` (ZMQ_TCP_MAXRT, which
+// the zmq crate has no setter for) have unsafe code.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
@@ -53,6 +54,7 @@ pub mod codec;
 mod connection;
 pub mod control;
 mod error;
+mod liveness;
 mod matching;
 mod options;
 mod reply;

@@ -142,14 +142,16 @@ impl ConnectionBuilder {
         self
     }
 
-    /// ZMTP PING interval (ZMQ_HEARTBEAT_IVL); 0 = off. Default 1000.
+    /// How often an idle connection is probed: TCP keepalive, whole seconds, at least 1
+    /// (0 = the kernel's defaults). No ZMTP PINGs are sent: their timer can abort the
+    /// process in libzmq 4.3.x (protocol §8, Liveness). Default 1000.
     pub fn heartbeat_ivl_ms(mut self, ms: u32) -> Self {
         self.heartbeat_ivl_ms = ms;
         self
     }
 
-    /// Drop and re-establish the connection when nothing arrives this long after a PING
-    /// (ZMQ_HEARTBEAT_TIMEOUT). Default 5000.
+    /// Drop and re-establish the connection when probes or data go unanswered this long
+    /// (the keepalive count, and ZMQ_TCP_MAXRT). Default 5000.
     pub fn heartbeat_timeout_ms(mut self, ms: u32) -> Self {
         self.heartbeat_timeout_ms = ms;
         self

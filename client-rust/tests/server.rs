@@ -243,7 +243,13 @@ fn the_socket_carries_the_protocol_options_and_bad_options_are_refused() {
     let o = conn.socket_options().unwrap();
     assert_eq!((o.immediate, o.linger, o.sndtimeo), (1, 0, 250));
     assert_eq!((o.reconnect_ivl, o.reconnect_ivl_max), (100, 5000));
-    assert_eq!((o.heartbeat_ivl, o.heartbeat_timeout), (1000, 5000));
+    // Liveness by TCP keepalive, never a ZMTP PING timer (protocol §8).
+    assert_eq!(o.heartbeat_ivl, 0);
+    let keepalive = (o.tcp_keepalive, o.tcp_keepalive_idle, o.tcp_keepalive_intvl);
+    assert_eq!(
+        (keepalive, o.tcp_keepalive_cnt, o.tcp_maxrt),
+        ((1, 1, 1), 5, 5000)
+    );
     assert_eq!((o.sndhwm, o.rcvhwm), (100, 100));
     assert_eq!(o.maxmsgsize, 64 * 1024 * 1024);
     assert!(o.routing_id.is_empty(), "never set a routing id");
@@ -290,4 +296,43 @@ fn server_info_times_out_when_nothing_answers() {
     assert!(started.elapsed() < Duration::from_secs(2));
     let frames = router.recv_multipart(0).unwrap();
     assert_eq!(frames.len(), 3, "identity, delimiter, envelope: no payload");
+}
+
+/// A server that answers a robot which is not reading its replies, then goes away: with
+/// ZMTP PINGs on the robot's socket, libzmq 4.3.x aborted the whole process here (so a
+/// regression fails this test binary with SIGABRT).
+#[test]
+fn the_robot_survives_the_server_leaving_while_replies_are_unread() {
+    let ctx = zmq::Context::new();
+    for _ in 0..3 {
+        let router = ctx.socket(zmq::ROUTER).unwrap();
+        router.set_linger(0).unwrap();
+        router.bind("tcp://127.0.0.1:*").unwrap();
+        let endpoint = router.get_last_endpoint().unwrap().unwrap();
+        let conn = Connection::builder(&endpoint)
+            .heartbeat_ivl_ms(100)
+            .recv_hwm(5)
+            .connect()
+            .unwrap();
+        let model = conn.model("m").unwrap();
+        model
+            .observe(&Observation::new().metadata("n", "1"))
+            .unwrap();
+        let identity = router.recv_multipart(0).unwrap().remove(0);
+        let reply = vec![0u8; 100_000];
+        for _ in 0..200 {
+            let sent = router
+                .send(&identity[..], zmq::SNDMORE | zmq::DONTWAIT)
+                .and_then(|()| router.send(&b""[..], zmq::SNDMORE))
+                .and_then(|()| router.send(&reply[..], 0));
+            if sent.is_err() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        drop(router); // the server goes away while the robot's input is paused
+        std::thread::sleep(Duration::from_millis(400));
+        drop(model);
+        drop(conn);
+    }
 }

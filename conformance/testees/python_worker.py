@@ -222,6 +222,9 @@ class Worker:
             names = {
                 "reconnect_ivl": zmq.RECONNECT_IVL, "reconnect_ivl_max": zmq.RECONNECT_IVL_MAX,
                 "heartbeat_ivl": zmq.HEARTBEAT_IVL, "heartbeat_timeout": zmq.HEARTBEAT_TIMEOUT,
+                "tcp_keepalive": zmq.TCP_KEEPALIVE, "tcp_keepalive_idle": zmq.TCP_KEEPALIVE_IDLE,
+                "tcp_keepalive_intvl": zmq.TCP_KEEPALIVE_INTVL, "tcp_keepalive_cnt": zmq.TCP_KEEPALIVE_CNT,
+                "tcp_maxrt": zmq.TCP_MAXRT,
                 "immediate": zmq.IMMEDIATE, "sndtimeo": zmq.SNDTIMEO, "sndhwm": zmq.SNDHWM,
                 "rcvhwm": zmq.RCVHWM, "linger": zmq.LINGER, "maxmsgsize": zmq.MAXMSGSIZE,
             }  # fmt: skip

@@ -45,6 +45,11 @@ struct SocketOptions {
   int reconnect_ivl_max = 0;
   int heartbeat_ivl = 0;
   int heartbeat_timeout = 0;
+  int tcp_keepalive = 0;
+  int tcp_keepalive_idle = 0;
+  int tcp_keepalive_intvl = 0;
+  int tcp_keepalive_cnt = 0;
+  int tcp_maxrt = 0;
   int immediate = 0;
   int sndtimeo = 0;
   int sndhwm = 0;

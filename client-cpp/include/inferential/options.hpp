@@ -23,8 +23,12 @@ struct Options {
   // (0 = no doubling). reconnect_ivl_ms must be >= 1 (libzmq reads 0 as "never").
   int reconnect_ivl_ms = 100;
   int reconnect_ivl_max_ms = 5000;
-  int heartbeat_ivl_ms = 1000;      // ZMTP ping interval; 0 = off
-  int heartbeat_timeout_ms = 5000;  // a server silent this long after a ping is dropped
+  // Liveness (protocol §8): an idle connection is probed by TCP keepalive every interval
+  // (whole seconds, at least 1; 0 = the kernel's defaults) and a server silent for the
+  // timeout (probes or data unanswered: ZMQ_TCP_MAXRT) is dropped and reconnected. No
+  // ZMTP PINGs: their timer can abort the process in libzmq 4.3.x.
+  int heartbeat_ivl_ms = 1000;
+  int heartbeat_timeout_ms = 5000;
   // Longest observe() waits for a connected server with room before failing with
   // server_unavailable (ZMQ_SNDTIMEO with ZMQ_IMMEDIATE).
   int send_timeout_ms = 1000;

@@ -20,6 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 from inferential._envelope import DEFAULT_LATENCY_BUDGET_MS, DEFAULT_PRIORITY, encode_describe, encode_observation
 from inferential._matching import ConnectionStats, ReplyMatcher
 from inferential.errors import ConnectionClosed, RequestTimeout, ServerUnavailable
+from inferential.liveness import keepalive_options
 from inferential.options import ClientOptions, ObservationHints, resolve_options
 from inferential.wire.limits import check_text
 
@@ -96,8 +97,9 @@ def configure_socket(sock: zmq.Socket, options: ClientOptions) -> None:
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, options.reconnect_ivl_ms)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, options.reconnect_ivl_max_ms)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, options.heartbeat_ivl_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, options.heartbeat_timeout_ms)
+    # A silent server is found by TCP keepalive, not ZMTP PINGs: a PING timer can abort
+    # the robot's process in libzmq 4.3.x (inferential.liveness).
+    keepalive_options(sock, options.heartbeat_ivl_ms, options.heartbeat_timeout_ms)
     sock.setsockopt(zmq.SNDHWM, options.send_hwm)
     sock.setsockopt(zmq.RCVHWM, options.recv_hwm)
     sock.setsockopt(zmq.SNDTIMEO, options.send_timeout_ms)

@@ -24,9 +24,12 @@ class ClientOptions:
             reads 0 as "never reconnect", which a robot never wants.
         reconnect_ivl_max_ms: cap of the doubling delay (ZMQ_RECONNECT_IVL_MAX);
             0 means no doubling, every attempt after ``reconnect_ivl_ms``.
-        heartbeat_ivl_ms: ZMTP ping interval (ZMQ_HEARTBEAT_IVL); 0 disables heartbeats.
-        heartbeat_timeout_ms: a server silent this long after a ping is treated as
-            gone and the connection is re-established (ZMQ_HEARTBEAT_TIMEOUT).
+        heartbeat_ivl_ms: how often an idle connection is probed (TCP keepalive, whole
+            seconds, at least 1); 0 leaves the kernel's defaults. No ZMTP PINGs are sent:
+            their timer can abort the process in libzmq 4.3.x (inferential.liveness).
+        heartbeat_timeout_ms: a server silent this long (probes unanswered, or data
+            unacknowledged: ZMQ_TCP_MAXRT) is treated as gone and the connection is
+            re-established.
         send_timeout_ms: longest ``observe()`` waits for a connected server with
             room in its queue before raising ServerUnavailable (ZMQ_SNDTIMEO).
         default_timeout_ms: ``get_result()`` wait when no timeout is given.

@@ -313,6 +313,9 @@ fn socket_options() -> Answer {
     Ok(
         json!({"options": {"reconnect_ivl": o.reconnect_ivl, "reconnect_ivl_max": o.reconnect_ivl_max,
         "heartbeat_ivl": o.heartbeat_ivl, "heartbeat_timeout": o.heartbeat_timeout,
+        "tcp_keepalive": o.tcp_keepalive, "tcp_keepalive_idle": o.tcp_keepalive_idle,
+        "tcp_keepalive_intvl": o.tcp_keepalive_intvl, "tcp_keepalive_cnt": o.tcp_keepalive_cnt,
+        "tcp_maxrt": o.tcp_maxrt,
         "immediate": o.immediate, "sndtimeo": o.sndtimeo, "sndhwm": o.sndhwm, "rcvhwm": o.rcvhwm,
         "linger": o.linger, "maxmsgsize": o.maxmsgsize, "routing_id": hex(&o.routing_id)}}),
     )
