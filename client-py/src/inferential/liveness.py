@@ -31,7 +31,7 @@ def keepalive_settings(ivl_ms: int, timeout_ms: int) -> dict[int, int]:
     if ivl_ms <= 0:
         return {}
     every_s = max(1, -(-ivl_ms // 1000))
-    options = {
+    options: dict[int, int] = {
         zmq.TCP_KEEPALIVE: 1,
         zmq.TCP_KEEPALIVE_IDLE: every_s,
         zmq.TCP_KEEPALIVE_INTVL: every_s,
