@@ -27,12 +27,14 @@ SESSION_MODELS = [
     ModelConfig(name="picky", target=f"{TESTING}:PickyPolicy", num_cpus=0, max_batch_size=4),
     ModelConfig(name="fn", target=f"{TESTING}:double", num_cpus=0),
     ModelConfig(name="sleepy", target=f"{TESTING}:SleepyPolicy", num_cpus=0, timeout_s=0.5, hung_after_s=1.0),
+    ModelConfig(name="by-handle", target=f"{TESTING}:double", num_cpus=0),  # in RayConfig.handle_models
 ]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ray: starts a real Ray cluster (deselect with -m 'not ray')")
     config.addinivalue_line("markers", "ray_own_cluster: starts its own Ray cluster; runs before the shared one exists")
+    config.addinivalue_line("markers", "ray_last: stops the shared cluster; runs after every other Ray test")
     # Ray's own pydantic models use deprecated Field() arguments: not ours to fix.
     config.addinivalue_line("filterwarnings", r"ignore::DeprecationWarning:ray\..*")
 
@@ -43,6 +45,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def order(item: pytest.Item) -> int:
         if item.get_closest_marker("ray") is None:
             return 0
+        if item.get_closest_marker("ray_last"):
+            return 3
         return 1 if item.get_closest_marker("ray_own_cluster") else 2
 
     items.sort(key=order)
@@ -79,7 +83,7 @@ def backend(loop: LoopThread) -> Iterator[Any]:
     from inferential.dispatch.ray.backend import RayBackend
 
     assert not ray.is_initialized(), "another test left a Ray connection open"
-    b = RayBackend(SESSION_MODELS, RayConfig(num_cpus=2, health_interval_s=0.5))
+    b = RayBackend(SESSION_MODELS, RayConfig(num_cpus=2, health_interval_s=0.5, handle_models=["by-handle"]))
     loop.run(b.start(), timeout=180)
     yield b
     loop.run(b.stop(), timeout=60)

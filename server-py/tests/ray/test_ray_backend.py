@@ -42,6 +42,27 @@ def test_deploy_runs_a_whole_batch_in_one_call_with_per_request_outputs(backend,
     assert {int(o["loads"]) for o in outcomes} == {1}
 
 
+def test_batches_go_over_the_direct_path_to_replicas_on_this_machine(backend, loop):
+    details = backend.health().models["linear"].details
+    assert details["direct_replicas"] == 2  # both replicas' sockets found and connected
+    before = details["direct_calls"]
+    batch = [obs(i) for i in range(8)]  # 1.2 MB of images: sent as out-of-band frames
+    outcomes = loop.run(backend.execute("linear", batch))
+    assert backend.health().models["linear"].details["direct_calls"] == before + 1
+    for inputs, out in zip(batch, outcomes, strict=True):
+        np.testing.assert_allclose(out["actions"], inputs["state"] * 3 + 0.2, rtol=1e-6)
+    # Batches in flight at once spread over both replicas (fewest in flight first).
+    slow = [[obs(i, image=False, delay_s="0.3")] for i in range(2)]
+    pids = loop.run(_gather(*(backend.execute("linear", b) for b in slow)))
+    assert len({out[0]["pid"] for out in pids}) == 2
+
+
+async def _gather(*coros):
+    import asyncio
+
+    return await asyncio.gather(*coros)
+
+
 def test_small_and_large_batches_take_either_transport_and_agree(backend, loop):
     # 7 floats go over Serve's gRPC transport, 20 images through the object store.
     small = loop.run(backend.execute("linear", [obs(i, image=False) for i in range(3)]))
@@ -108,6 +129,37 @@ def test_hung_model_times_out_then_its_replica_is_replaced(backend, loop):
     np.testing.assert_array_equal(answer[0]["actions"], obs(3)["state"])
 
 
+def test_a_replica_killed_mid_batch_is_retried_on_another_and_its_successor_found(backend, loop):
+    import asyncio
+
+    import ray
+
+    pool = backend._targets["linear"].direct
+    retries = backend.health().models["linear"].details["retries"]
+    call = asyncio.run_coroutine_threadsafe(backend.execute("linear", [obs(7, delay_s="1.0")]), loop.loop)
+    deadline = time.monotonic() + 5
+    while not any(r.inflight for r in pool.replicas.values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim = next(r for r in pool.replicas.values() if r.inflight)
+    ray.kill(ray.get_actor(f"SERVE_REPLICA::linear#linear#{victim.unique_id}", namespace="serve"), no_restart=True)
+    out = call.result(15)  # answered by the other replica, within the same deadline
+    np.testing.assert_allclose(out[0]["actions"], obs(7)["state"] * 3 + 0.2, rtol=1e-6)
+    assert backend.health().models["linear"].details["retries"] == retries + 1
+    assert victim.unique_id not in pool.replicas and not os.path.exists(victim.path)
+    # Serve starts a replacement; the backend connects to it without being asked.
+    deadline = time.monotonic() + 60
+    while backend.health().models["linear"].details["direct_replicas"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert backend.health().models["linear"].details["direct_replicas"] == 2
+
+
+def test_handle_models_are_called_through_serve_handles(backend, loop):
+    out = loop.run(backend.execute("by-handle", [{"state": np.ones(2)}]))
+    np.testing.assert_array_equal(out[0]["actions"], [2.0, 2.0])
+    details = backend.health().models["by-handle"].details
+    assert details["direct_replicas"] == 0 and details["direct_calls"] == 0 and details["calls"] >= 1
+
+
 def test_health_reports_replicas_per_model(backend, loop):
     health = loop.run(backend.refresh_health())
     assert health.ready
@@ -116,7 +168,7 @@ def test_health_reports_replicas_per_model(backend, loop):
     assert linear.details["target_replicas"] == 2 and linear.details["app_status"] == "RUNNING"
     assert linear.details["mode"] == "deploy" and linear.details["calls"] >= 1
     assert health.details["cluster"]["connection"] == "started"
-    assert set(health.models) == {"linear", "picky", "fn", "sleepy"}
+    assert set(health.models) == {"linear", "picky", "fn", "sleepy", "by-handle"}
 
 
 def test_attach_to_applications_deployed_separately(backend, loop):

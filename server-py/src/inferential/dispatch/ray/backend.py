@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -28,12 +29,14 @@ from inferential.dispatch.base import (
     normalize_outcome,
 )
 from inferential.dispatch.ray.cluster import connect_ray
+from inferential.dispatch.ray.direct import PROTOCOL, DirectPool, ReplicaLost, decode, encode
 from inferential.dispatch.ray.replica import BatchFailed, RemoteModelError, build_app
 from inferential.dispatch.ray.serve_compat import (
     method_handles,
     methods_from_missing_method_error,
     open_handle,
     replica_failure_types,
+    replica_unique_ids,
 )
 from inferential.dispatch.registry import register_backend
 
@@ -53,6 +56,10 @@ class _Target:
     concurrency_per_replica: int
     replicas: int
     method: str = "execute_batch"  # "execute_batch", "infer" or "__call__"
+    deployment: str = ""
+    direct_info: Optional[dict] = None  # what describe() said of the replica's direct socket
+    direct: Optional[DirectPool] = None  # replicas reachable over their sockets (direct.py)
+    direct_calls: int = 0
     by_reference: Any = None  # DeploymentHandle over the object store
     by_grpc: Any = None  # DeploymentHandle over Serve's direct gRPC transport
     base: Any = None
@@ -128,6 +135,9 @@ class RayBackend(Backend):
         self._health_details: dict[str, Any] = {}
         self._health_task: Optional[asyncio.Task[None]] = None
         self._retryable: tuple[type[BaseException], ...] = ()
+        self._zmq: Any = None  # zmq.asyncio.Context of the direct data path
+        self._direct_refresh: Optional[asyncio.Task[None]] = None
+        self._socket_files: set[str] = set()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -151,7 +161,12 @@ class RayBackend(Backend):
         await asyncio.to_thread(serve.start, proxy_location="Disabled")
         if self._model_configs:
             targets = [
-                serve.RunTarget(target=build_app(m), name=m.name, route_prefix=None) for m in self._model_configs
+                serve.RunTarget(
+                    target=build_app(m, direct=self._config.direct and m.name not in self._config.handle_models),
+                    name=m.name,
+                    route_prefix=None,
+                )
+                for m in self._model_configs
             ]
             try:
                 await asyncio.wait_for(asyncio.to_thread(serve.run_many, targets), _DEPLOY_TIMEOUT_S)
@@ -161,6 +176,99 @@ class RayBackend(Backend):
         for target in self._targets.values():
             await self._open_handles(target)
         await asyncio.gather(*(self._warm_up(t) for t in self._targets.values()))
+        await self._open_direct()
+
+    # --- the direct data path (direct.py) ------------------------------------------------
+
+    def _wants_direct(self, target: _Target) -> bool:
+        info = target.direct_info
+        return (
+            self._config.direct
+            and target.batched
+            and target.name not in self._config.handle_models
+            and isinstance(info, dict)
+            and info.get("protocol") == PROTOCOL
+        )
+
+    async def _open_direct(self) -> None:
+        targets = [t for t in self._targets.values() if self._wants_direct(t)]
+        if not targets:
+            return
+        import zmq.asyncio
+
+        self._zmq = zmq.asyncio.Context()
+        for t in targets:
+            t.direct = DirectPool(self._zmq, self._schedule_direct_refresh)
+        await self._refresh_direct()
+        await asyncio.gather(*(t.direct.wait_ready(5.0) for t in targets if t.direct is not None))
+        for t in targets:
+            assert t.direct is not None
+            ready = sum(r.ready.is_set() for r in t.direct.replicas.values())
+            log.info("model '%s': %d replica(s) on the direct data path", t.name, ready)
+
+    async def _refresh_direct(self) -> None:
+        """Follow Serve's replicas of every direct target (Ray's list of named actors)."""
+        pools = [t for t in self._targets.values() if t.direct is not None]
+        if not pools:
+            return
+        import ray
+
+        try:
+            names = await asyncio.wait_for(asyncio.to_thread(ray.util.list_named_actors, True), _CONTROL_CALL_TIMEOUT_S)
+        except Exception as err:
+            log.warning("listing Serve replicas failed: %s", err)
+            return
+        for t in pools:
+            if t.direct is not None:
+                t.direct.sync(replica_unique_ids(names, t.app, t.deployment))
+
+    def _schedule_direct_refresh(self) -> None:
+        """A replica went away: look for its successor soon (once, however many went)."""
+        if not self._started or (self._direct_refresh is not None and not self._direct_refresh.done()):
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(0.2)  # Serve's replacement is listed a moment later
+            await self._refresh_direct()
+
+        try:
+            self._direct_refresh = asyncio.get_running_loop().create_task(later())
+        except RuntimeError:  # no loop: stop() is tearing down
+            pass
+
+    async def _call_direct(self, target: _Target, batch: list[Inputs], deadline: float) -> Any:
+        """One batch over a replica's socket; None when no replica is reachable that way."""
+        assert target.direct is not None
+        frames: Optional[list[Any]] = None
+        attempt = 0
+        while True:
+            replica = target.direct.pick()
+            if replica is None:
+                return None
+            if frames is None:
+                frames = encode(batch)
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                reply = await replica.call(frames, remaining)
+            except asyncio.TimeoutError:
+                target.timeouts += 1
+                raise BackendError(
+                    f"model '{target.name}': no answer within {target.timeout_s:g} s; request dropped"
+                ) from None
+            except ReplicaLost as err:
+                attempt += 1
+                if attempt > self._config.replica_failure_retries or time.monotonic() >= deadline:
+                    raise BackendError(f"model '{target.name}': replica failed: {err}") from err
+                target.retries += 1
+                log.warning("model '%s': replica failed (%s); retrying", target.name, err)
+                continue
+            target.direct_calls += 1
+            kind, result, _stamps = decode(reply)
+            if kind != "ok":
+                raise BackendError(f"model '{target.name}': {result}")
+            return result
 
     def _deploy_failures(self) -> str:
         """Why Serve could not deploy our applications, from its status messages."""
@@ -193,6 +301,7 @@ class RayBackend(Backend):
                     f"cannot attach to Serve application '{target.app}': {_describe_error(err)}"
                 ) from err
             deployment_name = app_handle.deployment_name
+        target.deployment = deployment_name
         # Our own handle, not Serve's cached one: its router runs on this loop.
         target.base = open_handle(deployment_name, target.app)
         self._set_method(target, target.method)
@@ -232,6 +341,7 @@ class RayBackend(Backend):
         if not isinstance(info, dict):
             raise BackendError(f"'{target.name}'.describe() returned {type(info).__name__}, not a dict")
         target.max_batch_size = int(info.get("max_batch_size", target.max_batch_size))
+        target.direct_info = info.get("direct")
         target.concurrency_per_replica = int(info.get("concurrency", target.concurrency_per_replica))
 
     async def stop(self) -> None:
@@ -246,6 +356,18 @@ class RayBackend(Backend):
         self._started = False
 
     async def _release(self) -> None:
+        if self._direct_refresh is not None:
+            self._direct_refresh.cancel()
+            self._direct_refresh = None
+        for target in self._targets.values():
+            if target.direct is not None:
+                if target.deployed:  # ours: their files go once they are stopped
+                    self._socket_files.update(r.path for r in target.direct.replicas.values())
+                target.direct.close()
+                target.direct = None
+        if self._zmq is not None:
+            self._zmq.destroy(linger=0)
+            self._zmq = None
         for target in self._targets.values():
             if target.base is not None:
                 try:
@@ -259,18 +381,33 @@ class RayBackend(Backend):
         connection, self._connection = self._connection, None
         if connection is None or not ray.is_initialized():
             return
-        if connection == "started":  # everything goes with the cluster
-            await asyncio.to_thread(serve.shutdown)
+        if connection == "started":
+            # Not serve.shutdown(): it kills the controller with ray.kill while calls to
+            # it are pending (its own graceful_shutdown, every handle's listen_for_change),
+            # and Ray prints each as a red "Task ServeController... failed" line. The
+            # cluster's end takes Serve and every replica along.
             await asyncio.to_thread(ray.shutdown)
+            self._remove_socket_files()
             return
+        # A cluster that stays: our applications are deleted while its controller lives.
         for target in self._targets.values():
             if target.deployed:
                 try:
                     await asyncio.wait_for(asyncio.to_thread(serve.delete, target.app), _CONTROL_CALL_TIMEOUT_S)
                 except Exception as err:
                     log.warning("could not delete Serve application '%s': %s", target.app, err)
+        self._remove_socket_files()
         if connection == "connected":
             await asyncio.to_thread(ray.shutdown)
+
+    def _remove_socket_files(self) -> None:
+        """Replicas stopped with their cluster leave their socket files behind."""
+        for path in self._socket_files:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._socket_files.clear()
 
     # --- serving -----------------------------------------------------------------------
 
@@ -304,7 +441,11 @@ class RayBackend(Backend):
             raise
 
     async def _execute_batch(self, target: _Target, batch: list[Inputs], deadline: float) -> list[Outcome]:
-        result = await self._call(target, batch, deadline)
+        result = None
+        if target.direct is not None:
+            result = await self._call_direct(target, batch, deadline)
+        if result is None:  # no replica on the direct path: Serve's handle
+            result = await self._call(target, batch, deadline)
         if isinstance(result, BatchFailed):
             raise BackendError(f"model '{target.name}' failed the batch: {result.reason}")
         try:
@@ -373,6 +514,8 @@ class RayBackend(Backend):
                 timeouts=t.timeouts,
                 retries=t.retries,
                 last_error=t.last_error,
+                direct_replicas=0 if t.direct is None else sum(r.ready.is_set() for r in t.direct.replicas.values()),
+                direct_calls=t.direct_calls,
             )
             running = entry.get("running_replicas")
             models[name] = ModelHealth(replicas=running, healthy=bool(entry.get("alive", False)), details=entry)
@@ -435,6 +578,7 @@ class RayBackend(Backend):
             await asyncio.sleep(self._config.health_interval_s)
             try:
                 await self.refresh_health()
+                await self._refresh_direct()
             except Exception as err:  # never let the loop die
                 log.warning("Ray health check failed: %s", err)
 

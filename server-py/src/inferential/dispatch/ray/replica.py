@@ -8,6 +8,7 @@ Design notes: docs/ray.md.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any, Optional, Sequence
 
 from inferential.config.schema import ModelConfig
 from inferential.dispatch.base import Inputs, Model, Outcome, check_outcomes, instantiate, load_target
+from inferential.dispatch.ray.direct import PROTOCOL, ReplicaChannel, socket_path
 
 # Ray's own limit of failed constructor attempts is 20 per replica: a model that
 # cannot load should fail start() in seconds, not minutes.
@@ -66,6 +68,7 @@ class ModelReplica:
         max_batch_size: Optional[int],
         concurrency: int,
         hung_after_s: float,
+        direct: bool = True,
     ) -> None:
         self._model: Model = instantiate(load_target(target), options, max_batch_size)
         self._model.load()
@@ -77,6 +80,15 @@ class ModelReplica:
         self._running: dict[int, float] = {}
         self._lock = threading.Lock()
         self._seq = 0
+        self._channel: Optional[ReplicaChannel] = None
+        if direct:
+            self._channel = _open_channel(self._run, self._pool)
+
+    def __del__(self) -> None:
+        # Serve calls this when it stops the replica gracefully: the socket file goes too.
+        channel = getattr(self, "_channel", None)
+        if channel is not None:
+            channel.close()
 
     def describe(self) -> dict[str, Any]:
         import ray
@@ -86,6 +98,8 @@ class ModelReplica:
             "concurrency": self._concurrency,
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
+            # The direct data path (dispatch/ray/direct.py), when this replica has one.
+            "direct": None if self._channel is None else {"protocol": PROTOCOL, "path": self._channel.path},
         }
 
     async def execute_batch(self, batch: list[Inputs]) -> list[Outcome] | BatchFailed:
@@ -93,6 +107,19 @@ class ModelReplica:
             return []
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._run, batch)
+
+    async def execute_batch_timed(self, batch: list[Inputs]) -> tuple[Any, tuple[float, float, float]]:
+        """execute_batch with wall-clock times (entered on the replica's loop, started, finished),
+        for bench/ray_backend.py's breakdown of a Serve handle call."""
+        entered = time.time()
+        loop = asyncio.get_running_loop()
+
+        def timed() -> tuple[Any, float, float]:
+            started = time.time()
+            return self._run(batch), started, time.time()
+
+        result, started, finished = await loop.run_in_executor(self._pool, timed)
+        return result, (entered, started, finished)
 
     def _run(self, batch: list[Inputs]) -> list[Outcome] | BatchFailed:
         with self._lock:
@@ -110,6 +137,8 @@ class ModelReplica:
                 del self._running[token]
 
     def check_health(self) -> None:
+        if self._channel is not None and not self._channel.alive:
+            raise RuntimeError(f"the direct data path stopped: {self._channel.error!r}")
         with self._lock:
             oldest = min(self._running.values(), default=None)
         if oldest is not None and time.monotonic() - oldest > self._hung_after_s:
@@ -118,12 +147,28 @@ class ModelReplica:
             )
 
 
+def _open_channel(run: Any, pool: ThreadPoolExecutor) -> Optional[ReplicaChannel]:
+    """This replica's direct socket, named after its Serve replica id; None (Serve
+    handle calls only) when it cannot be opened here."""
+    from ray import serve
+
+    try:
+        unique_id = serve.get_replica_context().replica_id.unique_id
+        return ReplicaChannel(socket_path(unique_id), run, pool)
+    except Exception as err:  # the Serve handle path still works
+        logging.getLogger("inferential.dispatch.ray").warning("no direct data path on this replica: %s", err)
+        return None
+
+
 def hung_after_s(model: ModelConfig) -> float:
     return model.hung_after_s if model.hung_after_s is not None else 3 * model.timeout_s
 
 
-def build_app(model: ModelConfig) -> Any:
-    """The Serve application for one model (also usable to deploy it separately)."""
+def build_app(model: ModelConfig, direct: bool = True) -> Any:
+    """The Serve application for one model (also usable to deploy it separately).
+
+    ``direct``: each replica opens its socket for the direct data path (direct.py).
+    """
     from ray import serve
 
     deployment = serve.deployment(
@@ -144,4 +189,5 @@ def build_app(model: ModelConfig) -> Any:
         model.max_batch_size,
         model.concurrency,
         hung_after_s(model),
+        direct,
     )

@@ -38,6 +38,22 @@ def method_handles(base: Any, method: str) -> tuple[Any, Any]:
     )
 
 
+def replica_unique_ids(named_actors: list[Any], app: str, deployment: str) -> set[str]:
+    """The unique ids of a deployment's live replicas, from ``ray.util.list_named_actors(True)``.
+
+    Relies on Serve naming each replica actor ``SERVE_REPLICA::<app>#<deployment>#<id>``
+    in the "serve" namespace; if a release renames them, nothing matches and every
+    batch goes through the Serve handle (slower, same results).
+    """
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    out = set()
+    for entry in named_actors:
+        name = entry.get("name", "") if isinstance(entry, dict) else str(entry)
+        if name.startswith(prefix) and "#" not in name[len(prefix) :]:
+            out.add(name[len(prefix) :])
+    return out
+
+
 def replica_failure_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the replica (not the model) failed: worth another replica."""
     import ray.exceptions as rex

@@ -1,0 +1,356 @@
+"""The direct data path: batches go to a replica on this machine over a ZMQ IPC socket.
+
+Serve keeps deploying, health-checking, replacing and scaling the replicas; only the
+batches bypass Serve's handle, router, object store and the replica's event loop,
+which cost ~10 ms per 150 KB batch of 8 on two cores (docs/ray.md). Each replica of
+a ``ModelReplica`` deployment binds a socket named after its Serve replica id
+(``socket_path``); the backend finds the replicas of its deployments in Ray's list
+of named actors, connects a DEALER to each socket that exists on this machine, and
+sends a batch to the replica with the fewest batches in flight. Replicas on other
+machines (no socket here) are reached through the Serve handle as before.
+
+Messages: ``[call id, pickle header, *buffers]`` both ways. Tensors travel as
+out-of-band pickle buffers, i.e. the bytes of the received frames themselves: one
+copy into the socket, none on the replica, whose inputs are read-only views. The
+socket is a Unix socket in a directory only this user can enter (the trust of Ray's
+own object store); a replica's process that ends closes it, which the backend sees at
+once (ZMQ's disconnect event) and retries the batches it had there elsewhere.
+
+This module is imported by Ray workers (the replica side): zmq and the standard
+library only.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
+
+import zmq
+
+#: Bumped when the message layout changes; a replica announces it in describe().
+PROTOCOL = 1
+#: Buffers smaller than this are pickled in-band: a frame of their own costs more.
+OUT_OF_BAND_MIN = 16 * 1024
+_CALL = struct.Struct("<Q")
+
+
+def socket_dir() -> str:
+    return os.path.join(tempfile.gettempdir(), f"inferential-ray-{os.getuid()}")
+
+
+def socket_path(replica_unique_id: str) -> str:
+    # Unix socket paths are limited to ~107 bytes: the short unique id keeps it well under.
+    return os.path.join(socket_dir(), f"{replica_unique_id}.sock")
+
+
+def _private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{path} must belong to this user and be closed to others")
+
+
+def encode(obj: Any) -> list[Any]:
+    """[header, *buffers]: large contiguous buffers (tensors) out of band, not copied."""
+    buffers: list[Any] = []
+
+    def out_of_band(buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes < OUT_OF_BAND_MIN:
+            return True  # in-band
+        buffers.append(buf)
+        return False
+
+    return [pickle.dumps(obj, protocol=5, buffer_callback=out_of_band), *buffers]
+
+
+def decode(frames: list[zmq.Frame]) -> Any:
+    return pickle.loads(frames[0].buffer, buffers=[f.buffer for f in frames[1:]])
+
+
+class ReplicaChannel:
+    """Replica side: a ROUTER on the replica's socket and one I/O thread.
+
+    ``run(batch)`` (the replica's batch runner) is called on ``pool``; its result
+    goes back with the replica's timestamps (wall clock, for the benchmark's
+    breakdown): received, started, finished.
+    """
+
+    def __init__(self, path: str, run: Callable[[list[Any]], Any], pool: ThreadPoolExecutor) -> None:
+        _private_dir(os.path.dirname(path))
+        self.path = path
+        self._run = run
+        self._pool = pool
+        self._ctx = zmq.Context(1)
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.linger = 0
+        self._sock.bind(f"ipc://{path}")
+        os.chmod(path, 0o600)
+        self._done_addr = f"inproc://done-{id(self)}"
+        self._done = self._ctx.socket(zmq.PULL)
+        self._done.bind(self._done_addr)
+        self._local = threading.local()
+        self._closed = False
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._serve, name="inferential-direct", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._done, zmq.POLLIN)
+        try:
+            while not self._closed:
+                for sock, _ in poller.poll():
+                    while True:  # everything waiting, in one pass
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        if sock is self._sock:
+                            self._received(frames)
+                        elif len(frames) > 1:
+                            self._sock.send_multipart(frames, copy=False)
+                        # a one-frame message on _done is close()'s wake-up
+        except zmq.ZMQError as err:
+            if not self._closed:
+                self.error = err
+        except BaseException as err:  # reported by check_health
+            self.error = err
+
+    def _received(self, frames: list[zmq.Frame]) -> None:
+        received = time.time()
+        if len(frames) < 3 or len(frames[1].bytes) != _CALL.size:
+            return  # not ours: nobody waits for an answer to it
+        ident, call = frames[0], frames[1]
+        try:
+            batch = decode(frames[2:])
+        except Exception as err:
+            self._reply(ident, call, ("failed", f"the batch could not be decoded: {type(err).__name__}: {err}", None))
+            return
+        self._pool.submit(self._work, ident, call, batch, received)
+
+    def _work(self, ident: zmq.Frame, call: zmq.Frame, batch: list[Any], received: float) -> None:
+        started = time.time()
+        try:
+            result = self._run(batch)
+        except BaseException as err:  # _run catches the model's; this is ours
+            result = ("failed", f"{type(err).__name__}: {err}", None)
+        self._reply(ident, call, ("ok", result, (received, started, time.time())))
+
+    def _reply(self, ident: zmq.Frame, call: zmq.Frame, message: Any) -> None:
+        # ZMQ sockets are single-threaded: each pool thread pushes replies over a
+        # socket of its own, and the I/O thread forwards them (zero-copy, in process).
+        push = getattr(self._local, "push", None)
+        if push is None:
+            push = self._local.push = self._ctx.socket(zmq.PUSH)
+            push.linger = 0
+            push.connect(self._done_addr)
+        try:
+            frames = encode(message)
+        except Exception as err:  # an output that does not pickle fails the batch, not the channel
+            frames = encode(("failed", f"the result could not be encoded: {type(err).__name__}: {err}", None))
+        if self._closed:
+            return
+        push.send_multipart([ident, call, *frames], copy=False)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        wake = self._ctx.socket(zmq.PUSH)
+        wake.linger = 0
+        wake.connect(self._done_addr)
+        wake.send(b"")
+        wake.close()
+        self._thread.join(2.0)
+        self._ctx.destroy(linger=0)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def call_id(n: int) -> bytes:
+    return _CALL.pack(n)
+
+
+def parse_call_id(frame: zmq.Frame) -> int:
+    return int(_CALL.unpack(frame.bytes)[0])
+
+
+# --- the backend's side -----------------------------------------------------------------
+
+
+class ReplicaLost(Exception):
+    """The replica's socket closed with the batch on it: worth another replica."""
+
+
+class DirectReplica:
+    """The backend's connection to one replica's socket (used on the backend's event loop)."""
+
+    def __init__(self, ctx: Any, unique_id: str, path: str, on_lost: Callable[["DirectReplica"], None]) -> None:
+        import asyncio
+
+        self.unique_id = unique_id
+        self.path = path
+        self.ready = asyncio.Event()
+        self.lost = False
+        self.inflight = 0  # batches sent and not answered, including ones whose caller gave up
+        self.calls = 0
+        self._on_lost = on_lost
+        self._pending: dict[int, Any] = {}  # call id -> future of a caller still waiting
+        self._outstanding: set[int] = set()
+        self._next = 0
+        self._sock = ctx.socket(zmq.DEALER)
+        self._sock.linger = 0
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._sock.connect(f"ipc://{path}")
+        self._tasks = [
+            asyncio.ensure_future(self._read()),
+            asyncio.ensure_future(self._watch()),
+        ]
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                frames = await self._sock.recv_multipart(copy=False)
+                if len(frames) < 2:
+                    continue
+                n = parse_call_id(frames[0])
+                if n in self._outstanding:
+                    self._outstanding.discard(n)
+                    self.inflight -= 1
+                fut = self._pending.pop(n, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(frames[1:])
+        except Exception as err:  # a closed socket ends the reader
+            if not self.lost:
+                self._lose(f"reading from the replica failed: {err}")
+
+    async def _watch(self) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+
+        try:
+            while True:
+                event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self.ready.set()
+                elif event == zmq.EVENT_DISCONNECTED and self.ready.is_set():
+                    self._lose("the replica's socket closed (its process ended)")
+                    return
+        except Exception:  # the monitor closes with the socket
+            return
+
+    def _lose(self, why: str) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(ReplicaLost(why))
+        self.close()
+        self._on_lost(self)
+
+    async def call(self, frames: list[Any], timeout_s: float) -> list[zmq.Frame]:
+        """The reply's frames; asyncio.TimeoutError after ``timeout_s``; ReplicaLost."""
+        import asyncio
+
+        if self.lost:
+            raise ReplicaLost("the replica's socket closed")
+        loop = asyncio.get_running_loop()
+        self._next += 1
+        n = self._next
+        fut = loop.create_future()
+        self._pending[n] = fut
+        self._outstanding.add(n)
+        self.inflight += 1
+        self.calls += 1
+        self._sock.send_multipart([call_id(n), *frames], copy=False)
+        timer = loop.call_later(timeout_s, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            self._pending.pop(n, None)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
+        self._sock.close(linger=0)
+
+
+def _expire(fut: Any) -> None:
+    import asyncio
+
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
+
+
+class DirectPool:
+    """The directly reachable replicas of one deployment."""
+
+    def __init__(self, ctx: Any, on_change: Callable[[], None]) -> None:
+        self._ctx = ctx
+        self._on_change = on_change
+        self.replicas: dict[str, DirectReplica] = {}
+        self._turn = 0
+
+    def sync(self, unique_ids: set[str]) -> None:
+        """Follow Serve's replicas: connect to new ones with a socket here, drop gone ones."""
+        for uid in list(self.replicas):
+            if uid not in unique_ids:
+                self.replicas.pop(uid)._lose("Serve no longer lists the replica")
+        for uid in unique_ids - set(self.replicas):
+            path = socket_path(uid)
+            if os.path.exists(path):  # on this machine
+                self.replicas[uid] = DirectReplica(self._ctx, uid, path, self._lost)
+
+    def _lost(self, replica: DirectReplica) -> None:
+        if self.replicas.get(replica.unique_id) is replica:
+            del self.replicas[replica.unique_id]
+        try:  # a replica that died left its file; unique ids never come back
+            os.unlink(replica.path)
+        except OSError:
+            pass
+        self._on_change()
+
+    def pick(self) -> Optional[DirectReplica]:
+        """The ready replica with the fewest batches in flight (ties taken in turn)."""
+        ready = [r for r in self.replicas.values() if r.ready.is_set() and not r.lost]
+        if not ready:
+            return None
+        self._turn += 1
+        least = min(r.inflight for r in ready)
+        candidates = [r for r in ready if r.inflight == least]
+        return candidates[self._turn % len(candidates)]
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        import asyncio
+
+        waits = [asyncio.ensure_future(r.ready.wait()) for r in self.replicas.values()]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=timeout_s)
+            for w in late:
+                w.cancel()
+
+    def close(self) -> None:
+        for r in self.replicas.values():
+            r.lost = True
+            r.close()
+        self.replicas.clear()
