@@ -122,6 +122,13 @@ class QueuedScheduler(Scheduler):
         self._service: dict[str, ServiceTimeModel] = {}
         # Per model, when the batches handed out are expected to finish.
         self._busy_until: dict[str, list[int]] = {}
+        # The server's own time on top of the model's (set_server_costs): the event loop's
+        # expected wait before it handles a finished batch, and its time per reply sent.
+        self._lag_ns = 0.0
+        self._reply_ns = 0.0
+        # Streams (robot, connection, model) seen with two observations waiting at once:
+        # robots that send on their own clock, whose replies go stale at the next one.
+        self._open_loop: dict[tuple[str, bytes, str], None] = {}
 
     # --- the strategy's part ----------------------------------------------------
 
@@ -195,6 +202,8 @@ class QueuedScheduler(Scheduler):
         if waited_ns >= self._ttl_ns:
             self._shed(request, EXPIRED, f"waited {waited_ns / 1e6:.1f} ms, TTL {self.config.request_ttl_ms:g} ms", now)
             return False
+        if not request.budget_stated:
+            self._cadence_deadline(request)
         if self.coalesce:
             queued = self._latest.get(request.stream)
             if queued is not None and queued is not request:
@@ -218,6 +227,37 @@ class QueuedScheduler(Scheduler):
         self._insert(request, late)
         return True
 
+    #: open-loop streams remembered (oldest forgotten first; a forgotten one is re-learnt
+    #: at its next overlap)
+    MAX_OPEN_LOOP = 4096
+
+    def _cadence_deadline(self, request: InferenceRequest) -> None:
+        """Tighten the default deadline of a robot that stated none to its cadence.
+
+        A robot that sends on its own clock (open loop) acts on its next observation's
+        reply once it has one: a reply after that is stale, so its deadline is its next
+        observation, ``arrival + cadence interval`` (as ``edf`` orders requests without a
+        deadline), when that is sooner than the default. Such a robot shows itself by
+        having two observations of a model waiting at once; one that waits for each reply
+        before sending again (closed loop) never does, and its "cadence" is only the
+        server's own latency, so it keeps the default budget.
+        """
+        interval_ms = request.expected_interval_ms
+        if not interval_ms or request.deadline_ns is None:
+            return
+        stream = request.stream
+        if stream not in self._open_loop:
+            mine = self._by_owner.get((request.client_id, request.identity))
+            if not mine or not any(r.model_id == request.model_id and r is not request for r in mine.values()):
+                return
+            self._open_loop[stream] = None
+            if len(self._open_loop) > self.MAX_OPEN_LOOP:
+                del self._open_loop[next(iter(self._open_loop))]
+        due = request.arrival_ns + int((interval_ms - self.config.deadline_margin_ms) * 1e6)
+        if due < request.deadline_ns:
+            request.deadline_ns = due
+            request.latency_budget_ms = interval_ms
+
     def _make_room(
         self, request: InferenceRequest, late: bool, queued: Iterable[InferenceRequest], reason: str, now: int
     ) -> bool:
@@ -236,7 +276,9 @@ class QueuedScheduler(Scheduler):
     def _admission(self, request: InferenceRequest, now: int) -> Optional[bool]:
         """None: shed; True: queue deprioritized; False: queue normally."""
         mode = self.config.admission
-        if mode == "off" or request.deadline_ns is None:
+        if mode == "off" or request.deadline_ns is None or request.chunked:
+            # A chunk past its runway is late, not useless (it ends the robot's hold, and its
+            # valid_until_ns says for how long its actions hold): it is never rejected.
             return False
         model = request.model_id
         alone_ms = self.estimate_service_ms(model, 1, margin=False)
@@ -255,7 +297,11 @@ class QueuedScheduler(Scheduler):
             miss = self._first_miss(plan, model, start)
             if miss is None:
                 break
-            victim = max(plan[: miss + 1], key=lambda r: (r.priority, r.seq))
+            judged = [r for r in plan[: miss + 1] if not r.chunked]
+            if not judged:  # only chunks up to the miss: they run anyway, late; plan the rest without them
+                plan.pop(miss)
+                continue
+            victim = max(judged, key=lambda r: (r.priority, r.seq))
             plan.remove(victim)
             out.append(victim)
         for victim in out:
@@ -288,12 +334,13 @@ class QueuedScheduler(Scheduler):
             size = len(chunk)
             head = chunk[0]
             if any(r.priority > head.priority for r in chunk):
-                while size > 1 and start + before + self._cost_ns(model, size) > head.deadline_ns:  # type: ignore
+                while size > 1 and start + before + self._cost_ns(model, size) + self.server_ns(1) > head.deadline_ns:  # type: ignore
                     size -= 1
             cost_ns = self._cost_ns(model, size)
-            done = start + before + cost_ns
+            done = start + before + cost_ns + self._lag_ns
             for offset in range(size):
-                if plan[first + offset].deadline_ns < done:  # type: ignore[operator]
+                # Replies go out one after another: the last of a batch is answered last.
+                if plan[first + offset].deadline_ns < done + (offset + 1) * self._reply_ns:  # type: ignore[operator]
                     return first + offset
             first += size
             before += cost_ns / concurrency
@@ -311,10 +358,10 @@ class QueuedScheduler(Scheduler):
         alone_ms = self.estimate_service_ms(batch[0].model_id, 1, margin=False)
         if alone_ms is None:
             return False
-        finish = now + alone_ms * 1e6
+        finish = now + alone_ms * 1e6 + self.server_ns(1)
         changed = False
         for r in batch:
-            if r.deprioritized or r.deadline_ns is None or r.deadline_ns >= finish:
+            if r.deprioritized or r.deadline_ns is None or r.deadline_ns >= finish or r.chunked:
                 continue
             changed = True
             mismatch = r.deadline_ns < r.arrival_ns + alone_ms * 1e6  # late even on an idle server
@@ -412,6 +459,20 @@ class QueuedScheduler(Scheduler):
         model = self._service.get(model_id)
         return None if model is None else model.estimate(batch_size, margin=margin)
 
+    def set_server_costs(self, lag_ms: float, reply_ms: float) -> None:
+        """The server's own time around each batch, as it measures it (the engine calls
+        this): ``lag_ms``, the event loop's expected wait before it handles a finished
+        batch (it grows as the server's CPU saturates); ``reply_ms``, its time to answer
+        one request. Admission and ``edf``'s batch sizing plan with them, so that what the
+        server itself cannot answer in time is shed at once rather than answered late."""
+        self._lag_ns = max(0.0, lag_ms) * 1e6
+        self._reply_ns = max(0.0, reply_ms) * 1e6
+
+    def server_ns(self, replies: int) -> float:
+        """The server's time, on top of the model's, until the ``replies``-th reply of a
+        finished batch is sent."""
+        return self._lag_ns + replies * self._reply_ns
+
     def _mark_busy(self, model: str, size: int, now: int) -> None:
         cost = self.estimate_service_ms(model, size, margin=False)
         if cost is not None:
@@ -477,6 +538,9 @@ class QueuedScheduler(Scheduler):
             "shed": {status.name: self.shed_counts[status] for status in SHED_STATUSES},
             "coalesce": self.coalesce,
             "admission": self.config.admission,
+            "server_lag_ms": round(self._lag_ns / 1e6, 3),
+            "server_reply_ms": round(self._reply_ns / 1e6, 4),
+            "open_loop_streams": len(self._open_loop),
         }
 
     def drain(self) -> list[InferenceRequest]:

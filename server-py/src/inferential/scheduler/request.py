@@ -34,6 +34,11 @@ class InferenceRequest:
     # budget, or the configured budget); None when nothing gives one.
     deadline_ns: Optional[int] = None
     latency_budget_ms: float = 50.0
+    # False when the robot stated no time limit at all (no budget, deadline or runway, none
+    # configured for it: a 1.x client): its deadline is then the server's guess, the default
+    # budget, which the scheduler tightens to the robot's cadence once it is seen sending on
+    # its own clock (QueuedScheduler: a reply after its next observation is stale).
+    budget_stated: bool = True
     observation_timestamp_ns: int = 0
     actions_remaining: Optional[int] = None
     control_rate_hz: float = 0.0
@@ -54,6 +59,10 @@ class InferenceRequest:
     cadence_lateness: float = 0.0
     # Set when admission control lets an unmeetable request run at lowest priority.
     deprioritized: bool = False
+    # Set by the server when the request's whole allowance (deadline - arrival) is shorter
+    # than the model's run time alone: late even on an idle server, a mismatch of
+    # configuration rather than load, so its result is sent even after the deadline.
+    late_ok: bool = False
     # Set by the server's engine while the request's batch runs (the server's TTL
     # then waits for the batch instead of answering EXPIRED).
     running: bool = False
@@ -75,6 +84,12 @@ class InferenceRequest:
         self.age_ms = max(0.0, (now_ns - self.arrival_ns) / 1e6)
         self.slack_ms = None if self.deadline_ns is None else (self.deadline_ns - now_ns) / 1e6
         self.cadence_lateness = cadence_lateness(self.expected_interval_ms, self.since_previous_ms, self.age_ms)
+
+    @property
+    def chunked(self) -> bool:
+        """An action-chunk request (it sent its control rate): a chunk that comes after its
+        deadline still ends the robot's hold, so it is never withheld or rejected for lateness."""
+        return self.control_rate_hz > 0
 
     @property
     def key(self) -> tuple[str, str]:

@@ -236,10 +236,11 @@ class EdfScheduler(QueuedScheduler):
         alone = self.estimate_service_ms(model, 1)
         if alone is None:
             return len(candidates)
-        earliest_meetable = now_ns + alone * 1e6
+        earliest_meetable = now_ns + alone * 1e6 + self.server_ns(1)
         deadlines = [effective_deadline_ns(r) for r in candidates]
         for size in range(len(candidates), 1, -1):
-            finish = now_ns + self.estimate_service_ms(model, size) * 1e6  # type: ignore[operator]
+            # The server's own time counts too: the last reply of the batch goes out last.
+            finish = now_ns + self.estimate_service_ms(model, size) * 1e6 + self.server_ns(size)  # type: ignore[operator]
             if all(d >= finish for d in deadlines[:size] if d >= earliest_meetable):
                 return size
         return 1
@@ -273,7 +274,7 @@ class EdfScheduler(QueuedScheduler):
             waiting += [(due, deadline) for due, deadline, priority in expected if priority < worst]
             if not waiting:
                 break
-            finish = now_ns + self.estimate_service_ms(model, size) * 1e6  # type: ignore[operator]
+            finish = now_ns + self.estimate_service_ms(model, size) * 1e6 + self.server_ns(size)  # type: ignore[operator]
             if self._fits_after(model, sorted(waiting), finish):
                 break
             size -= 1

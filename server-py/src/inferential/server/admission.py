@@ -8,7 +8,9 @@ arrival (cadence, routing identity) once the observation is accepted.
 Checks, in order: access (UNAUTHENTICATED), the model is served (UNKNOWN_MODEL),
 and the time the observation already spent in socket buffers: past the TTL it is
 EXPIRED, past its budget (with ``admission: reject``) DEADLINE_UNMEETABLE, rather
-than spend the server's time scheduling what cannot be on time. That time is
+than spend the server's time scheduling what cannot be on time. A request whose robot
+stated no time limit is marked (``budget_stated`` False): the scheduler may tighten its
+default deadline to the robot's cadence. That time is
 estimated per connection from the robot's timestamps and never exceeds what the
 transport measured (``backlog_ns``): a timestamp alone never rejects.
 """
@@ -96,4 +98,8 @@ def admit(
         # The reply still has to cross the network after the server is done with it.
         deadline_ns -= int(config.deadline_margin_ms * 1e6)
     req.deadline_ns = deadline_ns
+    if not obs.deadline_ns and not (req.actions_remaining is not None and req.control_rate_hz > 0):
+        # Nothing on the wire bounds it: a 1.x robot, or one that leaves it to the server.
+        known = registry.clients.get(client_id)
+        req.budget_stated = obs.latency_budget_ms > 0 or (known is not None and known.latency_budget_ms is not None)
     return req

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict, deque
 from typing import Any, Callable, Optional
 
@@ -36,6 +37,85 @@ logger = logging.getLogger("inferential.server")
 _OK, _MODEL_ERROR = int(Status.OK), int(Status.MODEL_ERROR)
 
 Completed = tuple[str, list[InferenceRequest], int, Optional[list[Any]], Optional[BaseException]]
+
+
+def withholds_late(cfg: SchedulingConfig) -> bool:
+    """Whether results ready after their deadline are withheld: with ``late_results:
+    withhold`` and ``admission: reject``. The other admission modes do not enforce
+    deadlines (``off`` ignores them, ``deprioritize`` runs what is late after the rest
+    and answers it), so their late results are sent."""
+    return cfg.late_results == "withhold" and cfg.admission == "reject"
+
+
+def _thread_demand_ns() -> Optional[int]:
+    """CPU time the calling thread has used plus the time it waited for a CPU while
+    runnable (Linux schedstat), ns; None where the kernel does not say. On a shared
+    machine the wait counts: the loop is just as late whether it computes or queues."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            run, wait, _ = f.read().split(None, 2)
+        return int(run) + int(wait)
+    except (OSError, ValueError):
+        return None
+
+
+class LoopLoad:
+    """The server's own CPU, measured on the event loop's thread, for admission control.
+
+    Every ``window_ns`` of wall time (sampled when a batch finishes: no timer of its own)
+    it reads how much of that window the loop's thread was busy or waiting for a CPU
+    (``busy``, in [0, 1]) and its CPU per observation (received, scheduled and
+    answered). From them, the expected wait of anything queued for the loop, such as a
+    finished batch waiting to be answered, as a single-server queue: busy / (1 - busy)
+    observations' worth of work. ``reply_ms`` is the measured time to answer one request of a
+    batch. Both are smoothed (EMA) and handed to the scheduler, whose admission control
+    then plans with the server's time as well as the model's.
+    """
+
+    ALPHA = 0.3
+    MAX_BUSY = 0.98  # the wait formula diverges at 1; past this the loop is saturated anyway
+
+    def __init__(self, clock: Callable[[], int], window_ns: int = 50_000_000) -> None:
+        self.clock = clock
+        self.window_ns = window_ns
+        self.busy = 0.0
+        self.obs_ms = 0.0
+        self.reply_ms = 0.0
+        self._schedstat = _thread_demand_ns() is not None
+        self._t0 = clock()
+        self._cpu0 = self._demand()
+        self._events0 = 0
+
+    def _demand(self) -> int:
+        demand = _thread_demand_ns() if self._schedstat else None
+        return demand if demand is not None else time.thread_time_ns()
+
+    def replied(self, count: int, elapsed_ns: int) -> None:
+        if count > 0:
+            ms = elapsed_ns / count / 1e6
+            self.reply_ms = ms if self.reply_ms == 0.0 else self.ALPHA * ms + (1 - self.ALPHA) * self.reply_ms
+
+    def sample(self, events: int) -> bool:
+        """Close the window if it is over (``events``: observations received so far);
+        True when the estimates changed."""
+        now = self.clock()
+        wall = now - self._t0
+        if wall < self.window_ns:
+            return False
+        cpu = self._demand()
+        busy = min(1.0, max(0.0, (cpu - self._cpu0) / wall))
+        n = events - self._events0
+        self.busy = self.ALPHA * busy + (1 - self.ALPHA) * self.busy
+        if n > 0:
+            per_obs = (cpu - self._cpu0) / n / 1e6
+            self.obs_ms = per_obs if self.obs_ms == 0.0 else self.ALPHA * per_obs + (1 - self.ALPHA) * self.obs_ms
+        self._t0, self._cpu0, self._events0 = now, cpu, events
+        return True
+
+    @property
+    def lag_ms(self) -> float:
+        busy = min(self.busy, self.MAX_BUSY)
+        return busy / (1.0 - busy) * self.obs_ms
 
 
 class Engine:
@@ -72,6 +152,8 @@ class Engine:
         self._completed: deque[Completed] = deque()
         self._run_inline: Optional[Callable[[str, list[Any]], Optional[Ran]]] = None
         self._model_labels: dict[str, dict[str, str]] = {}
+        self.loop_load = LoopLoad(clock)
+        ledger.withhold_late = withholds_late(config.scheduling)
 
     def start(self, loop: asyncio.AbstractEventLoop, models: dict[str, ModelInfo]) -> None:
         """The backend has started: take its models and serve on ``loop``."""
@@ -94,6 +176,9 @@ class Engine:
         sched.on_shed = self.ledger.answer  # type: ignore[method-assign]
         sched.max_retries = cfg.max_retries
         self._set_limits(sched, cfg)
+        self._server_costs = getattr(sched, "set_server_costs", None)  # built-ins plan with the server's time
+        if self._server_costs is not None and hasattr(self, "loop_load"):
+            self._server_costs(self.loop_load.lag_ms, self.loop_load.reply_ms)
         return sched
 
     def _set_limits(self, sched: Scheduler, cfg: SchedulingConfig) -> None:
@@ -109,6 +194,7 @@ class Engine:
         new.adopt(queued)
         self.scheduler = new
         self.config.scheduling = cfg
+        self.ledger.withhold_late = withholds_late(cfg)
         logger.info("scheduler is now %s (%d requests carried over)", cfg.strategy, len(queued))
         self.poke()
 
@@ -375,6 +461,8 @@ class Engine:
         answer = self.ledger.answer
         record = self.metrics.record
         max_age_ms = self.config.scheduling.action_max_age_ms
+        self._mark_mismatches(model, batch, infer_ms)
+        replies_from = self.clock()
         for r, out in zip(batch, outcomes, strict=False):  # lengths: the backend contract
             # Per request, labelled by robot as the published README's callbacks expect.
             record("inference_latency_ms", infer_ms, request_labels(r))
@@ -389,7 +477,27 @@ class Engine:
                 if r.control_rate_hz > 0 or max_age_ms is not None:
                     r.valid_until_ns = valid_until_ns(r, out, max_age_ms)
                 answer(r, _OK, outputs=out, timing=timing)
+        self._measure_server(len(batch), self.clock() - replies_from)
         self._after_batch()
+
+    def _mark_mismatches(self, model: str, batch: list[InferenceRequest], infer_ms: float) -> None:
+        """Mark ``late_ok`` the requests whose whole allowance is shorter than the model's
+        run time alone (admission's "mismatch"): their results are sent even when late."""
+        estimate = getattr(self.scheduler, "estimate_service_ms", None)
+        alone_ms = estimate(model, 1, margin=False) if estimate is not None else None
+        # A custom scheduler keeps no estimate: this batch's own time bounds it from above.
+        floor_ns = (alone_ms if alone_ms is not None else infer_ms) * 1e6
+        for r in batch:
+            if r.deadline_ns is not None and r.deadline_ns - r.arrival_ns < floor_ns:
+                r.late_ok = True
+
+    def _measure_server(self, replies: int, elapsed_ns: int) -> None:
+        """Feed the server's own costs to the scheduler's admission (see LoopLoad)."""
+        load = self.loop_load
+        load.replied(replies, elapsed_ns)
+        counts = self.ledger.status_counts
+        if load.sample(sum(counts.values()) + len(self.ledger.pending)) and self._server_costs is not None:
+            self._server_costs(load.lag_ms, load.reply_ms)
 
     def _failed(self, model: str, batch: list[InferenceRequest], error: BaseException) -> None:
         labels = {"model": model}

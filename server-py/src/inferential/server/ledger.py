@@ -6,6 +6,17 @@ shutdown) goes through :meth:`Ledger.answer`, which pops it first, so a second
 answer is impossible. The ledger also counts replies by status and records the
 per-request metrics of each reply.
 
+A result that is ready only after its request's deadline is not sent as OK: a late
+action is worse than an early refusal, so it goes out as ``DEADLINE_UNMEETABLE`` (the
+request could not be served by its deadline) and is counted
+(``late_results_withheld``), unless ``scheduling.late_results`` is ``send``. The
+deadline is the one the scheduler planned for (the robot's, less
+``scheduling.deadline_margin_ms`` for the way back), so a reply that leaves in time
+still has that margin to reach the robot. Exempt: action chunks (a late chunk still
+ends the robot's hold, and its ``valid_until_ns`` says how long its actions hold) and
+requests marked ``late_ok`` (an allowance shorter than the model's run time alone: a
+mismatch of configuration, which must not make the model unusable for that robot).
+
 A reply ZMQ cannot deliver because the peer disconnected is *reported*, not acted
 on: the identity goes to ``gone``, and the server unregisters the robot afterwards
 (:meth:`Ledger.take_gone`), outside any reply, dropping that robot's other
@@ -33,6 +44,7 @@ logger = logging.getLogger("inferential.server")
 # Plain ints on the reply path: reading an IntEnum member costs a descriptor call (~150 ns
 # on 3.11) and hashing one a Python-level call, per reply.
 _OK, _SUPERSEDED, _MODEL_ERROR = int(Status.OK), int(Status.SUPERSEDED), int(Status.MODEL_ERROR)
+_UNMEETABLE = int(Status.DEADLINE_UNMEETABLE)
 # The shed statuses with a counter of their own besides `replies`.
 _SHED_METRIC = {int(Status.QUEUE_FULL): "queue_full_drops", int(Status.EXPIRED): "requests_expired"}
 PEER_GONE = "peer disconnected"
@@ -66,6 +78,10 @@ class Ledger:
         self._registry = registry
         self._clock = clock
         self._reply_labels: dict[tuple[str, int], dict[str, str]] = {}
+        #: Withhold results ready after their deadline (scheduling.late_results: withhold).
+        self.withhold_late = True
+        #: Results withheld so far.
+        self.withheld = 0
 
     def answer(
         self,
@@ -80,6 +96,14 @@ class Ledger:
         if self.pending.pop(request.seq, None) is None:
             return  # already answered: exactly one reply per observation
         now = self._clock()
+        if status == _OK and self.withhold_late:
+            deadline = request.deadline_ns
+            if deadline is not None and now > deadline and not request.chunked and not request.late_ok:
+                late_ms = (now - deadline) / 1e6
+                status, outputs = _UNMEETABLE, None
+                reason = f"the result was ready {late_ms:.1f} ms after the deadline (margin included): withheld, a late action is worse than none"
+                self.withheld += 1
+                self._metrics.increment("late_results_withheld", {"model": request.model_id})
         timing = timing or ReplyTiming()
         timing.total_ms = (now - request.arrival_ns) / 1e6
         common = dict(
