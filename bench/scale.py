@@ -130,6 +130,48 @@ def start_peer(peer: str, model: str, native_known: bool, tmp: Path) -> tuple[su
     return start_server({model: models[model]}, extra, log_path=tmp / f"server-{peer}.log")
 
 
+def _log_tail(tmp: Path, peer: str, lines: int = 6) -> str:
+    name = "published.log" if peer == PUBLISHED else f"server-{peer}.log"
+    try:
+        text = (tmp / name).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"
+
+
+def native_loaded(pid: int) -> bool:
+    """Whether the process has the native extension mapped (/proc/<pid>/maps)."""
+    try:
+        return "inferential_native" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def select_source(source: str, tmp: Path) -> str:
+    """Point the servers started from now on at ``source``; returns what it is, for the report.
+
+    Other engineers edit this checkout while a benchmark runs: a revision's export measures
+    committed code only, not someone's half-made change.
+    """
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    if source == "worktree":
+        dirty = git("status", "--porcelain", "--", "server-py", "client-py", "server-native")
+        return f"working tree at {git('rev-parse', '--short', 'HEAD')}" + (" with uncommitted changes" if dirty else "")
+    sha = git("rev-parse", "--verify", f"{source}^{{commit}}")
+    dest = tmp / "src"
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", sha, "client-py/src", "server-py/src"], cwd=REPO,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    # First on the path: the package's extend_path finds the exported halves before the
+    # editable install's (a module only in the checkout is still found there, as a fallback).
+    paths = [str(dest / "client-py" / "src"), str(dest / "server-py" / "src")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    return f"commit {sha[:10]} ({source}), exported"
+
+
 # --- the load generator ------------------------------------------------------------------------
 
 
@@ -215,6 +257,7 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
     replies_in_window = [0]
     unknown = [0]
     snap: dict[str, tuple] = {}
+    shed_reason: dict[int, str] = {}
 
     def drain(r: Robot) -> None:
         sock = r.sock
@@ -238,6 +281,8 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
                 continue
             r.reply_ns[rid - 1] = now
             r.status[rid - 1] = resp.status
+            if resp.status not in (pb.OK, pb.STATUS_UNSPECIFIED) and resp.status not in shed_reason:
+                shed_reason[resp.status] = resp.error[:200]  # the first reason given for each status
             outstanding[0] -= 1
             if rid - 1 >= r.oldest:
                 r.inflight -= 1
@@ -357,6 +402,7 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
         "late": late,
         "sheds": sheds,
         "shed_kinds": shed_kinds,
+        "shed_reasons": {(pb.Status.Name(k) if k in pb.Status.values() else str(k)): v for k, v in shed_reason.items()},
         "unanswered": unanswered,
         "unknown_replies": unknown[0],
         "p50_ms": float(np.percentile(ok_lat, 50)) if ok_lat else float("nan"),
@@ -488,6 +534,10 @@ def main() -> int:
     ap.add_argument("--budget-ms", type=float, default=20.0)
     ap.add_argument("--max-inflight", type=int, default=10, help="unanswered observations a robot allows")
     ap.add_argument("--model", choices=("noop", "sleep1"), default="noop")
+    ap.add_argument("--source", default="worktree",
+                    help="the server code to run: worktree (default: the checkout as it is, uncommitted edits "
+                    "included) or a git revision (e.g. HEAD), exported with git archive and put first on the "
+                    "servers' PYTHONPATH; the native module is whichever is installed in the venv")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", help="default bench/results/scale.json (quick: scale-quick.json, so a smoke run "
                     "never overwrites the full run's results)")
@@ -530,20 +580,42 @@ def main() -> int:
           f"{args.seconds:g} s per point after {args.warmup:g} s warm-up.", flush=True)
     started = time.perf_counter()
     points: list[dict] = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmpdir:
         tmp = Path(tmpdir)
+        meta["source"] = select_source(args.source, tmp)
+        print(f"Server code: {meta['source']}", flush=True)
         for size in sizes:
             image = IMAGES[size]
             for n in robots:
                 for peer in peers:
-                    proc, endpoint = start_peer(peer, args.model, native_known, tmp)
+                    label = f"{size} x {n} robots, {peer}"
+                    try:
+                        proc, endpoint = start_peer(peer, args.model, native_known, tmp)
+                    except (RuntimeError, TimeoutError) as err:
+                        # One server that does not start (a path being rebuilt meanwhile) costs its
+                        # point, not the run: noted, with its log's tail, and the run goes on.
+                        failures.append(f"{label}: {err}; {_log_tail(tmp, peer)}")
+                        print(f"  {label}: did not start ({err}); log tail: {_log_tail(tmp, peer)}", flush=True)
+                        continue
+                    if peer == "native" and not native_loaded(proc.pid):
+                        # A server whose code does not use the module yet would run the Python path
+                        # under the native label: only a mapped extension counts.
+                        stop(proc)
+                        failures.append(f"{label}: the server runs without inferential_native loaded (not wired "
+                                        "into this code yet?)")
+                        print(f"  {failures[-1]}", flush=True)
+                        continue
                     try:
                         p = run_point(endpoint, proc.pid, n, image, peer == PUBLISHED, args,
                                       f"s{size}-{peer}-{n}")
-                        if proc.poll() is not None:
-                            raise RuntimeError(f"{peer} server exited during the point (code {proc.returncode})")
+                        exited = proc.poll()
                     finally:
                         stop(proc)
+                    if exited is not None:
+                        failures.append(f"{label}: the server exited during the point (code {exited}); {_log_tail(tmp, peer)}")
+                        print(f"  {failures[-1]}", flush=True)
+                        continue
                     p.update(size=size, peer=peer, load_average=os.getloadavg()[0])
                     points.append(p)
                     print(f"  {size:>5} x {n:>3} robots, {peer:>6}: server {p['server_cpu_us_per_req']:7.0f} µs/req "
@@ -553,18 +625,21 @@ def main() -> int:
                           f"others {p['others_cores']:.2f} cores, lag p99 {p['send_lag_p99_ms']:.1f} ms", flush=True)
     meta["wall_time_s"] = round(time.perf_counter() - started, 1)
     meta["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    report = {"meta": meta, "points": points}
+    report = {"meta": meta, "points": points, "failures": failures}
     md = table(points, cores)
     print("\n" + md)
     print("\nshed = explicit non-OK replies; skipped = sends a robot skipped with its in-flight window full; "
           "others = the rest of the machine's busy CPU (cores); saturated: server = its process >= 90 % of a "
           f"core, machine = >= 90 % of all {cores} cores busy")
+    for f in failures:
+        print(f"missing point: {f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(
         f"# make bench-scale ({meta['mode']}, {meta['date']})\n\n{meta['machine']}; servers {', '.join(peers)}; "
-        f"model {args.model}; {args.hz:g} Hz, budget {args.budget_ms:g} ms; {args.seconds:g} s per point.\n\n{md}\n")
+        f"model {args.model}; {args.hz:g} Hz, budget {args.budget_ms:g} ms; {args.seconds:g} s per point.\n\n{md}\n"
+        + "".join(f"\nmissing point: {f}\n" for f in failures))
     plot(report, out.with_suffix(".png"))
     print(f"\nwrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')} (wall time {meta['wall_time_s']:.0f} s; "
           f"load average after {meta['load_average_after']})")
