@@ -45,7 +45,9 @@ class TransportConfig(_Section):
 
 
 class SchedulingConfig(_Section):
-    strategy: str = "deadline_aware"
+    # edf: the best measured under overload (docs/scheduling.md, "Overload"): critical robots
+    # first, what cannot be on time shed early. deadline_aware was the default before.
+    strategy: str = "edf"
     max_queue_size: int = Field(1000, ge=1)
     request_ttl_ms: float = Field(5000.0, gt=0)
     overflow_policy: Literal["drop_oldest", "reject_newest"] = "drop_oldest"
