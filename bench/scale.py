@@ -108,10 +108,12 @@ def start_peer(peer: str, model: str, native_known: bool, tmp: Path) -> tuple[su
     """A fresh server for one point: ``python``/``native`` (ours) or ``1.4.0``."""
     if peer == PUBLISHED:
         endpoint = f"tcp://127.0.0.1:{free_port()}"
+        # Without PYTHONPATH: --source puts our package there, and 1.4.0 has the same import name.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         with open(tmp / "published.log", "ab") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(
                 [str(PUBLISHED_PY), str(REPO / "bench" / "_published_peer.py"), "--bind", endpoint],
-                stdout=subprocess.DEVNULL, stderr=log,
+                stdout=subprocess.DEVNULL, stderr=log, env=env,
             )
         try:
             wait_ready(proc, endpoint)
