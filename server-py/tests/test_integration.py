@@ -597,7 +597,8 @@ def test_a_burst_to_an_inline_model_gets_exactly_one_reply_each():
             for peer in peers:
                 replies = peer.replies(per_peer, timeout_s=30)
                 assert sorted(r.request_id for r, _ in replies) == list(range(10_000, 10_000 + per_peer))
-                assert {r.status for r, _ in replies} <= {pb.OK, pb.DEADLINE_UNMEETABLE, pb.EXPIRED}
+                # SUPERSEDED: the default strategy (edf) coalesces a robot's queued observations.
+                assert {r.status for r, _ in replies} <= {pb.OK, pb.DEADLINE_UNMEETABLE, pb.EXPIRED, pb.SUPERSEDED}
                 assert sum(r.status == pb.OK for r, _ in replies) > 0
                 assert peer.replies(1, timeout_s=0.3) == []  # and nothing twice
             assert server.status_threadsafe()["pending"] == 0

@@ -27,7 +27,9 @@ class RecordingTransport:
 
 
 def _wired(gone: set[bytes]) -> tuple[Ledger, Engine, ClientRegistry, MetricsStore, RecordingTransport]:
-    config = InferentialConfig()
+    # Several requests of one robot stay queued at once: without coalescing (the default
+    # strategy, edf, would supersede all but the newest).
+    config = InferentialConfig.model_validate({"scheduling": {"coalesce": False}})
     now = [1_000_000_000]
     clock = lambda: now[0]  # noqa: E731
     registry = ClientRegistry(config.clients, config.auth, 0.2, 5.0)

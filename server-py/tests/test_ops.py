@@ -159,7 +159,7 @@ def test_metrics_count_replies_by_model_and_status_and_parse_with_prometheus_cli
     assert value(fams, "inferential_active_robots") == 2
     assert value(fams, "inferential_pending_requests") == 0
     assert value(fams, "inferential_ready") == 1
-    assert samples(fams, "inferential_scheduler_info") == {(("strategy", "deadline_aware"),): 1.0}
+    assert samples(fams, "inferential_scheduler_info") == {(("strategy", "edf"),): 1.0}  # the default
 
 
 def test_grafana_dashboard_queries_only_exported_metrics_and_shows_each_of_them():
@@ -288,10 +288,10 @@ def test_status_reports_per_robot_and_per_model_figures_that_top_renders(capsys)
     assert (noop["queue"], noop["in_flight"], noop["replicas"], noop["max_batch_size"]) == (0, 0, 1, 32)
     assert noop["batch_p50"] >= 1 and noop["inference_p50_ms"] > 0
     assert status["per_model"]["echo"]["batch_p50"] is None  # never used: no figure, not NaN
-    assert status["config"]["scheduling"]["strategy"] == "deadline_aware"
+    assert status["config"]["scheduling"]["strategy"] == "edf"  # the default
 
     lines = frame.splitlines()
-    assert "deadline_aware" in lines[1] and "robots 2" in lines[1]
+    assert "edf" in lines[1] and "robots 2" in lines[1]
     arm_line = next(line for line in lines if line.startswith("arm-7"))
     assert arm_line.split()[1:2] == ["pick"] and "100.0%" in arm_line and "OK" in arm_line
     cam_line = next(line for line in lines if line.startswith("cam-2"))

@@ -64,6 +64,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+import weakref
 from collections import Counter, deque
 from typing import Any, ClassVar, Iterable, Mapping, Optional
 
@@ -129,6 +130,9 @@ class QueuedScheduler(Scheduler):
         # Streams (robot, connection, model) seen with two observations waiting at once:
         # robots that send on their own clock, whose replies go stale at the next one.
         self._open_loop: dict[tuple[str, bytes, str], None] = {}
+        # The latest request of each such stream not yet known to be open loop (weakly held:
+        # a settled request's inputs must not stay in memory for this).
+        self._previous: dict[tuple[str, bytes, str], weakref.ref] = {}
 
     # --- the strategy's part ----------------------------------------------------
 
@@ -155,6 +159,8 @@ class QueuedScheduler(Scheduler):
         now = self.clock()
         self._sanitize(request, now)
         request.deprioritized = False
+        if not request.budget_stated:
+            self._cadence_deadline(request)  # before the strategy sees it (edf foresees with it)
         self._arrived(request)
         return self._admit(request, now)
 
@@ -202,8 +208,6 @@ class QueuedScheduler(Scheduler):
         if waited_ns >= self._ttl_ns:
             self._shed(request, EXPIRED, f"waited {waited_ns / 1e6:.1f} ms, TTL {self.config.request_ttl_ms:g} ms", now)
             return False
-        if not request.budget_stated:
-            self._cadence_deadline(request)
         if self.coalesce:
             queued = self._latest.get(request.stream)
             if queued is not None and queued is not request:
@@ -238,17 +242,23 @@ class QueuedScheduler(Scheduler):
         reply once it has one: a reply after that is stale, so its deadline is its next
         observation, ``arrival + cadence interval`` (as ``edf`` orders requests without a
         deadline), when that is sooner than the default. Such a robot shows itself by
-        having two observations of a model waiting at once; one that waits for each reply
+        sending an observation of a model before its previous one was settled (queued or
+        running: ``settled`` is set by the server's ledger); one that waits for each reply
         before sending again (closed loop) never does, and its "cadence" is only the
-        server's own latency, so it keeps the default budget.
+        server's own latency, so it keeps the default budget. Once seen, a stream stays
+        open loop (bounded memory, oldest forgotten first).
         """
         interval_ms = request.expected_interval_ms
         if not interval_ms or request.deadline_ns is None:
             return
         stream = request.stream
         if stream not in self._open_loop:
-            mine = self._by_owner.get((request.client_id, request.identity))
-            if not mine or not any(r.model_id == request.model_id and r is not request for r in mine.values()):
+            ref = self._previous.pop(stream, None)
+            previous = ref() if ref is not None else None
+            if previous is None or previous is request or previous.settled:
+                self._previous[stream] = weakref.ref(request)
+                if len(self._previous) > self.MAX_OPEN_LOOP:
+                    del self._previous[next(iter(self._previous))]
                 return
             self._open_loop[stream] = None
             if len(self._open_loop) > self.MAX_OPEN_LOOP:

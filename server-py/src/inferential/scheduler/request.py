@@ -63,6 +63,9 @@ class InferenceRequest:
     # than the model's run time alone: late even on an idle server, a mismatch of
     # configuration rather than load, so its result is sent even after the deadline.
     late_ok: bool = False
+    # Set by the server once the request is settled (answered, or dropped for a peer that
+    # is gone): a newer observation arriving before that shows its robot sends on its own clock.
+    settled: bool = False
     # Set by the server's engine while the request's batch runs (the server's TTL
     # then waits for the batch instead of answering EXPIRED).
     running: bool = False

@@ -95,6 +95,7 @@ class Ledger:
         reply's error text. Installed as every scheduler's ``on_shed`` too."""
         if self.pending.pop(request.seq, None) is None:
             return  # already answered: exactly one reply per observation
+        request.settled = True
         now = self._clock()
         if status == _OK and self.withhold_late:
             deadline = request.deadline_ns
@@ -155,6 +156,7 @@ class Ledger:
 
     def drop(self, req: InferenceRequest) -> None:
         """Settle ``req`` without a reply: its peer is known to be gone."""
+        req.settled = True
         if self.pending.pop(req.seq, None) is not None:
             self._metrics.increment("replies_undeliverable", {"model": req.model_id, "reason": PEER_GONE})
 
