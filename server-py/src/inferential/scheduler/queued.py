@@ -248,9 +248,6 @@ class QueuedScheduler(Scheduler):
         server's own latency, so it keeps the default budget. Once seen, a stream stays
         open loop (bounded memory, oldest forgotten first).
         """
-        interval_ms = request.expected_interval_ms
-        if not interval_ms or request.deadline_ns is None:
-            return
         stream = request.stream
         if stream not in self._open_loop:
             ref = self._previous.pop(stream, None)
@@ -263,6 +260,9 @@ class QueuedScheduler(Scheduler):
             self._open_loop[stream] = None
             if len(self._open_loop) > self.MAX_OPEN_LOOP:
                 del self._open_loop[next(iter(self._open_loop))]
+        interval_ms = request.expected_interval_ms
+        if not interval_ms or request.deadline_ns is None:
+            return
         due = request.arrival_ns + int((interval_ms - self.config.deadline_margin_ms) * 1e6)
         if due < request.deadline_ns:
             request.deadline_ns = due
@@ -307,10 +307,11 @@ class QueuedScheduler(Scheduler):
             miss = self._first_miss(plan, model, start)
             if miss is None:
                 break
-            judged = [r for r in plan[: miss + 1] if not r.chunked]
-            if not judged:  # only chunks up to the miss: they run anyway, late; plan the rest without them
+            if plan[miss].chunked:
+                # A late chunk still helps: it runs, late, and pushes nobody out to be on time.
                 plan.pop(miss)
                 continue
+            judged = [r for r in plan[: miss + 1] if not r.chunked]
             victim = max(judged, key=lambda r: (r.priority, r.seq))
             plan.remove(victim)
             out.append(victim)

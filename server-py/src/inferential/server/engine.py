@@ -75,18 +75,25 @@ class LoopLoad:
     ALPHA = 0.3
     MAX_BUSY = 0.98  # the wait formula diverges at 1; past this the loop is saturated anyway
 
-    def __init__(self, clock: Callable[[], int], window_ns: int = 50_000_000) -> None:
+    def __init__(
+        self, clock: Callable[[], int], window_ns: int = 50_000_000, demand: Optional[Callable[[], int]] = None
+    ) -> None:
+        """``demand``: the loop thread's CPU demand so far, ns (default: schedstat, else
+        its CPU time); injected with ``clock`` by tests."""
         self.clock = clock
         self.window_ns = window_ns
         self.busy = 0.0
         self.obs_ms = 0.0
         self.reply_ms = 0.0
-        self._schedstat = _thread_demand_ns() is not None
+        self._read = demand
+        self._schedstat = demand is None and _thread_demand_ns() is not None
         self._t0 = clock()
         self._cpu0 = self._demand()
         self._events0 = 0
 
     def _demand(self) -> int:
+        if self._read is not None:
+            return self._read()
         demand = _thread_demand_ns() if self._schedstat else None
         return demand if demand is not None else time.thread_time_ns()
 

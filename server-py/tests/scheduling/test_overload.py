@@ -1,0 +1,232 @@
+"""Overload without collapse (issue 16), on a fake clock: no OK reply after its deadline,
+deadlines for robots that state none, admission that counts the server's own time, and
+action chunks that are never refused for lateness."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from sched_fakes import MS, FakeClock
+
+from inferential._proto import inferential_pb2 as pb
+from inferential.config.schema import InferentialConfig
+from inferential.dispatch.local import LocalBackend
+from inferential.metrics.store import MetricsStore
+from inferential.scheduler import InferenceRequest
+from inferential.server.engine import Engine, LoopLoad
+from inferential.server.ledger import Ledger
+from inferential.server.registry import ClientRegistry
+from inferential.wire import Status
+
+
+class Transport:
+    """Stands in for the ROUTER socket: keeps what is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[Any]] = []
+
+    def send(self, frames: list[Any]) -> Optional[str]:
+        self.sent.append(frames)
+        return None
+
+    def drain(self) -> None:
+        pass
+
+    def replies(self) -> list[pb.ModelResponse]:
+        return [pb.ModelResponse.FromString(frames[2]) for frames in self.sent]
+
+
+def wired(clock: FakeClock, **scheduling: Any) -> tuple[Engine, Ledger, Transport, MetricsStore]:
+    config = InferentialConfig.model_validate({"scheduling": scheduling})
+    registry = ClientRegistry(config.clients, config.auth, 0.3, 5.0)
+    metrics = MetricsStore()
+    ledger = Ledger(metrics, registry, clock)
+    transport = Transport()
+    ledger.transport = transport  # type: ignore[assignment]
+    engine = Engine(config, LocalBackend(config.models, {}), ledger, registry, metrics, clock)
+    return engine, ledger, transport, metrics
+
+
+def pending(ledger: Ledger, clock: FakeClock, budget_ms: float = 20.0, **fields: Any) -> InferenceRequest:
+    fields.setdefault("deadline_ns", clock.now + int(budget_ms * MS))
+    req = InferenceRequest(
+        client_id="r1", model_id="m", arrival_ns=clock.now, latency_budget_ms=budget_ms, protocol_version=2, **fields
+    )
+    ledger.pending[req.seq] = req
+    return req
+
+
+# --- no OK after the deadline ------------------------------------------------------------
+
+
+def test_a_result_ready_after_its_deadline_is_withheld_as_deadline_unmeetable_and_counted(clock):
+    _, ledger, transport, metrics = wired(clock)
+    on_time, late = pending(ledger, clock), pending(ledger, clock)
+    clock.advance_ms(20)  # exactly at the deadline: still on time
+    ledger.answer(on_time, int(Status.OK), outputs={"a": "x"})
+    clock.advance_ms(0.5)
+    ledger.answer(late, int(Status.OK), outputs={"a": "x"})
+    first, second = transport.replies()
+    assert first.status == pb.OK and first.metadata["a"] == "x"
+    assert second.status == pb.DEADLINE_UNMEETABLE and "withheld" in second.error and not second.metadata
+    assert ledger.withheld == 1 and metrics.counter("late_results_withheld") == 1
+    assert ledger.status_counts == {"OK": 1, "DEADLINE_UNMEETABLE": 1}
+    assert not ledger.pending  # answered exactly once either way
+
+
+def test_chunks_and_budget_mismatches_are_sent_late(clock):
+    _, ledger, transport, _ = wired(clock)
+    chunk = pending(ledger, clock, control_rate_hz=50.0, actions_remaining=1)
+    mismatch = pending(ledger, clock)
+    mismatch.late_ok = True
+    clock.advance_ms(40)
+    ledger.answer(chunk, int(Status.OK))
+    ledger.answer(mismatch, int(Status.OK))
+    assert [r.status for r in transport.replies()] == [pb.OK, pb.OK] and ledger.withheld == 0
+
+
+def test_late_results_are_sent_when_configured_or_when_admission_does_not_enforce_deadlines(clock):
+    for scheduling in ({"late_results": "send"}, {"admission": "off"}, {"admission": "deprioritize"}):
+        _, ledger, transport, _ = wired(clock, **scheduling)
+        req = pending(ledger, clock)
+        clock.advance_ms(30)
+        ledger.answer(req, int(Status.OK))
+        assert [r.status for r in transport.replies()] == [pb.OK], scheduling
+
+
+def test_the_engine_marks_requests_whose_budget_is_shorter_than_the_model_alone(clock):
+    engine, ledger, transport, _ = wired(clock)
+    engine.scheduler.record_service_time("m", 1, 5.0)
+    short = pending(ledger, clock, budget_ms=2.0)  # the model alone takes 5 ms: a mismatch, sent late
+    normal = pending(ledger, clock, budget_ms=8.0)  # could have made it alone: withheld
+    clock.advance_ms(10)
+    engine._mark_mismatches("m", [short, normal], infer_ms=10.0)
+    assert short.late_ok and not normal.late_ok
+    for req in (short, normal):
+        ledger.answer(req, int(Status.OK))
+    assert [r.status for r in transport.replies()] == [pb.OK, pb.DEADLINE_UNMEETABLE]
+
+
+# --- 1.x robots: a deadline from their cadence --------------------------------------------
+
+
+def v1_request(clock: FakeClock, interval_ms: Optional[float], **fields: Any) -> InferenceRequest:
+    """A request of a robot that stated no budget: the default (50 ms) deadline, less the margin."""
+    return InferenceRequest(
+        client_id="v1", model_id="m", arrival_ns=clock.now, deadline_ns=clock.now + 49 * MS,
+        latency_budget_ms=50.0, budget_stated=False, expected_interval_ms=interval_ms, **fields,
+    )  # fmt: skip
+
+
+def test_a_robot_without_a_budget_sending_on_its_own_clock_gets_its_cadence_as_deadline(build, clock):
+    sched = build("edf", admission="reject")
+    first = v1_request(clock, None)
+    sched.submit(first)
+    clock.advance_ms(20)
+    second = v1_request(clock, 20.0)  # sent while the first is still waiting: open loop
+    sched.submit(second)
+    assert second.deadline_ns == second.arrival_ns + 19 * MS  # its next observation, less the 1 ms margin
+    assert second.latency_budget_ms == 20.0
+    clock.advance_ms(20)
+    third = v1_request(clock, 20.0)
+    sched.submit(third)  # once seen, it stays open loop
+    assert third.deadline_ns == third.arrival_ns + 19 * MS
+
+
+def test_a_closed_loop_robot_without_a_budget_keeps_the_default(build, clock):
+    sched = build("edf", admission="reject")
+    for _ in range(3):
+        req = v1_request(clock, 2.0)  # its "cadence" is only the server's latency
+        sched.submit(req)
+        assert req.deadline_ns == req.arrival_ns + 49 * MS
+        assert sched.next_batch() == [req]
+        req.settled = True  # answered before the robot sends again
+        clock.advance_ms(2)
+
+
+def test_a_robot_that_stated_its_budget_is_left_alone(build, clock, make):
+    sched = build("fifo", admission="reject")
+    sched.submit(make("r", deadline_ms=40.0, expected_interval_ms=10.0))
+    clock.advance_ms(10)
+    second = make("r", deadline_ms=40.0, expected_interval_ms=10.0)
+    sched.submit(second)
+    assert second.deadline_ns == clock.now + 40 * MS
+
+
+# --- admission that counts the server's own time --------------------------------------------
+
+
+def test_admission_sheds_what_only_the_server_would_make_late(build, clock, make):
+    sched = build("edf", admission="reject")
+    sched.record_service_time("m", 1, 5.0)
+    ok = make("a", deadline_ms=6.0)
+    assert sched.submit(ok) and not sched.sheds  # 5 ms of model time fits in 6
+    sched.drain()
+    sched.set_server_costs(lag_ms=1.5, reply_ms=0.1)  # a loaded event loop: 1.6 ms more
+    late = make("b", deadline_ms=6.0)
+    assert not sched.submit(late)
+    [(shed, status, _)] = sched.sheds
+    assert shed is late and status == Status.DEADLINE_UNMEETABLE
+    assert sched.status()["server_lag_ms"] == 1.5
+
+
+def test_replies_of_a_batch_are_planned_one_after_another(build, clock, make):
+    sched = build("fifo", admission="reject", max_batch_size=8)
+    sched.record_service_time("m", 1, 4.0)
+    sched.set_server_costs(lag_ms=0.0, reply_ms=0.5)
+    # Four requests due at 5.5 ms: a batch of four ends at 4 ms (flat estimate), and the
+    # replies leave at 4.5, 5.0, 5.5 and 6.0 ms: the fourth would be late.
+    reqs = [make(f"r{i}", deadline_ms=5.5) for i in range(4)]
+    kept = [sched.submit(r) for r in reqs]
+    assert kept == [True, True, True, False]
+    assert [s[0] for s in sched.sheds] == [reqs[3]]
+
+
+def test_loop_load_turns_the_loop_threads_demand_into_an_expected_wait():
+    clock = FakeClock()
+    demand = [0]
+    load = LoopLoad(clock, window_ns=50 * MS, demand=lambda: demand[0])
+    clock.advance_ms(10)
+    assert not load.sample(events=100)  # the window is not over yet
+    # 100 ms in which the loop thread wanted a CPU 90 ms, for 300 observations (0.3 ms each).
+    clock.advance_ms(90)
+    demand[0] = 90 * MS
+    assert load.sample(events=300)
+    busy = LoopLoad.ALPHA * 0.9
+    assert abs(load.busy - busy) < 1e-9 and abs(load.obs_ms - 0.3) < 1e-9
+    assert abs(load.lag_ms - busy / (1 - busy) * 0.3) < 1e-9
+    for _ in range(30):  # sustained: the estimate converges on 0.9 busy, a 2.7 ms wait
+        clock.advance_ms(100)
+        demand[0] += 90 * MS
+        load.sample(events=300)
+    assert abs(load.busy - 0.9) < 1e-3 and abs(load.lag_ms - 2.7) < 0.05
+    load.replied(8, 8 * 90_000)
+    assert abs(load.reply_ms - 0.09) < 1e-9
+
+
+def test_the_engine_hands_its_measured_costs_to_the_scheduler(clock):
+    engine, ledger, _, _ = wired(clock)
+    engine.loop_load = LoopLoad(clock, window_ns=1, demand=lambda: clock.now // 2)  # half busy
+    ledger.status_counts["OK"] = 10  # observations seen in the window
+    clock.advance_ms(1)
+    engine._measure_server(4, 4 * 100_000)
+    status = engine.scheduler.status()
+    assert status["server_reply_ms"] == 0.1 and status["server_lag_ms"] > 0
+
+
+# --- action chunks --------------------------------------------------------------------------
+
+
+def test_admission_never_rejects_a_chunk_for_lateness_nor_sheds_others_for_it(build, clock, make):
+    sched = build("edf", admission="reject", max_batch_size=1)
+    sched.record_service_time("m", 1, 10.0)
+    first = make("cam-1", deadline_ms=12.0)
+    assert sched.submit(first)
+    dry = make("arm", deadline_ms=15.0, control_rate_hz=50.0, actions_remaining=0)  # late behind it, still wanted
+    assert sched.submit(dry) and not sched.sheds  # and the on-time request ahead keeps its place
+    plain = make("cam-2", deadline_ms=15.0)
+    assert not sched.submit(plain)  # the same lateness without a chunk is refused
+    assert [s[0] for s in sched.sheds] == [plain]
+    assert sched.next_batch() == [first]
+    clock.advance_ms(10)
+    assert sched.next_batch() == [dry]  # past its deadline at dispatch, the chunk still runs
