@@ -155,6 +155,7 @@ def run_fleet(
     model: str = MODEL,
     image: Optional[np.ndarray] = None,
     echo_peer: bool = False,
+    v1_robots: bool = False,
 ) -> FleetRun:
     """Drive ``robots`` against the server at ``endpoint`` for ``warmup_s + seconds``,
     then wait up to ``grace_s`` for outstanding replies (stopping early when none is left).
@@ -167,6 +168,10 @@ def run_fleet(
     image tensor (default: a 32x32x3 ``IMAGE``; 224x224x3 for a 150 KB observation).
     ``echo_peer``: the peer is a raw ZMQ echo that sends back the observation's own
     envelope (payload frames optional): replies are matched by its request id.
+    ``v1_robots``: the robots speak as 1.x clients do to a v2 server (protocol_version 0,
+    one payload frame, no latency budget: the server has to find each deadline itself).
+    They keep a request id, which no 1.x client sends, only so that every reply can be
+    matched; the server's scheduling does not read it.
     """
     image = IMAGE if image is None else image
     rng = random.Random(seed + 7)
@@ -209,11 +214,15 @@ def run_fleet(
             urgency=0.5,
             steps_remaining=steps[i],
             priority=robot.priority,
-            latency_budget_ms=max(0.0, robot.budget_ms - budget_margin_ms),
+            latency_budget_ms=0.0 if v1_robots else max(0.0, robot.budget_ms - budget_margin_ms),
             timestamp_ns=time.time_ns(),
             limits=DEFAULT_LIMITS,
-            single_payload_frame=v1_server,
+            single_payload_frame=v1_server or v1_robots,
         )
+        if v1_robots:
+            obs = pb.Observation.FromString(frames[1])
+            obs.protocol_version = 0
+            frames[1] = obs.SerializeToString()
         steps[i] = (steps[i] - 1) % 200
         now = time.monotonic_ns()
         try:

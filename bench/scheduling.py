@@ -70,6 +70,8 @@ from _fleet import (  # noqa: E402
 )
 from _peers import REPO, cpu_seconds, free_port, start_server, stop, wait_ready  # noqa: E402
 
+from inferential.config.schema import SchedulingConfig  # noqa: E402
+
 PUBLISHED_PY = REPO / ".venv-published" / "bin" / "python"
 RESULTS = REPO / "bench" / "results"
 LOADS = (0.5, 0.9, 1.2)
@@ -107,21 +109,36 @@ def our_config(extra: dict, a_ms: float, b_ms: float) -> dict:
     }
 
 
-def start_ours(extra: dict, a_ms: float, b_ms: float) -> tuple[subprocess.Popen, str]:
+def start_ours(extra: dict, a_ms: float, b_ms: float, source: Optional[Path] = None) -> tuple[subprocess.Popen, str]:
+    """Our server with the Sleep model; ``source``: a checkout whose server (and client)
+    packages run instead of this tree's (the "before" row of the overload section)."""
     # JSON is YAML: no YAML writer needed, and "off" stays a string.
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         json.dump(our_config(extra, a_ms, b_ms), f)
+    saved = os.environ.get("PYTHONPATH")
     try:
+        if source is not None:
+            # start_server passes this process's environment on: the checkout's packages are
+            # found before the installed ones (both halves of the inferential package).
+            os.environ["PYTHONPATH"] = os.pathsep.join(str(source / d / "src") for d in ("server-py", "client-py"))
         return start_server({}, ["--config", f.name])
     finally:
+        if source is not None:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
         # The server has read it by the time it listens.
         os.unlink(f.name)
 
 
-def start_published(call_ms: float, robots: list[RobotSpec], margin_ms: float = 0.0) -> tuple[subprocess.Popen, str]:
+def start_published(
+    call_ms: float, robots: list[RobotSpec], margin_ms: float = 0.0, budgets: bool = True
+) -> tuple[subprocess.Popen, str]:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     cmd = [str(PUBLISHED_PY), str(REPO / "bench" / "_published_server.py"), "--bind", endpoint, "--call-ms", f"{call_ms:.4f}"]
-    cmd += [f"--budget={r.name}={max(0.1, r.budget_ms - margin_ms):g}" for r in robots]
+    if budgets:
+        cmd += [f"--budget={r.name}={max(0.1, r.budget_ms - margin_ms):g}" for r in robots]
     proc = subprocess.Popen(cmd)
     wait_ready(proc, endpoint)
     time.sleep(0.3)
@@ -166,6 +183,7 @@ def fleet_row(
     robots: list[RobotSpec],
     args: argparse.Namespace,
     v1_server: bool,
+    v1_robots: bool = False,
 ) -> dict:
     for attempt in (1, 2):
         proc, endpoint = start()
@@ -174,7 +192,7 @@ def fleet_row(
             t0 = time.monotonic()
             run = run_fleet(
                 endpoint, robots, args.seconds, warmup_s=args.warmup, grace_s=TTL_S + 1.0, seed=args.seed,
-                v1_server=v1_server, budget_margin_ms=args.budget_margin_ms,
+                v1_server=v1_server, budget_margin_ms=args.budget_margin_ms, v1_robots=v1_robots and not v1_server,
             )
             wall = time.monotonic() - t0
             server_cpu = cpu_seconds(proc.pid) - cpu0
@@ -182,6 +200,10 @@ def fleet_row(
         finally:
             stop(proc)
         row = summarize(run)
+        measured = run.measured()
+        # Ran, but ready only after the deadline, so answered DEADLINE_UNMEETABLE instead of
+        # a late OK (the reply carries the batch's timing; an admission shed has none).
+        row["withheld"] = sum(1 for s in measured if s.status == "DEADLINE_UNMEETABLE" and s.infer_ms > 0)
         row.update(
             strategy=name, load=load, ours=not v1_server, executor_busy=executor_busy(run), attempt=attempt,
             server_cpu_fraction=server_cpu / wall,
@@ -323,6 +345,180 @@ def plot(fleet_rows: list[dict], sim_rows: list[dict], path: Path, title: str) -
     plt.close(fig)
 
 
+# --- overload: per-item cost, 120 % and 200 % ------------------------------------------------------
+#
+# Issue 16 section 1. The model's cost is all per item (a = 0), so batching cannot absorb
+# the excess: capacity is 1000 / b requests/s whatever the batch, and the offered 760/s
+# is set to 120 % and 200 % of it (b = 1.58 and 2.63 ms). The figure of merit is goodput
+# as a share of that capacity: OK replies received within the robot's budget per second,
+# over what the model can do in a second. Robots either state their budgets (v2) or send
+# none (1.x: protocol_version 0, no budget; the server must find each deadline itself).
+# They are judged on the same budgets either way.
+
+OVERLOAD_LOADS = (1.2, 2.0)
+OVERLOAD_LOADS_FULL = (0.8, 1.2, 1.6, 2.0)
+FIFO_BASELINE = "fifo, admission off"
+DEFAULT_ROW = "default"
+BEFORE_ROW = "before"
+# (name, extra SchedulingConfig fields). "default" is the schema's defaults, whatever they are.
+OVERLOAD_CONFIGS: list[tuple[str, dict]] = [
+    (FIFO_BASELINE, {"strategy": "fifo", "admission": "off"}),
+    ("deadline_aware", {"strategy": "deadline_aware", "admission": "reject"}),
+    ("edf", {"strategy": "edf", "admission": "reject"}),
+    (DEFAULT_ROW, {}),
+]
+QUICK_OVERLOAD_CONFIGS = [c for c in OVERLOAD_CONFIGS if c[0] in (FIFO_BASELINE, DEFAULT_ROW)]
+
+
+def per_item_ms(load: float, robots: list[RobotSpec]) -> float:
+    """Model time per item that makes the fleet's offered rate ``load`` x capacity."""
+    return load * 1e3 / offered_per_s(robots)
+
+
+def overload_section(args: argparse.Namespace, robots: list[RobotSpec], started: float) -> list[dict]:
+    loads = tuple(float(x) for x in args.overload_loads.split(",")) if args.overload_loads else (
+        OVERLOAD_LOADS if args.quick else OVERLOAD_LOADS_FULL
+    )
+    configs = QUICK_OVERLOAD_CONFIGS if args.quick else OVERLOAD_CONFIGS
+    if args.only:
+        configs = [c for c in configs if c[0] in args.only]
+    before = Path(args.before_src) if args.before_src else None
+    rows: list[dict] = []
+    for v1_robots in (False, True):
+        robots_kind = "1.x robots (no budget sent)" if v1_robots else "v2 robots (budgets sent)"
+        for load in loads:
+            b = per_item_ms(load, robots)
+            capacity = 1e3 / b
+            print(
+                f"\n[overload] {robots_kind}, {load:.0%} of capacity: {b:.3f} ms per item, no fixed cost "
+                f"(capacity {capacity:.0f}/s, offered {offered_per_s(robots):.0f}/s)",
+                flush=True,
+            )
+            runs: list[tuple[str, Callable[[], tuple[subprocess.Popen, str]], bool]] = [
+                (name, (lambda extra=extra: start_ours(extra, 0.0, b)), False) for name, extra in configs
+            ]
+            if before is not None and (not args.only or BEFORE_ROW in args.only):
+                runs.append((BEFORE_ROW, lambda: start_ours({}, 0.0, b, source=before), False))
+            if PUBLISHED_PY.exists() and (not args.only or PUBLISHED in args.only):
+                runs.append((PUBLISHED, lambda: start_published(b, robots, args.budget_margin_ms, budgets=not v1_robots), True))
+            at: list[dict] = []
+            for name, start, published in runs:
+                row = fleet_row(name, load, start, robots, args, v1_server=published, v1_robots=v1_robots)
+                row.update(
+                    section="overload", robots_kind="1.x" if v1_robots else "v2", per_item_ms=b,
+                    capacity_per_s=capacity, goodput_of_capacity=row["goodput_per_s"] / capacity,
+                )
+                at.append(row)
+                print(f"  {name:<24} done ({time.perf_counter() - started:.0f} s)", flush=True)
+            print_overload_table(at)
+            rows.extend(at)
+    return rows
+
+
+def print_overload_table(rows: list[dict]) -> None:
+    """goodput: OK within budget per second as a share of the model's capacity (target
+    >= 95 % under overload); crit: the critical robots' share within budget (>= 99.9 %);
+    late OK: OK replies the robots received after their budget (target 0); withheld: results
+    ready after the deadline, answered DEADLINE_UNMEETABLE instead (model time spent in vain).
+    Sheds count every explicit status, withheld ones included."""
+    header = (
+        f"{'row':<24}{'goodput':>9}{'crit':>9}{'SLO all':>9}{'late OK':>8}{'withheld':>9}{'p99 ms':>8}{'batch':>6}"
+        f"{'busy':>6}{'silent':>7}  sheds"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        sheds = " ".join(f"{SHORT.get(k, k)}={v}" for k, v in sorted(r["sheds"].items())) or "-"
+        busy = r.get("executor_busy")
+        label = r["strategy"] + (" !" if r.get("disturbed") else "")
+        print(
+            f"{label:<24}{_pct(r['goodput_of_capacity']):>9}{_pct(r['slo_critical']):>9}{_pct(r['slo_overall']):>9}"
+            f"{r['ok_late']:>8}{r['withheld']:>9}{r['p99_ms']:>8.1f}{r['mean_batch']:>6.1f}"
+            f"{'-' if busy is None else f'{busy:.0%}':>6}{r['silent_losses']:>7}  {sheds}"
+        )
+
+
+def evaluate_overload(rows: list[dict]) -> list[dict]:
+    """Issue 16's overload targets, judged on the default configuration's rows."""
+    out = []
+    for kind in ("v2", "1.x"):
+        for r in rows:
+            if r["strategy"] != DEFAULT_ROW or r["robots_kind"] != kind or r["load"] < 1.0:
+                continue
+            detail = (
+                f"goodput {r['goodput_of_capacity']:.1%} of capacity, critical {r['slo_critical']:.2%}, "
+                f"late OK {r['ok_late']}, silent {r['silent_losses']}"
+            )
+            met = (
+                r["goodput_of_capacity"] >= 0.95 and r["slo_critical"] >= 0.999 and r["ok_late"] == 0
+                and r["silent_losses"] == 0
+            )
+            out.append({
+                "source": "real server", "met": met, "detail": detail,
+                "target": f"overload {r['load']:.0%}, {kind} robots: goodput >= 95% of capacity, critical >= 99.9%, no late OK",
+            })
+    return out
+
+
+def overload_simulation(args: argparse.Namespace) -> list[dict]:
+    """The overload section's configs on the virtual clock (no server, no network): what
+    the scheduling alone achieves, with no server time per batch and with 0.5 ms of it
+    (about the hand-off to the model's thread and the replies measured here)."""
+    loads = tuple(float(x) for x in args.overload_loads.split(",")) if args.overload_loads else OVERLOAD_LOADS_FULL
+    configs = [c for c in OVERLOAD_CONFIGS if not args.only or c[0] in args.only]
+    rows = []
+    for overhead in (0.0, 0.5):
+        rows += scheduling_sim.run_overload(configs, loads, args.sim_seconds, args.seed, overhead_ms=overhead)
+    print(f"\n[overload, simulation] {args.sim_seconds:g} s simulated per run; goodput % of capacity / critical %")
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+    for overhead in (0.0, 0.5):
+        for kind in ("v2", "1.x"):
+            print(f"  {kind} robots, server time per batch {overhead:g} ms:")
+            for name in names:
+                cells = [
+                    f"{r['load']:.0%}: {r['goodput_of_capacity']:.1%} / {r['slo_critical']:.2%}"
+                    for r in rows
+                    if r["strategy"] == name and r["robots_kind"] == kind and r["overhead_ms"] == overhead
+                ]
+                print(f"    {name:<22}" + "   ".join(cells))
+    return rows
+
+
+def plot_overload(rows: list[dict], path: Path, title: str) -> None:
+    """Goodput (share of capacity) and critical attainment against offered load, one
+    panel per kind of robot: ours (the default), FIFO, the published 1.4.0 (and "before")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in ("v2", "1.x") if any(r["robots_kind"] == k for r in rows)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.6), squeeze=False, sharey=True)
+    styles = {DEFAULT_ROW: ("#2a6f97", "ours (default)"), FIFO_BASELINE: ("#999999", "FIFO, no admission"),
+              PUBLISHED: ("#d1495b", "published 1.4.0"), BEFORE_ROW: ("#f2b134", "before (previous default)"),
+              "edf": ("#6a994e", "edf"), "deadline_aware": ("#8e7dbe", "deadline_aware")}
+    for ax, kind in zip(axes[0], kinds):
+        at = [r for r in rows if r["robots_kind"] == kind]
+        for name in dict.fromkeys(r["strategy"] for r in at):
+            series = sorted((r for r in at if r["strategy"] == name), key=lambda r: r["load"])
+            color, label = styles.get(name, ("black", name))
+            xs = [100 * r["load"] for r in series]
+            ax.plot(xs, [100 * r["goodput_of_capacity"] for r in series], "-o", color=color, label=f"{label}: goodput")
+            ax.plot(xs, [100 * r["slo_critical"] for r in series], "--D", color=color, markersize=4,
+                    label=f"{label}: critical robots")
+        ax.axhline(95, color="black", linestyle=":", linewidth=0.8)
+        ax.set_xlabel("offered load (% of the model's capacity)")
+        ax.set_ylim(0, 105)
+        ax.set_title(f"{kind} robots" + (" (no budget sent)" if kind == "1.x" else " (budgets sent)"), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("goodput (% of capacity) / critical within budget (%)")
+    axes[0, -1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -342,6 +538,14 @@ def main() -> int:
     ap.add_argument("--no-sim", action="store_true", help="skip the virtual-clock simulation")
     ap.add_argument("--sim-seconds", type=float, help="simulated fleet time per run (default 20, quick 10)")
     ap.add_argument("--out", default=str(RESULTS / "scheduling.json"))
+    ap.add_argument("--overload-only", action="store_true", help="run only the overload section (per-item cost)")
+    ap.add_argument("--no-overload", action="store_true", help="skip the overload section")
+    ap.add_argument("--overload-loads", help="offered loads of the overload section (default 0.8,1.2,1.6,2.0; quick 1.2,2.0)")
+    ap.add_argument(
+        "--before-src", metavar="DIR",
+        help="a checkout of an earlier version (e.g. from git archive): its server runs as the overload "
+        "section's 'before' row, default configuration",
+    )
     args = ap.parse_args()
     args.seconds = args.seconds or (3.0 if args.quick else 8.0)
     args.sim_seconds = args.sim_seconds or (10.0 if args.quick else 20.0)
@@ -378,7 +582,7 @@ def main() -> int:
     print(f"Machine: {meta['machine']}. {args.seconds:g} s measured per run after {args.warmup:g} s warm-up.")
 
     fleet_rows: list[dict] = []
-    for load in loads:
+    for load in loads if not args.overload_only else ():
         a, b = service_ms(load, robots)
         print(
             f"\n[real server] load {load:.0%} of capacity: service {a:.2f} ms + {b:.2f} ms x batch "
@@ -403,8 +607,13 @@ def main() -> int:
         )
         fleet_rows.extend(rows)
 
+    overload_rows = [] if args.no_overload else overload_section(args, robots, started)
+    overload_sim: list[dict] = []
+    if overload_rows and not args.no_sim:
+        overload_sim = overload_simulation(args)
+
     sim_rows: list[dict] = []
-    if not args.no_sim:
+    if not args.no_sim and not args.overload_only:
         print(
             f"\n[simulation] the same fleet and configs on a virtual clock, {args.sim_seconds:g} s simulated per run, "
             f"critical robots: {args.critical_class}"
@@ -416,7 +625,8 @@ def main() -> int:
     else:
         sim_other = []
 
-    targets = evaluate(fleet_rows, "real server") + (evaluate(sim_rows, "simulation") if sim_rows else [])
+    targets = (evaluate(fleet_rows, "real server") if fleet_rows else []) + (evaluate(sim_rows, "simulation") if sim_rows else [])
+    targets += evaluate_overload(overload_rows)
     print("\nTargets (ours only; 1.4.0 rows are for comparison):")
     for t in targets:
         print(f"  [{'met' if t['met'] else 'MISSED'}] {t['source']}: {t['target']} -- {t['detail']}")
@@ -427,16 +637,30 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta["wall_time_s"] = round(time.perf_counter() - started, 1)
+    meta["default_scheduling"] = {k: v for k, v in SchedulingConfig().model_dump().items() if k in ("strategy", "admission", "coalesce")}
     out.write_text(json.dumps(
-        {"meta": meta, "fleet": fleet_rows, "simulation": sim_rows + sim_other, "targets": targets}, indent=2
+        {"meta": meta, "fleet": fleet_rows, "simulation": sim_rows + sim_other, "overload": overload_rows,
+         "overload_simulation": overload_sim,
+         "targets": targets},
+        indent=2,
     ))
-    png = out.with_suffix(".png")
-    plot(
-        fleet_rows, sim_rows, png,
-        f"SLO attainment by strategy and offered load ({meta['mode']} run {meta['date']}; "
-        f"critical robots: two {args.critical_class} robots)",
-    )
-    print(f"\nwrote {out} and {png} (wall time {meta['wall_time_s']:.0f} s)")
+    written = [str(out)]
+    if fleet_rows:
+        png = out.with_suffix(".png")
+        plot(
+            fleet_rows, sim_rows, png,
+            f"SLO attainment by strategy and offered load ({meta['mode']} run {meta['date']}; "
+            f"critical robots: two {args.critical_class} robots)",
+        )
+        written.append(str(png))
+    if overload_rows:
+        png = out.with_name(out.stem + "_overload.png")
+        plot_overload(
+            overload_rows, png,
+            f"Overload, per-item model cost: goodput and critical robots ({meta['mode']} run {meta['date']}, shared 2-core VM)",
+        )
+        written.append(str(png))
+    print(f"\nwrote {', '.join(written)} (wall time {meta['wall_time_s']:.0f} s)")
     return 0
 
 

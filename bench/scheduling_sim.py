@@ -122,13 +122,27 @@ class Run:
     in_flight: int = 0
 
 
-def simulate(name: str, extra: dict, load: float, seconds: float, seed: int, critical_class: str = "20Hz") -> Run:
+def simulate(
+    name: str, extra: dict, load: float, seconds: float, seed: int, critical_class: str = "20Hz",
+    per_item: bool = False, overhead_ms: float = 0.0, v1_robots: bool = False,
+) -> Run:
+    """One config at one load. ``per_item``: the model's cost is all per item (no fixed
+    part, the overload section's model), so capacity is 1 / per-item time whatever the
+    batch. ``overhead_ms``: the server's own time per batch on top of the model's (its
+    hand-off and answering; 0 = the scheduler alone). ``v1_robots``: robots state no
+    budget; the server's default (50 ms) applies and the scheduler may tighten it."""
     rng = random.Random(seed)  # arrivals: identical for every strategy
     service_rng = random.Random(seed + 1)
     robots = fleet(rng, critical_class)
     offered = sum(r.rate_hz for r in robots)
-    base_capacity = MAX_BATCH / ((BASE_FIXED_MS + BASE_PER_ITEM_MS * MAX_BATCH) / 1e3)
-    scale = load * base_capacity / offered
+    if per_item:
+        fixed_ms, item_ms = 0.0, 1.0
+        scale = load * 1e3 / offered
+    else:
+        fixed_ms, item_ms = BASE_FIXED_MS, BASE_PER_ITEM_MS
+        base_capacity = MAX_BATCH / ((BASE_FIXED_MS + BASE_PER_ITEM_MS * MAX_BATCH) / 1e3)
+        scale = load * base_capacity / offered
+    default_budget_ms = 50.0
 
     now = 0
 
@@ -170,7 +184,7 @@ def simulate(name: str, extra: dict, load: float, seconds: float, seed: int, cri
         if not batch:
             return
         busy = batch
-        service_ms = scale * (BASE_FIXED_MS + BASE_PER_ITEM_MS * len(batch)) * service_rng.uniform(0.95, 1.05)
+        service_ms = scale * (fixed_ms + item_ms * len(batch)) * service_rng.uniform(0.95, 1.05) + overhead_ms
         run.batches.append(len(batch))
         push(now + int(service_ms * 1e6), "done", (batch, service_ms))
 
@@ -189,8 +203,9 @@ def simulate(name: str, extra: dict, load: float, seconds: float, seed: int, cri
                 priority=robot.priority,
                 steps_remaining=robot.steps,
                 arrival_ns=now,
-                deadline_ns=derive_deadline_ns(now, latency_budget_ms=robot.budget_ms),
-                latency_budget_ms=robot.budget_ms,
+                deadline_ns=derive_deadline_ns(now, latency_budget_ms=default_budget_ms if v1_robots else robot.budget_ms),
+                latency_budget_ms=default_budget_ms if v1_robots else robot.budget_ms,
+                budget_stated=not v1_robots,
                 expected_interval_ms=robot.ema_ms,
                 since_previous_ms=since,
             )
@@ -318,6 +333,25 @@ def run_all(
             print_table(rows)
         results.extend(rows)
     return results
+
+
+def run_overload(
+    configs: list[tuple[str, dict]], loads: tuple[float, ...], seconds: float, seed: int, overhead_ms: float = 0.0,
+) -> list[dict]:
+    """The overload section's fleet on the virtual clock: per-item model cost, v2 robots
+    (budgets stated) and 1.x robots (none), goodput as a share of the model's capacity."""
+    rows = []
+    for v1_robots in (False, True):
+        for load in loads:
+            for name, extra in configs:
+                run = simulate(name, extra, load, seconds, seed, "50Hz", per_item=True, overhead_ms=overhead_ms,
+                               v1_robots=v1_robots)  # fmt: skip
+                row = summarize(run, seconds)
+                capacity = 1e3 / run.scale  # per-item time run.scale ms
+                row.update(robots_kind="1.x" if v1_robots else "v2", capacity_per_s=capacity,
+                           goodput_of_capacity=row["goodput_per_s"] / capacity, overhead_ms=overhead_ms)  # fmt: skip
+                rows.append(row)
+    return rows
 
 
 def main() -> None:

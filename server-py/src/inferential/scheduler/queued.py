@@ -240,8 +240,9 @@ class QueuedScheduler(Scheduler):
 
         A robot that sends on its own clock (open loop) acts on its next observation's
         reply once it has one: a reply after that is stale, so its deadline is its next
-        observation, ``arrival + cadence interval`` (as ``edf`` orders requests without a
-        deadline), when that is sooner than the default. Such a robot shows itself by
+        observation (as ``edf`` orders requests without a deadline), planned a tenth of
+        an interval early as robots jitter (as ``edf`` foresees arrivals): ``arrival +
+        0.9 x cadence interval``, less the margin, when that is sooner than the default. Such a robot shows itself by
         sending an observation of a model before its previous one was settled (queued or
         running: ``settled`` is set by the server's ledger); one that waits for each reply
         before sending again (closed loop) never does, and its "cadence" is only the
@@ -263,7 +264,7 @@ class QueuedScheduler(Scheduler):
         interval_ms = request.expected_interval_ms
         if not interval_ms or request.deadline_ns is None:
             return
-        due = request.arrival_ns + int((interval_ms - self.config.deadline_margin_ms) * 1e6)
+        due = request.arrival_ns + int((0.9 * interval_ms - self.config.deadline_margin_ms) * 1e6)
         if due < request.deadline_ns:
             request.deadline_ns = due
             request.latency_budget_ms = interval_ms
