@@ -435,11 +435,15 @@ def saturation(p: dict, cores: int) -> str:
         marks.append("server")
     if p["machine_busy_cores"] >= 0.9 * cores:
         marks.append("machine")
+    if p["send_lag_p99_ms"] > LAG_LIMIT_MS:
+        marks.append("gen late")  # robots sent off pace: the offered load was not what the row says
     return "+".join(marks)
 
 
 HEADER = ("| obs | robots | server | offered/s | server CPU µs/req | server CPU | p50 ms | p99 ms | goodput/s | "
           "goodput % | shed | skipped | no reply | gen CPU | gen µs/obs | others | saturated |")
+# saturated: server = its process >= 90 % of a core; machine = >= 90 % of all cores busy;
+# gen late = the generator's p99 send lag > LAG_LIMIT_MS
 
 
 def _f(x: float, spec: str) -> str:
@@ -485,7 +489,8 @@ def plot(report: dict, path: Path) -> None:
             axes[2, col].plot(xs, [max(p["goodput_per_s"], 1.0) for p in pts], "-o", color=c, label=label)
             for p in pts:
                 sat = saturation(p, report["meta"]["cores"])
-                mark = f"{p['goodput_pct']:.0f} %" + (" S" if "server" in sat else "") + (" M" if "machine" in sat else "")
+                mark = (f"{p['goodput_pct']:.0f} %" + (" S" if "server" in sat else "") + (" M" if "machine" in sat else "")
+                        + (" L" if "gen late" in sat else ""))
                 axes[2, col].annotate(mark, (p["robots"], max(p["goodput_per_s"], 1.0)), fontsize=7, color=c,
                                       textcoords="offset points", xytext=(3, 4 if peer != PUBLISHED else -10))
         title = f"{'small (3,100 B)' if size == 'small' else '150 KB'} observations"
@@ -499,7 +504,7 @@ def plot(report: dict, path: Path) -> None:
         robots = report["meta"]["robots"]
         axes[2, col].plot(robots, [n * report["meta"]["hz"] for n in robots], ":", color="grey", label="offered")
         axes[2, col].set_title(f"{title}: goodput (OK within {report['meta']['budget_ms']:g} ms; % of offered; "
-                               "S: server >= 90 % of a core, M: machine >= 90 % busy)", fontsize=8)
+                               "S: server >= 90 % of a core, M: machine >= 90 % busy, L: generator late)", fontsize=8)
         axes[2, col].set_ylabel("OK within budget / s (log)")
         axes[2, col].set_yscale("log")
         for row in range(3):
@@ -516,6 +521,57 @@ def plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+LAG_LIMIT_MS = 20.0
+OTHERS_LIMIT = 0.5
+
+
+def disturbed(p: dict) -> bool:
+    """The generator could not keep the robots' pace while others used the machine: the point
+    measured the neighbours, not the server (the server's own overload slows it too, but then
+    ``others`` is small and a second run would say the same)."""
+    return p["send_lag_p99_ms"] > LAG_LIMIT_MS and p["others_cores"] > OTHERS_LIMIT
+
+
+def _line(p: dict) -> str:
+    return (f"{p['size']:>5} x {p['robots']:>3} robots, {p['peer']:>6}: server {p['server_cpu_us_per_req']:7.0f} µs/req "
+            f"({100 * p['server_cpu_cores']:3.0f} %), p50 {p['p50_ms']:7.2f} p99 {p['p99_ms']:8.2f} ms, "
+            f"goodput {p['goodput_per_s']:6.0f}/s = {p['goodput_pct']:5.1f} %, "
+            f"gen {100 * p['gen_cpu_cores']:3.0f} % ({p['gen_cpu_us_per_obs']:.0f} µs/obs), "
+            f"others {p['others_cores']:.2f} cores, lag p99 {p['send_lag_p99_ms']:.1f} ms")
+
+
+def measure(peer: str, n: int, image: np.ndarray, args: argparse.Namespace, native_known: bool, tmp: Path,
+            label: str, failures: list[str], dropped: set[str]) -> dict | None:
+    """One point on a fresh server, or None (noted in ``failures``) when it could not be measured."""
+    try:
+        proc, endpoint = start_peer(peer, args.model, native_known, tmp)
+    except (RuntimeError, TimeoutError) as err:
+        # One server that does not start (a path being rebuilt meanwhile) costs its
+        # point, not the run: noted, with its log's tail, and the run goes on.
+        failures.append(f"{label}: {err}; {_log_tail(tmp, peer)}")
+        print(f"  {label}: did not start ({err}); log tail: {_log_tail(tmp, peer)}", flush=True)
+        return None
+    if peer == "native" and not native_loaded(proc.pid):
+        # A server whose code does not use the module yet would run the Python path
+        # under the native label: only a mapped extension counts.
+        stop(proc)
+        dropped.add(peer)
+        failures.append("native: the server runs without inferential_native loaded (not wired into this code "
+                        "yet?): the native path is left out of this run")
+        print(f"  {failures[-1]}", flush=True)
+        return None
+    try:
+        p = run_point(endpoint, proc.pid, n, image, peer == PUBLISHED, args, f"s{label.split()[0]}-{peer}-{n}")
+        exited = proc.poll()
+    finally:
+        stop(proc)
+    if exited is not None:
+        failures.append(f"{label}: the server exited during the point (code {exited}); {_log_tail(tmp, peer)}")
+        print(f"  {failures[-1]}", flush=True)
+        return None
+    return p
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -535,6 +591,9 @@ def main() -> int:
     ap.add_argument("--hz", type=float, default=50.0)
     ap.add_argument("--budget-ms", type=float, default=20.0)
     ap.add_argument("--max-inflight", type=int, default=10, help="unanswered observations a robot allows")
+    ap.add_argument("--retries", type=int, default=1,
+                    help="run a point again (keeping the better-paced run) when the generator sent late "
+                    f"(p99 send lag > {LAG_LIMIT_MS:g} ms) while other processes took > {OTHERS_LIMIT:g} cores")
     ap.add_argument("--model", choices=("noop", "sleep1"), default="noop")
     ap.add_argument("--source", default="worktree",
                     help="the server code to run: worktree (default: the checkout as it is, uncommitted edits "
@@ -583,6 +642,7 @@ def main() -> int:
     started = time.perf_counter()
     points: list[dict] = []
     failures: list[str] = []
+    dropped: set[str] = set()  # servers found unable to run (native not wired in): not tried again
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmpdir:
         tmp = Path(tmpdir)
         meta["source"] = select_source(args.source, tmp)
@@ -590,41 +650,24 @@ def main() -> int:
         for size in sizes:
             image = IMAGES[size]
             for n in robots:
-                for peer in peers:
+                for peer in [x for x in peers if x not in dropped]:
                     label = f"{size} x {n} robots, {peer}"
-                    try:
-                        proc, endpoint = start_peer(peer, args.model, native_known, tmp)
-                    except (RuntimeError, TimeoutError) as err:
-                        # One server that does not start (a path being rebuilt meanwhile) costs its
-                        # point, not the run: noted, with its log's tail, and the run goes on.
-                        failures.append(f"{label}: {err}; {_log_tail(tmp, peer)}")
-                        print(f"  {label}: did not start ({err}); log tail: {_log_tail(tmp, peer)}", flush=True)
+                    best: dict | None = None
+                    for attempt in range(1 + args.retries):
+                        p = measure(peer, n, image, args, native_known, tmp, label, failures, dropped)
+                        if p is None:
+                            break
+                        p.update(size=size, peer=peer, load_average=os.getloadavg()[0], attempt=attempt + 1)
+                        if best is None or p["send_lag_p99_ms"] < best["send_lag_p99_ms"]:
+                            best = p
+                        if not disturbed(p):
+                            break
+                        if attempt < args.retries:
+                            print(f"    disturbed by other processes, once more: {_line(p)}", flush=True)
+                    if best is None:
                         continue
-                    if peer == "native" and not native_loaded(proc.pid):
-                        # A server whose code does not use the module yet would run the Python path
-                        # under the native label: only a mapped extension counts.
-                        stop(proc)
-                        failures.append(f"{label}: the server runs without inferential_native loaded (not wired "
-                                        "into this code yet?)")
-                        print(f"  {failures[-1]}", flush=True)
-                        continue
-                    try:
-                        p = run_point(endpoint, proc.pid, n, image, peer == PUBLISHED, args,
-                                      f"s{size}-{peer}-{n}")
-                        exited = proc.poll()
-                    finally:
-                        stop(proc)
-                    if exited is not None:
-                        failures.append(f"{label}: the server exited during the point (code {exited}); {_log_tail(tmp, peer)}")
-                        print(f"  {failures[-1]}", flush=True)
-                        continue
-                    p.update(size=size, peer=peer, load_average=os.getloadavg()[0])
-                    points.append(p)
-                    print(f"  {size:>5} x {n:>3} robots, {peer:>6}: server {p['server_cpu_us_per_req']:7.0f} µs/req "
-                          f"({100 * p['server_cpu_cores']:3.0f} %), p50 {p['p50_ms']:7.2f} p99 {p['p99_ms']:8.2f} ms, "
-                          f"goodput {p['goodput_per_s']:6.0f}/s = {p['goodput_pct']:5.1f} %, "
-                          f"gen {100 * p['gen_cpu_cores']:3.0f} % ({p['gen_cpu_us_per_obs']:.0f} µs/obs), "
-                          f"others {p['others_cores']:.2f} cores, lag p99 {p['send_lag_p99_ms']:.1f} ms", flush=True)
+                    points.append(best)
+                    print(f"  {_line(best)}", flush=True)
     meta["wall_time_s"] = round(time.perf_counter() - started, 1)
     meta["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report = {"meta": meta, "points": points, "failures": failures}
@@ -632,7 +675,7 @@ def main() -> int:
     print("\n" + md)
     print("\nshed = explicit non-OK replies; skipped = sends a robot skipped with its in-flight window full; "
           "others = the rest of the machine's busy CPU (cores); saturated: server = its process >= 90 % of a "
-          f"core, machine = >= 90 % of all {cores} cores busy")
+          f"core, machine = >= 90 % of all {cores} cores busy, gen late = p99 send lag > {LAG_LIMIT_MS:g} ms")
     for f in failures:
         print(f"missing point: {f}")
     out = Path(args.out)
