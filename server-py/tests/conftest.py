@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import textwrap
 from typing import Iterator
 
@@ -7,6 +8,11 @@ import pytest
 from server_helpers import README_CUSTOM_SCHEDULER, running_server
 
 from inferential.server import Server
+
+# Servers started by these tests use the pure-Python transport unless the run asks for the
+# native one (make test-py-native: INFERENTIAL_TRANSPORT=native); transport.native "auto"
+# would otherwise pick whichever is built.
+os.environ.setdefault("INFERENTIAL_TRANSPORT", "python")
 
 
 @pytest.fixture(scope="module")

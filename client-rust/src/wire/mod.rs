@@ -4,4 +4,5 @@ pub mod limits;
 pub mod status;
 #[rustfmt::skip]
 pub(crate) mod tables;
+pub mod server;
 pub mod tensor;

@@ -27,11 +27,21 @@ from inferential.server.admission import admit
 from inferential.server.curve import CurveKeys, user_id
 from inferential.server.engine import Engine
 from inferential.server.ledger import Ledger
-from inferential.server.protocol import Describe, Rejection, decode_request, describe_reply, encode_reply, server_name
+from inferential.server.native_transport import NativeTransport, make_transport
+from inferential.server.protocol import (
+    Decoded,
+    Describe,
+    Rejection,
+    decode_request,
+    describe_reply,
+    encode_reply,
+    server_name,
+)
 from inferential.server.ratelimit import DROP, RateLimiter
 from inferential.server.registry import ClientRegistry
 from inferential.server.transport import RouterTransport
 from inferential.wire import Limits, Status
+from inferential.wire.limits import buffer
 
 logger = logging.getLogger("inferential.server")
 
@@ -197,7 +207,10 @@ class Server:
         # whole heap and stalls every robot for tens of milliseconds.
         gc.collect()
         gc.freeze()
-        self._transport = RouterTransport(self.config.transport, curve=self._curve)
+        # transport.native: the socket on a native I/O thread when the module is built.
+        self._transport = make_transport(self.config.transport, self._curve)
+        if isinstance(self._transport, NativeTransport):
+            self._transport.on_request = self._on_request
         self._transport.bind()
         self._ledger.transport = self._transport
         self._transport.attach(self._loop, self._on_frames, self._engine.after_change)
@@ -367,25 +380,44 @@ class Server:
         ledger = self._ledger
         wait_ms = None
         if self._rate is not None and frames:
-            wait_ms = self._rate.take(bytes(frames[0].buffer), now)
+            wait_ms = self._rate.take(bytes(buffer(frames[0])), now)
             if wait_ms == DROP:
                 self.metrics.increment("observation_errors", {"status": "RATE_LIMITED_DROPPED"})
                 return
         try:
             identity, decoded = decode_request(frames, self._limits)
         except Rejection as rej:
-            ledger.reject(bytes(frames[0].buffer) if frames else b"", rej, wall)
+            ledger.reject(bytes(buffer(frames[0])) if frames else b"", rej, wall)
             return
         except Describe as ask:
-            identity = bytes(frames[0].buffer)
+            identity = bytes(buffer(frames[0]))
             reply = describe_reply(identity, ask.obs, self._limits, self._server_name, wall)
             ledger.send(reply, identity, "", Status.OK, ask.obs.client.id)
             return
+        speaker = user_id(frames[-1]) if self._curve is not None else None
+        self._on_decoded(identity, decoded, speaker, now, wall, wait_ms)
+
+    def _on_request(self, identity: bytes, decoded: Decoded, speaker: Optional[str]) -> None:
+        """An observation the native transport received and checked (its rules are
+        decode_request's); ``speaker`` is the CURVE id of its connection."""
+        now = self.clock()
+        wall = time.time_ns()
+        wait_ms = None
+        if self._rate is not None:
+            wait_ms = self._rate.take(identity, now)
+            if wait_ms == DROP:
+                self.metrics.increment("observation_errors", {"status": "RATE_LIMITED_DROPPED"})
+                return
+        self._on_decoded(identity, decoded, speaker, now, wall, wait_ms)
+
+    def _on_decoded(
+        self, identity: bytes, decoded: Decoded, speaker: Optional[str], now: int, wall: int, wait_ms: Optional[int]
+    ) -> None:
+        ledger = self._ledger
         if self._stopping:
             ledger.reject(identity, Rejection(Status.SHUTTING_DOWN, _SHUTTING_DOWN, decoded.obs), wall)
             return
         if self._curve is not None:
-            speaker = user_id(frames[-1])
             if speaker != decoded.obs.client.id:
                 why = f"this connection's CURVE key is bound to client '{speaker}', not '{decoded.obs.client.id}'"
                 ledger.reject(identity, Rejection(Status.UNAUTHENTICATED, why, decoded.obs), wall)

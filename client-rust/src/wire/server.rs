@@ -1,0 +1,329 @@
+//! The receiving side of an observation, for a server: the frames a ROUTER received after
+//! the routing identity (`["", envelope, payload...]`) checked against every rule the
+//! reference server applies (protocol §2, §4, §7; server-py `protocol.decode_request`).
+//!
+//! What this gives is a verdict and a map of the payload, not error texts: an accepting
+//! check says where each tensor's bytes lie, so a server can view them in place; a
+//! refusing one names the broken rule only roughly ([`Refusal`]), and a server words the
+//! reply with its reference decoder, which is then the one place the texts live. The
+//! check must never accept what the reference decoder refuses; refusing more is safe
+//! (the reference decoder then has the last word), so wherever a rule is subtle this
+//! errs on the side of refusing. Never panics, whatever the bytes.
+use prost::Message as _;
+
+use crate::pb;
+use crate::PROTOCOL_VERSION;
+use crate::wire::dtype::DType;
+use crate::wire::limits::Limits;
+
+/// Why [`check_observation`] did not accept the frames (for logs and tests; the reply's
+/// text comes from the reference decoder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Frame count, delimiter, payload frame count or total size.
+    Framing,
+    /// The envelope is not a valid `Observation`.
+    Envelope,
+    /// A `protocol_version` newer than this crate speaks (§9).
+    Version,
+    /// An empty `model_id`: a describe request (§12) or a missing model, both answered
+    /// by the reference decoder.
+    NoModel,
+    /// An id, type, token or hint out of bounds.
+    Field,
+    /// Metadata count, key or value.
+    Metadata,
+    /// A tensor descriptor or its bytes.
+    Tensor,
+}
+
+/// Where one tensor's bytes lie: payload frame `frame` (0 = the first payload frame), from
+/// byte `offset` of that frame, `count` elements of `dtype`. A zero-size tensor has
+/// `frame == None` (it needs no bytes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpan {
+    /// The descriptor's key.
+    pub key: String,
+    /// The element type.
+    pub dtype: DType,
+    /// The shape, every dimension >= 0.
+    pub shape: Vec<i64>,
+    /// The payload frame holding the bytes; `None` for a zero-size tensor.
+    pub frame: Option<usize>,
+    /// Offset of the first byte within that frame.
+    pub offset: usize,
+    /// Elements.
+    pub count: usize,
+}
+
+/// An accepted observation: the place of each tensor. (The envelope's fields are the
+/// server's to read with its own protobuf runtime: this check only vouches for them.)
+#[derive(Debug, Clone)]
+pub struct CheckedObservation {
+    /// One span per descriptor, in descriptor order.
+    pub tensors: Vec<TensorSpan>,
+    /// Bytes in all payload frames.
+    pub payload_bytes: usize,
+}
+
+fn text_ok(text: &str, max: usize, required: bool) -> bool {
+    if text.is_empty() {
+        return !required;
+    }
+    text.len() <= max
+}
+
+fn hint_ok(value: f32) -> bool {
+    // NaN fails both comparisons, as in the reference decoder.
+    value >= 0.0 && value.is_finite()
+}
+
+/// Checks `frames` (`["", envelope, payload...]`, the routing identity already removed)
+/// against every rule of the reference decoder; the accepted observation maps each tensor
+/// onto its payload frame.
+pub fn check_observation(frames: &[&[u8]], limits: &Limits) -> Result<CheckedObservation, Refusal> {
+    let (delimiter, envelope_bytes, payload) = match frames {
+        [delimiter, envelope, payload @ ..] => (delimiter, *envelope, payload),
+        _ => return Err(Refusal::Framing),
+    };
+    if !delimiter.is_empty() {
+        return Err(Refusal::Framing);
+    }
+    if payload.len() > limits.max_payload_frames {
+        return Err(Refusal::Framing);
+    }
+    let payload_bytes: usize = payload.iter().map(|f| f.len()).sum();
+    if envelope_bytes.len().saturating_add(payload_bytes) > limits.max_message_bytes {
+        return Err(Refusal::Framing);
+    }
+    let envelope = pb::Observation::decode(envelope_bytes).map_err(|_| Refusal::Envelope)?;
+    // A newer peer's fields may mean what this server cannot know (a describe request of any
+    // version is the reference decoder's to answer: it has no model id, refused below).
+    if envelope.protocol_version > PROTOCOL_VERSION {
+        return Err(Refusal::Version);
+    }
+
+    let (client_id, client_type) = envelope
+        .client
+        .as_ref()
+        .map(|c| (c.id.as_str(), c.r#type.as_str()))
+        .unwrap_or(("", ""));
+    if !text_ok(client_id, limits.max_id_bytes, true) {
+        return Err(Refusal::Field);
+    }
+    if envelope.model_id.is_empty() {
+        return Err(Refusal::NoModel);
+    }
+    if !text_ok(&envelope.model_id, limits.max_id_bytes, true)
+        || !text_ok(client_type, limits.max_id_bytes, false)
+        || !text_ok(&envelope.auth_token, limits.max_auth_token_bytes, false)
+        || !hint_ok(envelope.urgency)
+        || !hint_ok(envelope.latency_budget_ms)
+        || !hint_ok(envelope.control_rate_hz)
+    {
+        return Err(Refusal::Field);
+    }
+    if envelope.metadata.len() > limits.max_metadata_entries
+        || envelope.metadata.iter().any(|(k, v)| {
+            k.is_empty()
+                || k.len() > limits.max_key_bytes
+                || v.len() > limits.max_metadata_value_bytes
+        })
+    {
+        return Err(Refusal::Metadata);
+    }
+    // A describe key beside a model id is an ordinary metadata entry: the reference
+    // decoder answers such a message as a request, and so does this check.
+    let tensors = map_tensors(&envelope, payload, limits)?;
+    Ok(CheckedObservation {
+        tensors,
+        payload_bytes,
+    })
+}
+
+fn map_tensors(
+    envelope: &pb::Observation,
+    payload: &[&[u8]],
+    limits: &Limits,
+) -> Result<Vec<TensorSpan>, Refusal> {
+    let descriptors = &envelope.tensors;
+    if descriptors.len() > limits.max_tensors {
+        return Err(Refusal::Tensor);
+    }
+    // Logical offsets of each payload frame in the concatenated payload (u128: no sum of
+    // frame sizes or descriptor fields can overflow it).
+    let mut bounds: Vec<(u128, u128)> = Vec::with_capacity(payload.len());
+    let mut start: u128 = 0;
+    for frame in payload {
+        let end = start + frame.len() as u128;
+        bounds.push((start, end));
+        start = end;
+    }
+    let total = start;
+    let mut spans: Vec<TensorSpan> = Vec::with_capacity(descriptors.len());
+    for t in descriptors {
+        let key = t.key.as_str();
+        if key.is_empty()
+            || key.len() > limits.max_key_bytes
+            || spans.iter().any(|s| s.key == key)
+            || envelope.metadata.contains_key(key)
+        {
+            return Err(Refusal::Tensor);
+        }
+        let dtype = DType::from_code(t.dtype).ok_or(Refusal::Tensor)?;
+        // ENCODING_UNSPECIFIED (0) and RAW (1) only: compressed tensors are refused.
+        if !(t.encoding == 0 || t.encoding == 1) {
+            return Err(Refusal::Tensor);
+        }
+        if t.shape.len() > limits.max_dims || t.shape.iter().any(|&d| d < 0) {
+            return Err(Refusal::Tensor);
+        }
+        let mut count: u128 = 1;
+        for &d in &t.shape {
+            // Dimensions are < 2^63 and at most 8 of them: saturate rather than overflow;
+            // a saturated product never equals a u64 byte_length below.
+            count = count.saturating_mul(d as u128);
+        }
+        let needed = count.saturating_mul(dtype.item_size() as u128);
+        let length = t.byte_length as u128;
+        if needed != length {
+            return Err(Refusal::Tensor);
+        }
+        if length == 0 {
+            spans.push(TensorSpan {
+                key: key.to_owned(),
+                dtype,
+                shape: t.shape.clone(),
+                frame: None,
+                offset: 0,
+                count: 0,
+            });
+            continue;
+        }
+        let begin = t.byte_offset as u128;
+        if begin + length > total {
+            return Err(Refusal::Tensor);
+        }
+        // The first frame holding `begin` must hold the whole range.
+        let index = bounds
+            .iter()
+            .position(|&(lo, hi)| lo <= begin && begin < hi)
+            .ok_or(Refusal::Tensor)?;
+        let (lo, hi) = bounds.get(index).copied().ok_or(Refusal::Tensor)?;
+        if begin + length > hi {
+            return Err(Refusal::Tensor);
+        }
+        // Both fit in usize: they lie inside a frame held in memory.
+        let offset = (begin - lo) as usize;
+        let bytes = payload
+            .get(index)
+            .and_then(|frame| frame.get(offset..offset + length as usize))
+            .ok_or(Refusal::Tensor)?;
+        if dtype == DType::Bool && bytes.iter().any(|&b| b > 1) {
+            return Err(Refusal::Tensor);
+        }
+        spans.push(TensorSpan {
+            key: key.to_owned(),
+            dtype,
+            shape: t.shape.clone(),
+            frame: Some(index),
+            offset,
+            count: count as usize,
+        });
+    }
+    Ok(spans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{encode_observation, EncodeParams};
+    use crate::wire::tensor::Observation;
+
+    fn params() -> EncodeParams<'static> {
+        EncodeParams {
+            client_id: "r1",
+            client_type: "",
+            model_id: "m",
+            request_id: 1,
+            timestamp_ns: 1,
+            latency_budget_ms: 0.0,
+            priority: 0,
+            deadline_ns: None,
+            actions_remaining: None,
+            control_rate_hz: None,
+            auth_token: "",
+            single_payload_frame: false,
+            limits: Limits::default(),
+        }
+    }
+
+    fn frames_of(obs: &Observation<'_>) -> Vec<Vec<u8>> {
+        encode_observation(&params(), obs)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.into_owned())
+            .collect()
+    }
+
+    fn check(frames: &[Vec<u8>]) -> Result<CheckedObservation, Refusal> {
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+        check_observation(&refs, &Limits::default())
+    }
+
+    #[test]
+    fn what_the_client_encodes_is_accepted_and_mapped_onto_its_frames() {
+        let small = [1.0f32, 2.0];
+        let large = vec![7u8; 5000];
+        let obs = Observation::new()
+            .tensor("a", &small, &[2])
+            .tensor("img", &large, &[50, 100])
+            .metadata("task", "pick");
+        let frames = frames_of(&obs);
+        let checked = check(&frames).unwrap();
+        assert_eq!(checked.tensors.len(), 2);
+        for span in &checked.tensors {
+            let frame = &frames[2 + span.frame.unwrap()];
+            let len = span.count * span.dtype.item_size();
+            let expected: &[u8] = if span.key == "a" {
+                bytemuck::cast_slice(&small)
+            } else {
+                &large
+            };
+            assert_eq!(&frame[span.offset..span.offset + len], expected);
+        }
+    }
+
+    #[test]
+    fn broken_rules_are_refused() {
+        let obs = Observation::new().tensor_bytes("b", DType::Bool, &[0, 1], &[2]);
+        let mut frames = frames_of(&obs);
+        assert!(check(&frames).is_ok());
+        let last = frames.len() - 1;
+        frames[last][0] = 2; // a BOOL byte that is not 0 or 1
+        assert_eq!(check(&frames).unwrap_err(), Refusal::Tensor);
+        assert_eq!(check(&frames[1..]).unwrap_err(), Refusal::Framing);
+        let mut garbage = frames.clone();
+        garbage[1] = vec![0xff, 0xff, 0xff];
+        assert_eq!(check(&garbage).unwrap_err(), Refusal::Envelope);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap deterministic sweep over mutated envelopes and payloads.
+        let data = [3i64, 4, 5];
+        let obs = Observation::new().tensor("x", &data, &[3]);
+        let frames = frames_of(&obs);
+        let mut seed: u32 = 7;
+        for _ in 0..20_000 {
+            let mut f = frames.clone();
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let which = 1 + (seed as usize >> 8) % (f.len() - 1);
+            if !f[which].is_empty() {
+                let at = (seed as usize >> 12) % f[which].len();
+                f[which][at] ^= (seed >> 24) as u8 | 1;
+            }
+            let _ = check(&f);
+        }
+    }
+}

@@ -1,0 +1,229 @@
+"""The server's socket on a native I/O thread: ``inferential_native`` (server-native/).
+
+The socket is made, configured and bound exactly as :class:`RouterTransport` does it
+(this class is one: its ``bind`` is the Python transport's, with every option, CURVE and
+the connection watch), then handed to the extension module, which calls the same libzmq
+pyzmq loaded and from then on owns the socket. Its I/O thread receives every message, checks
+it with the Rust crate's wire rules (the rules of :func:`protocol.decode_request`) and
+queues it; the event loop is woken through an eventfd only when the queue goes from
+empty to non-empty, and takes a whole burst with one call. An accepted observation
+arrives checked: here it only becomes a parsed envelope and numpy views over the
+received frames (no copy). Anything the check refuses arrives as raw frames and takes
+the Python path (``on_message``), so every refusal keeps the status and text the Python
+decoder gives it. Replies are handed to the socket at once, from this thread, with the
+same "send now or never" result as :class:`RouterTransport`.
+
+``transport.native``: ``off`` is :class:`RouterTransport`; ``on`` this transport (an
+error when the module is not built); ``auto`` this one when the module imports (and has
+CURVE when CURVE is configured), else the Python one. The environment variable
+``INFERENTIAL_TRANSPORT`` (``native`` or ``python``) overrides ``auto`` only: the test
+suite runs both paths with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import zmq
+
+from inferential._proto import inferential_pb2 as pb
+from inferential.config.schema import TransportConfig
+from inferential.server.curve import CurveKeys
+from inferential.server.protocol import Decoded
+from inferential.server.transport import RouterTransport
+from inferential.wire import DTYPE_TO_NUMPY
+
+logger = logging.getLogger("inferential.transport")
+
+try:
+    import inferential_native as _native
+except ImportError:  # not built: the pure-Python path serves
+    _native = None
+
+ENV_VAR = "INFERENTIAL_TRANSPORT"
+_monotonic_ns = time.monotonic_ns
+_parse = pb.Observation.FromString
+_frombuffer = np.frombuffer
+
+
+@functools.lru_cache(maxsize=1)
+def libzmq_path() -> Optional[str]:
+    """The file of the libzmq pyzmq loaded (the module calls that one), or None."""
+    zmq.zmq_version()  # the backend, and so libzmq, is loaded
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1] if line.strip() else ""
+                if "/libzmq" in path and ".so" in path:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def native_available(curve: bool = False) -> bool:
+    """True when the module is built and can find pyzmq's libzmq (CURVE is pyzmq's: the same)."""
+    return _native is not None and libzmq_path() is not None
+
+
+def wants_native(config: TransportConfig, curve: bool = False) -> bool:
+    """Whether ``config`` (and ``INFERENTIAL_TRANSPORT`` for ``auto``) selects the native path."""
+    mode = getattr(config, "native", "auto")
+    if mode == "off":
+        return False
+    if mode == "on":
+        if not native_available(curve):
+            why = "is not built (make setup-native)" if _native is None else "cannot find pyzmq's libzmq"
+            raise RuntimeError(f"transport.native is on but the inferential_native module {why}")
+        return True
+    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    if forced == "python":
+        return False
+    if forced == "native" and not native_available(curve):
+        raise RuntimeError(f"{ENV_VAR}=native but the inferential_native module is not usable")
+    return native_available(curve)
+
+
+def make_transport(config: TransportConfig, curve: Optional[CurveKeys] = None) -> RouterTransport:
+    """The transport ``config.native`` selects."""
+    if wants_native(config, curve is not None):
+        return NativeTransport(config, curve=curve)
+    return RouterTransport(config, curve=curve)
+
+
+class NativeTransport(RouterTransport):
+    """:class:`RouterTransport` (bind, attach, drain, send, backlog_bound_ns, close) with the
+    socket served by the native module; ``on_request`` is the hook for checked observations."""
+
+    def __init__(
+        self, config: TransportConfig, context: Optional[zmq.Context] = None, curve: Optional[CurveKeys] = None
+    ) -> None:
+        if _native is None:
+            raise RuntimeError("the inferential_native module is not built")
+        super().__init__(config, context=context, curve=curve)
+        self._router: Any = None
+        self._fd = -1
+        #: called with (identity, Decoded, CURVE user id or None) for a checked observation
+        self.on_request: Optional[Callable[[bytes, Decoded, Optional[str]], None]] = None
+        self._ref_ns = _monotonic_ns()
+
+    def bind(self) -> str:
+        endpoint = super().bind()  # every socket option, CURVE and the watch: the Python transport's
+        assert _native is not None and self._sock is not None
+        # From here on only the module uses the socket (pyzmq's object keeps it open).
+        self._router = _native.Router(libzmq_path(), self._sock.underlying, self.config.max_message_bytes)
+        logger.info("native transport serving %s", endpoint)
+        return endpoint
+
+    def attach(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_message: Callable[[list[Any]], None],
+        on_burst_end: Callable[[], None],
+    ) -> None:
+        """Start delivering messages on ``loop``."""
+        assert self._router is not None
+        self._loop = loop
+        self._on_message = on_message
+        self._on_burst_end = on_burst_end
+        # The eventfd is level-triggered: readable while messages wait, so a burst cut
+        # short by BURST is continued by the loop itself.
+        self._fd = self._router.fileno()
+        loop.add_reader(self._fd, self.drain)
+        loop.call_soon(self.drain)
+
+    def drain(self) -> None:
+        """Hand up to BURST waiting messages over, then call ``on_burst_end``."""
+        router = self._router
+        if router is None or self._draining:
+            return
+        self._draining = True
+        try:
+            items = router.take(self.BURST)
+            if not items:
+                return
+            on_message, on_request = self._on_message, self.on_request
+            watch = getattr(self, "_watch", None)  # the connection watch, when the transport has one
+            curve = self._curve is not None
+            for item in items:
+                try:
+                    identity = item[0]
+                    if identity is None:  # refused by the check: the Python decoder words why
+                        self._ref_ns = item[2]
+                        frames = item[1]
+                        if watch is not None and len(frames) > 1 and frames[0].bytes[:1] not in (b"", b"\0"):
+                            watch.note_identity(frames[0].bytes, frames[1])
+                        on_message(frames)  # type: ignore[misc]
+                        continue
+                    self._ref_ns = item[5]
+                    envelope = item[1]
+                    if watch is not None and identity[:1] != b"\0":
+                        # An identity the peer chose (libzmq's own start with a zero byte): a
+                        # 1.x robot's client id, which another connection can take over.
+                        watch.note_identity(identity, envelope)
+                    decoded = self._decode(item)
+                    if decoded is None or on_request is None:
+                        on_message([identity, b"", envelope, *item[2]])  # type: ignore[misc]
+                    else:
+                        on_request(identity, decoded, envelope.get("User-Id") or None if curve else None)
+                except Exception:  # the server never dies on input
+                    logger.exception("unexpected error handling a message")
+            self._on_burst_end()  # type: ignore[misc]
+        finally:
+            self._draining = False
+
+    @staticmethod
+    def _decode(item: tuple) -> Optional[Decoded]:
+        """The Decoded of a checked observation: its envelope parsed, numpy views over
+        its frames. None when this protobuf runtime refuses an envelope the check took."""
+        _, envelope, payload, tensors, payload_bytes, _ = item
+        try:
+            obs = _parse(envelope)
+        except Exception:  # DecodeError: the Python path words the rejection
+            return None
+        arrays: dict[str, Any] = {}
+        for key, code, shape, frame, offset, count in tensors:
+            dt = DTYPE_TO_NUMPY[code]
+            if frame < 0:  # zero-size: needs no bytes
+                arrays[key] = np.empty(shape, dtype=dt)
+                continue
+            arr = _frombuffer(payload[frame], dtype=dt, count=count, offset=offset)
+            arrays[key] = arr.reshape(shape) if len(shape) != 1 else arr
+        metadata = obs.metadata
+        if metadata:
+            inputs: dict[str, Any] = dict(metadata)
+            inputs.update(arrays)
+        else:
+            inputs = arrays
+        return Decoded(obs=obs, inputs=inputs, payload_bytes=payload_bytes)
+
+    def backlog_bound_ns(self, now_ns: Optional[int] = None) -> int:
+        """The longest the message being handled can have waited for the server.
+
+        The I/O thread found the receive queue empty at ``ref_ns`` before reading it, so
+        it arrived after that; the thread reads as soon as input is signalled.
+        """
+        now = _monotonic_ns() if now_ns is None else now_ns
+        return max(0, now - self._ref_ns)
+
+    def send(self, frames: list[Any]) -> Optional[str]:
+        """Send now or never: None when handed to ZMQ, else why it could not be."""
+        router = self._router
+        assert router is not None
+        result: Optional[str] = router.send(frames)
+        return result
+
+    def close(self) -> None:
+        if self._router is not None:
+            if self._loop is not None and self._fd >= 0:
+                self._loop.remove_reader(self._fd)
+                self._fd = -1
+            self._router.close()  # the I/O thread stops and lets go of the socket
+            self._router = None
+        super().close()  # closes the socket (queued replies get their linger) and the watch
