@@ -12,9 +12,9 @@
 use prost::Message as _;
 
 use crate::pb;
-use crate::PROTOCOL_VERSION;
 use crate::wire::dtype::DType;
 use crate::wire::limits::Limits;
+use crate::PROTOCOL_VERSION;
 
 /// Why [`check_observation`] did not accept the frames (for logs and tests; the reply's
 /// text comes from the reference decoder).
