@@ -90,7 +90,7 @@ fn load_api(path: &str) -> PyResult<&'static Api> {
                 if p.is_null() {
                     return Err(PyOSError::new_err(concat!("libzmq has no ", $name)));
                 }
-                std::mem::transmute::<*mut c_void, _>(p)
+                std::mem::transmute_copy::<*mut c_void, _>(&p)
             }};
         }
         Api {
