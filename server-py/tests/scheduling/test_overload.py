@@ -187,28 +187,56 @@ def test_loop_load_turns_the_loop_threads_demand_into_an_expected_wait():
     clock = FakeClock()
     demand = [0]
     load = LoopLoad(clock, window_ns=50 * MS, demand=lambda: demand[0])
+    clock.advance_ms(60)
+    demand[0] = 60 * MS  # start-up work: the first window is only a baseline
+    assert not load.sample(events=1) and load.busy == 0.0
     clock.advance_ms(10)
     assert not load.sample(events=100)  # the window is not over yet
     # 100 ms in which the loop thread wanted a CPU 90 ms, for 300 observations (0.3 ms each).
     clock.advance_ms(90)
-    demand[0] = 90 * MS
-    assert load.sample(events=300)
+    demand[0] += 90 * MS
+    assert load.sample(events=301)
     busy = LoopLoad.ALPHA * 0.9
     assert abs(load.busy - busy) < 1e-9 and abs(load.obs_ms - 0.3) < 1e-9
     assert abs(load.lag_ms - busy / (1 - busy) * 0.3) < 1e-9
+    events = 301
     for _ in range(30):  # sustained: the estimate converges on 0.9 busy, a 2.7 ms wait
         clock.advance_ms(100)
         demand[0] += 90 * MS
-        load.sample(events=300)
+        events += 300
+        load.sample(events=events)
     assert abs(load.busy - 0.9) < 1e-3 and abs(load.lag_ms - 2.7) < 0.05
     load.replied(8, 8 * 90_000)
     assert abs(load.reply_ms - 0.09) < 1e-9
+    for _ in range(30):  # and down again once the loop idles (everything shed, few arrivals)
+        clock.advance_ms(100)
+        demand[0] += 1 * MS
+        events += 2
+        load.sample(events=events)
+    assert load.busy < 0.02 and load.lag_ms < 0.01  # 1 ms of 100: the idle loop
+
+
+def test_the_load_estimate_follows_arrivals_when_no_batch_runs(clock):
+    engine, ledger, _, _ = wired(clock)
+    demand = [0]
+    engine.loop_load = LoopLoad(clock, window_ns=50 * MS, demand=lambda: demand[0])
+    engine.scheduler.set_server_costs(lag_ms=30.0, reply_ms=0.1)  # a stale, high estimate
+    engine._launching = True  # no batch can start in this test: only arrivals close windows
+    engine.arm_timer = lambda: None  # type: ignore[method-assign]
+    for _ in range(20):
+        clock.advance_ms(60)
+        demand[0] += 1 * MS
+        ledger.status_counts["DEADLINE_UNMEETABLE"] += 20
+        engine.after_change()  # a burst of arrivals handled
+    assert engine.scheduler.status()["server_lag_ms"] < 0.5
 
 
 def test_the_engine_hands_its_measured_costs_to_the_scheduler(clock):
     engine, ledger, _, _ = wired(clock)
     engine.loop_load = LoopLoad(clock, window_ns=1, demand=lambda: clock.now // 2)  # half busy
-    ledger.status_counts["OK"] = 10  # observations seen in the window
+    clock.advance_ms(1)
+    engine._measure_server(4, 4 * 100_000)  # the baseline window
+    ledger.status_counts["OK"] = 10  # observations seen in the next one
     clock.advance_ms(1)
     engine._measure_server(4, 4 * 100_000)
     status = engine.scheduler.status()

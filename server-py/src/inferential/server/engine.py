@@ -74,6 +74,9 @@ class LoopLoad:
 
     ALPHA = 0.3
     MAX_BUSY = 0.98  # the wait formula diverges at 1; past this the loop is saturated anyway
+    # A window with fewer observations says little about the CPU each costs (start-up
+    # work, a timer's sweep): it updates ``busy`` only.
+    MIN_OBSERVATIONS = 10
 
     def __init__(
         self, clock: Callable[[], int], window_ns: int = 50_000_000, demand: Optional[Callable[[], int]] = None
@@ -90,6 +93,8 @@ class LoopLoad:
         self._t0 = clock()
         self._cpu0 = self._demand()
         self._events0 = 0
+        # The first window is only a baseline: it holds whatever ran before serving began.
+        self._primed = False
 
     def _demand(self) -> int:
         if self._read is not None:
@@ -110,10 +115,13 @@ class LoopLoad:
         if wall < self.window_ns:
             return False
         cpu = self._demand()
-        busy = min(1.0, max(0.0, (cpu - self._cpu0) / wall))
+        if cpu < self._cpu0 or not self._primed:  # a baseline (or another thread's counter): start again
+            self._t0, self._cpu0, self._events0, self._primed = now, cpu, events, True
+            return False
+        busy = min(1.0, (cpu - self._cpu0) / wall)
         n = events - self._events0
         self.busy = self.ALPHA * busy + (1 - self.ALPHA) * self.busy
-        if n > 0:
+        if n >= self.MIN_OBSERVATIONS:
             per_obs = (cpu - self._cpu0) / n / 1e6
             self.obs_ms = per_obs if self.obs_ms == 0.0 else self.ALPHA * per_obs + (1 - self.ALPHA) * self.obs_ms
         self._t0, self._cpu0, self._events0 = now, cpu, events
@@ -165,6 +173,8 @@ class Engine:
     def start(self, loop: asyncio.AbstractEventLoop, models: dict[str, ModelInfo]) -> None:
         """The backend has started: take its models and serve on ``loop``."""
         self._loop = loop
+        # Measured from the loop's own thread (the server may be built on another one).
+        self.loop_load = LoopLoad(self.clock)
         self._wake = asyncio.Event()
         self.batches_idle = asyncio.Event()
         self.batches_idle.set()
@@ -234,6 +244,7 @@ class Engine:
             self.settle_gone()
         self.launch_ready()
         self.arm_timer()
+        self._sample_load()
 
     async def run(self) -> None:
         assert self._wake is not None
@@ -500,10 +511,16 @@ class Engine:
 
     def _measure_server(self, replies: int, elapsed_ns: int) -> None:
         """Feed the server's own costs to the scheduler's admission (see LoopLoad)."""
+        self.loop_load.replied(replies, elapsed_ns)
+        self._sample_load()
+
+    def _sample_load(self) -> None:
+        """Close LoopLoad's window when it is over: after each batch and each burst of
+        arrivals, so the estimate follows the load down too when admission sheds
+        everything and no batch runs (no timer of its own)."""
         load = self.loop_load
-        load.replied(replies, elapsed_ns)
-        counts = self.ledger.status_counts
-        if load.sample(sum(counts.values()) + len(self.ledger.pending)) and self._server_costs is not None:
+        observations = sum(self.ledger.status_counts.values()) + len(self.ledger.pending)
+        if load.sample(observations) and self._server_costs is not None:
             self._server_costs(load.lag_ms, load.reply_ms)
 
     def _failed(self, model: str, batch: list[InferenceRequest], error: BaseException) -> None:
