@@ -195,7 +195,7 @@ class Engine:
         self._set_limits(sched, cfg)
         self._server_costs = getattr(sched, "set_server_costs", None)  # built-ins plan with the server's time
         if self._server_costs is not None and hasattr(self, "loop_load"):
-            self._server_costs(self.loop_load.lag_ms, self.loop_load.reply_ms)
+            self._server_costs(self._extra_lag_ms(), self.loop_load.reply_ms)
         return sched
 
     def _set_limits(self, sched: Scheduler, cfg: SchedulingConfig) -> None:
@@ -521,7 +521,15 @@ class Engine:
         load = self.loop_load
         observations = sum(self.ledger.status_counts.values()) + len(self.ledger.pending)
         if load.sample(observations) and self._server_costs is not None:
-            self._server_costs(load.lag_ms, load.reply_ms)
+            self._server_costs(self._extra_lag_ms(), load.reply_ms)
+
+    def _extra_lag_ms(self) -> float:
+        """The loop's expected wait beyond what the plan already covers. The measured service
+        times include the loop's usual delay in handling a finished batch, and
+        ``deadline_margin_ms`` covers a reply's usual way to the robot; what exceeds the
+        margin is a loop (and a process) short of CPU, which delays replies on their way
+        out as well: that much more is planned."""
+        return max(0.0, self.loop_load.lag_ms - self.config.scheduling.deadline_margin_ms)
 
     def _failed(self, model: str, batch: list[InferenceRequest], error: BaseException) -> None:
         labels = {"model": model}
