@@ -1,7 +1,7 @@
 """Scheduling under a robot fleet: every strategy, the published 1.4.0 server, and a virtual-clock simulation.
 
-    make bench-scheduling          (about 9 minutes; a disturbed row is run again)
-    make bench-scheduling-quick    (about 2 minutes: fewer strategies, shorter runs)
+    make bench-scheduling          (about 25 minutes; a disturbed row is run again)
+    make bench-scheduling-quick    (about 5 minutes: fewer strategies, shorter runs)
     .venv/bin/python bench/scheduling.py [--quick] [--seconds S] [--loads 0.5,0.9,1.2]
                                          [--critical-class 50Hz|20Hz] [--budget-margin-ms MS] [--only NAME ...] [--no-sim]
 
@@ -32,6 +32,20 @@ Rows, each a fresh server on loopback:
   batch 1), and it cannot keep up at any of these loads; "1.4.0 amortized"
   charges (a + 8b) / 8 per call, as if it batched perfectly, which isolates
   its scheduling and loss behaviour from its lack of batching.
+
+Overload section (issue 16; ``--overload-only``, ``--no-overload``): the same fleet with
+a model whose cost is all per item (no fixed part, so batching cannot absorb the excess),
+at 80/120/160/200% of capacity (quick: 120/200%), robots that send their budgets (v2) and
+robots that send none (1.x: protocol_version 0, one payload frame; judged on the same
+budgets). Rows: the default configuration, fifo without admission, edf, deadline_aware,
+the published 1.4.0 (one call per observation costs the same per item), and with
+``--before-src DIR`` (a checkout, e.g. ``git archive <commit> server-py/src client-py/src``)
+that version's server with its default configuration. Figures: goodput as a share of the
+model's capacity, the critical robots' attainment, OK replies received late, results
+withheld; plot scheduling_overload.png. Then the CPU overload: 100 robots x 50 Hz with
+150 KB observations and a 1 ms model (the server's CPU saturates, not the model): late OK
+replies and what was shed, default against ``--before-src``. And the overload fleet on
+the virtual clock (no server time per batch, and 0.5 ms of it).
 
 Per request, from the robot's side: answered OK within budget (SLO), OK late
 (of which "stale": after the robot's next observation), an explicit status
