@@ -43,6 +43,12 @@ class TransportConfig(_Section):
     # when the module is built, "on" requires it, "off" keeps the pure-Python transport.
     native: Literal["auto", "on", "off"] = "auto"
 
+    @field_validator("native", mode="before")
+    @classmethod
+    def _native_switch(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return ("on" if value else "off") if isinstance(value, bool) else value
+
 
 class SchedulingConfig(_Section):
     # edf: the best measured under overload (docs/scheduling.md, "Overload"): critical robots
