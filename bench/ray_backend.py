@@ -1,19 +1,28 @@
-"""Local backend vs Ray Serve with batching vs Ray Serve with one handle call per request.
+"""Local backend vs Ray Serve (direct data path, one handle call per batch, one per request).
 
-    make bench-ray             (about 3 minutes; make bench-ray BENCH_ARGS=--quick: about 1)
+    make bench-ray             (about 4 minutes; make bench-ray BENCH_ARGS=--quick: about 2)
     .venv/bin/python bench/ray_backend.py [--quick] [--rounds R] [--seconds S] [--steps 1,2,4,...]
 
 Model: inferential.models.vision_policy:VisionPolicy (224x224x3 uint8 image + 7 float32
 joints -> an (8, 7) action chunk; batched numpy, ~0.2 ms per observation on this machine).
 Two servers (`inferential serve --config FILE`, subprocesses), both up for the whole run:
   local        local backend, max_batch_size 16, one worker thread
-  ray batched  backend ray: one Serve deployment, max_batch_size 16: one handle call per batch
-  ray per-req  the same deployment code with max_batch_size 1: every batch is one request,
-               so one handle call per request; concurrency 1 like the batched one
+  ray batched  backend ray: one Serve deployment, max_batch_size 16, each batch over the
+               direct data path (the replica's socket; docs/ray.md)
+  ray handle   the same, but each batch is one Serve handle call (ray.handle_models): the
+               data path before the direct one
+  ray per-req  max_batch_size 1 through Serve handles: every batch is one request, so one
+               handle call per request; concurrency 1 like the batched ones
   ray per-req x4  max_batch_size 1, concurrency 4 (four calls in flight): per-request calls
                that overlap, the best case of calling Serve per request
-The three Ray variants are three applications of ONE embedded Ray cluster (started by the
+The four Ray variants are four applications of ONE embedded Ray cluster (started by the
 server, 2 CPUs, 0.5 CPU per replica), so the variants can be measured in interleaved rounds.
+
+0. Breakdown (in this process, before the servers start: its own embedded cluster): one
+   batch at a time of 1, 8 and 16 observations to the local backend, over the direct path
+   and as a Serve handle call, with wall-clock stamps taken on the replica; the handle call
+   is split into pickling the batch, the object store (ray.put of it), Serve's routing and
+   the replica's event loop (a call with no payload), and the rest.
 
 1. Fleet: 20 robots x 50 Hz, 150,556-byte observations, open loop (bench/_fleet.py), budget
    20 ms; rounds interleaved across variants. Per request, from the reply's timing: server
@@ -63,11 +72,14 @@ MAX_BATCH = 16
 CLOSED_LOOP_BUDGET_MS = 1000.0
 LOG = RESULTS / "ray_backend.server.log"  # the servers' output (Ray's own logging included)
 
-LOCAL, BATCHED, PER_REQ, PER_REQ_X4 = "local", "ray batched", "ray per-req", "ray per-req x4"
+LOCAL, BATCHED, HANDLE = "local", "ray batched", "ray handle"
+PER_REQ, PER_REQ_X4 = "ray per-req", "ray per-req x4"
 # variant -> (server, model name)
-VARIANTS = {LOCAL: ("local", "policy"), BATCHED: ("ray", "batched"), PER_REQ: ("ray", "per-request"),
-            PER_REQ_X4: ("ray", "per-request-x4")}
-CALLS = {LOCAL: "in process", BATCHED: "1 per batch", PER_REQ: "1 per request", PER_REQ_X4: "1 per request, 4 at once"}
+VARIANTS = {LOCAL: ("local", "policy"), BATCHED: ("ray", "batched"), HANDLE: ("ray", "batched-handle"),
+            PER_REQ: ("ray", "per-request"), PER_REQ_X4: ("ray", "per-request-x4")}
+CALLS = {LOCAL: "in process", BATCHED: "direct, 1 per batch", HANDLE: "1 handle call per batch",
+         PER_REQ: "1 handle call per request", PER_REQ_X4: "1 per request, 4 at once"}
+HANDLE_MODELS = ["batched-handle", "per-request", "per-request-x4"]
 
 
 def server_config(backend: str) -> dict:
@@ -77,6 +89,7 @@ def server_config(backend: str) -> dict:
         replica = {"target": TARGET, "num_replicas": 1, "num_cpus": 0.5}
         models = [
             {"name": "batched", **replica, "max_batch_size": MAX_BATCH},
+            {"name": "batched-handle", **replica, "max_batch_size": MAX_BATCH},
             {"name": "per-request", **replica, "max_batch_size": 1},
             {"name": "per-request-x4", **replica, "max_batch_size": 1, "concurrency": 4},
         ]
@@ -84,19 +97,44 @@ def server_config(backend: str) -> dict:
     config = {"backend": backend, "models": models, "scheduling": {"max_batch_size": MAX_BATCH},
               "logging": {"level": "WARNING"}}
     if backend == "ray":
-        config["ray"] = {"num_cpus": 2}
+        config["ray"] = {"num_cpus": 2, "handle_models": HANDLE_MODELS}
     return config
 
 
-def start(backend: str) -> tuple[subprocess.Popen, str, float]:
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        json.dump(server_config(backend), f)  # JSON is YAML
-    t0 = time.perf_counter()
-    try:
-        proc, endpoint = start_server({}, ["--config", f.name], ready_timeout_s=240.0, log_path=LOG)
-    finally:
-        os.unlink(f.name)
-    return proc, endpoint, time.perf_counter() - t0
+def start(backend: str, attempts: int = 3) -> tuple[subprocess.Popen, str, float]:
+    """A server that answers. The port is picked free before the server starts, and an
+    embedded Ray cluster starting meanwhile may take it (Ray picks random ports too): then
+    the server cannot bind and exits while a Ray process answers TCP connects on that port.
+    So readiness is a real round trip, and a server that exited is started on another port."""
+    for attempt in range(attempts):
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            json.dump(server_config(backend), f)  # JSON is YAML
+        t0 = time.perf_counter()
+        try:
+            proc, endpoint = start_server({}, ["--config", f.name], ready_timeout_s=240.0, log_path=LOG)
+        finally:
+            os.unlink(f.name)
+        if answers(proc, endpoint, VARIANTS[LOCAL if backend == "local" else BATCHED][1]):
+            return proc, endpoint, time.perf_counter() - t0
+        print(f"  the {backend} server did not answer on {endpoint} (exit code {proc.poll()}); starting it again",
+              flush=True)
+        shutdown(proc)
+    raise RuntimeError(f"the {backend} server did not start (see {LOG})")
+
+
+def answers(proc: subprocess.Popen, endpoint: str, model: str, timeout_s: float = 240.0) -> bool:
+    from inferential import Connection
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            with Connection(server=endpoint, client_id=f"bench-ready-{os.getpid()}") as conn:
+                conn.model(model, latency_budget_ms=5000).request(
+                    timeout_ms=5000, image=IMAGE, joints=np.zeros(7, np.float32))
+            return True
+        except Exception:  # no answer yet, or not our server on that port
+            time.sleep(0.5)
+    return False
 
 
 def shutdown(proc: subprocess.Popen) -> list[int]:
@@ -138,6 +176,123 @@ def _pct(values: list[float], q: float) -> float:
 
 
 # --- measurements -------------------------------------------------------------------------------
+
+
+def breakdown(iterations: int) -> dict:
+    """Section 0: where one batch's time goes, local vs direct vs a Serve handle call."""
+    import asyncio
+
+    return asyncio.run(_breakdown(iterations))
+
+
+async def _breakdown(iterations: int) -> dict:
+    import pickle
+
+    import ray
+
+    from inferential.config.schema import ModelConfig, RayConfig
+    from inferential.dispatch.local import LocalBackend
+    from inferential.dispatch.ray.backend import RayBackend
+    from inferential.dispatch.ray.direct import decode, encode
+
+    local = LocalBackend([ModelConfig(name="policy", target=TARGET, max_batch_size=MAX_BATCH)])
+    backend = RayBackend(
+        [ModelConfig(name=name, target=TARGET, num_cpus=0.5, max_batch_size=MAX_BATCH) for name in ("direct", "handle")],
+        RayConfig(num_cpus=2, handle_models=["handle"]),
+    )
+    await local.start()
+    await backend.start()
+    try:
+        # The stamps need the parts under execute(): this reads the backend's internals.
+        pool = backend._targets["direct"].direct
+        assert pool is not None and pool.pick() is not None, "no replica on the direct path"
+        base = backend._targets["handle"].base
+        timed = base.options(method_name="execute_batch_timed", _by_reference=True)
+        tiny = base.options(method_name="describe", _by_reference=True)
+        out: dict = {}
+        for n in (1, 8, 16):
+            batch = [{"image": IMAGE, "joints": np.zeros(7, np.float32)} for _ in range(n)]
+            st: dict[str, list[float]] = {}
+
+            def add(key: str, seconds: float) -> None:
+                st.setdefault(key, []).append(seconds * 1e3)
+
+            for i in range(iterations + 3):  # 3 warm-up calls
+                keep = i >= 3
+                t = time.perf_counter()
+                await local.execute("policy", batch)
+                local_s = time.perf_counter() - t
+                t = time.perf_counter()
+                await backend.execute("direct", batch)
+                execute_s = time.perf_counter() - t
+                # The direct path by hand, with the replica's stamps (wall clock, same machine).
+                t0 = time.time()
+                frames = encode(batch)
+                t1 = time.time()
+                reply = await pool.pick().call(frames, 10.0)
+                t2 = time.time()
+                _, _, (received, started, finished) = decode(reply)
+                t3 = time.time()
+                # A Serve handle call of the same batch, with the replica's stamps.
+                h0 = time.time()
+                _, (entered, h_started, h_finished) = await timed.remote(batch)
+                h1 = time.time()
+                p0 = time.perf_counter()
+                pickle.dumps(batch, protocol=5, buffer_callback=lambda b: False)
+                p1 = time.perf_counter()
+                ref = ray.put(batch)
+                p2 = time.perf_counter()
+                del ref
+                await tiny.remote()
+                p3 = time.perf_counter()
+                if not keep:
+                    continue
+                add("local", local_s)
+                add("direct", execute_s)
+                add("d_encode", t1 - t0)
+                add("d_to_replica", received - t1)
+                add("d_handoff", started - received)
+                add("d_compute", finished - started)
+                add("d_back", t2 - finished)
+                add("d_decode", t3 - t2)
+                add("handle", h1 - h0)
+                add("h_to_entry", entered - h0)
+                add("h_handoff", h_started - entered)
+                add("h_compute", h_finished - h_started)
+                add("h_back", h1 - h_finished)
+                add("pickle", p1 - p0)
+                add("ray_put", p2 - p1)
+                add("tiny_call", p3 - p2)
+            out[n] = {k: statistics.median(v) for k, v in st.items()}
+            out[n]["direct_over_local"] = out[n]["direct"] - out[n]["local"]
+            out[n]["handle_over_local"] = out[n]["handle"] - out[n]["local"]
+        return out
+    finally:
+        await backend.stop()
+        await local.stop()
+
+
+def print_breakdown(rows: dict, iterations: int) -> None:
+    print(f"\n[breakdown: one batch at a time of 150 KB observations, VisionPolicy; p50 ms of {iterations} "
+          f"interleaved calls]")
+    print(f"{'batch':>5}{'local':>8}{'direct':>8}{'+local':>8}{'handle':>8}{'+local':>8}")
+    for n, r in rows.items():
+        print(f"{n:>5}{r['local']:>8.2f}{r['direct']:>8.2f}{r['direct_over_local']:>8.2f}{r['handle']:>8.2f}"
+              f"{r['handle_over_local']:>8.2f}")
+    print("direct path: " + f"{'batch':>5}{'encode':>8}{'to rep.':>8}{'hand-off':>9}{'compute':>8}{'back':>7}{'decode':>8}")
+    for n, r in rows.items():
+        print(" " * 13 + f"{n:>5}{r['d_encode']:>8.2f}{r['d_to_replica']:>8.2f}{r['d_handoff']:>9.2f}"
+              f"{r['d_compute']:>8.2f}{r['d_back']:>7.2f}{r['d_decode']:>8.2f}")
+    print("handle call: " + f"{'batch':>5}{'to rep. loop':>13}{'hand-off':>9}{'compute':>8}{'back':>7}"
+          f"{'| pickle':>9}{'ray.put':>8}{'empty call':>11}")
+    for n, r in rows.items():
+        print(" " * 13 + f"{n:>5}{r['h_to_entry']:>13.2f}{r['h_handoff']:>9.2f}{r['h_compute']:>8.2f}"
+              f"{r['h_back']:>7.2f}{r['pickle']:>9.2f}{r['ray_put']:>8.2f}{r['tiny_call']:>11.2f}")
+    print("+local: minus the local backend's call. direct: RayBackend.execute over the replica's socket; encode "
+          "(pickle, tensors out\nof band), to rep. (send to the replica's I/O thread), hand-off (decode, to its "
+          "model thread), back (result to the\nbackend's loop). handle: one Serve handle call (by reference); to "
+          "rep. loop = routing + serialisation + object\nstore + the replica's event loop, of which: pickle alone, "
+          "ray.put alone (pickle + object store), an empty handle call\n(routing + both event loops, no payload).")
 
 
 def fleet_round(variant: str, endpoint: str, pid: int, args: argparse.Namespace, r: int, compute: dict) -> dict:
@@ -232,17 +387,20 @@ def throughput(servers: dict, args: argparse.Namespace) -> dict:
 def print_fleet(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"\n[20 robots x 50 Hz, 150,556-byte observations, VisionPolicy; {args.rounds} interleaved round(s) x "
           f"{args.seconds:g} s; budget 20 ms] medians of rounds; counts are totals")
-    print(f"{'variant':<16}{'handle calls':<25}{'rt p50':>7}{'rt p99':>8}{'ovh p50':>8}{'ovh p99':>8}{'queue':>7}"
-          f"{'call':>7}{'compute':>8}{'rest':>6}{'batch':>6}{'late':>5}{'sheds':>6}{'lost':>5}{'CPU':>6}")
+    print(f"{'variant':<16}{'calls':<26}{'rt p50':>7}{'rt p99':>8}{'ovh p50':>8}{'ovh p99':>8}{'queue':>7}"
+          f"{'call':>7}{'compute':>8}{'rest':>6}{'batch':>6}{'in budget':>16}{'late':>5}{'sheds':>6}{'lost':>5}{'CPU':>6}")
     for r in rows:
-        print(f"{r['variant']:<16}{r['calls']:<25}{r['p50_ms']:>7.2f}{r['p99_ms']:>8.2f}{r['overhead_p50_ms']:>8.2f}"
+        within = r["ok"] - r["over_budget"]
+        share = f"{within}/{r['submitted']}"
+        print(f"{r['variant']:<16}{r['calls']:<26}{r['p50_ms']:>7.2f}{r['p99_ms']:>8.2f}{r['overhead_p50_ms']:>8.2f}"
               f"{r['overhead_p99_ms']:>8.2f}{r['queue_p50_ms']:>7.2f}{r['call_p50_ms']:>7.2f}{r['compute_p50_ms']:>8.2f}"
-              f"{r['call_rest_p50_ms']:>6.2f}{r['mean_batch']:>6.1f}{r['late']:>5}{r['sheds']:>6}{r['lost']:>5}"
+              f"{r['call_rest_p50_ms']:>6.2f}{r['mean_batch']:>6.1f}{share:>16}{r['late']:>5}{r['sheds']:>6}{r['lost']:>5}"
               f"{r['server_cpu']:>6.0%}")
     print("ms. rt: round trip at the robot. ovh: server overhead per request = timing.total_ms - timing.inference_ms "
           "(queue + reply).\nqueue: arrival to dispatch. call: the model call as the server times it (inference_ms) = "
           "compute (VisionPolicy at that batch\nsize, timed in this process) + rest (thread hand-off; for Ray the "
-          "handle call and transfer). CPU: server process tree, Ray included.")
+          "handle call and transfer). in budget: OK within 20 ms / sent. late: after the robot's next\nobservation. "
+          "CPU: server process tree, Ray included.")
 
 
 def print_throughput(result: dict) -> None:
@@ -268,17 +426,31 @@ def print_throughput(result: dict) -> None:
 
 def evaluate(report: dict) -> list[dict]:
     tp = {r["variant"]: r for r in report["throughput"]["rows"]}
-    ratio = tp[BATCHED]["replies_per_s"] / tp[PER_REQ]["replies_per_s"]
-    out = [{"target": "Ray: batching >= 4x the throughput of one handle call per request", "met": ratio >= 4,
-            "detail": f"{tp[BATCHED]['replies_per_s']:.0f} vs {tp[PER_REQ]['replies_per_s']:.0f} replies/s = {ratio:.2f}x "
-                      f"(vs 4 calls in flight: {tp[BATCHED]['replies_per_s'] / tp[PER_REQ_X4]['replies_per_s']:.2f}x)"}]
     fl = {r["variant"]: r for r in report["fleet"]}
-    for variant in (BATCHED, LOCAL):
+    per_req = tp[PER_REQ]["replies_per_s"]
+    ratio = tp[BATCHED]["replies_per_s"] / per_req
+    out = [{"target": "Ray: batching >= 4x the throughput of one handle call per request", "met": ratio >= 4,
+            "detail": f"{tp[BATCHED]['replies_per_s']:.0f} vs {per_req:.0f} replies/s = {ratio:.2f}x "
+                      f"(vs 4 calls in flight: {tp[BATCHED]['replies_per_s'] / tp[PER_REQ_X4]['replies_per_s']:.2f}x; "
+                      f"one handle call per batch, the previous path: {tp[HANDLE]['replies_per_s'] / per_req:.2f}x)"}]
+    bd = report.get("breakdown")
+    if bd:
+        worst = max(r["direct_over_local"] for r in bd.values())
+        out.append({"target": "Ray backend overhead per batch <= 2 ms over the local backend", "met": worst <= 2.0,
+                    "detail": "breakdown, p50 by batch size, direct: "
+                              + ", ".join(f"{n}: {r['direct_over_local']:+.2f}" for n, r in bd.items())
+                              + " ms; one handle call per batch (previous): "
+                              + ", ".join(f"{n}: {r['handle_over_local']:+.2f}" for n, r in bd.items())
+                              + f" ms; fleet, call rest p50: direct {fl[BATCHED]['call_rest_p50_ms']:.2f}, "
+                              f"handle {fl[HANDLE]['call_rest_p50_ms']:.2f}, local {fl[LOCAL]['call_rest_p50_ms']:.2f} ms"})
+    for variant in (BATCHED, HANDLE, LOCAL):
         r = fl[variant]
-        sustained = r["lost"] == 0 and r["sheds"] == 0 and r["ok"] >= 0.99 * r["submitted"]
-        out.append({"target": f"20 x 50 Hz sustained on 2 cores with 0 silent losses ({variant})", "met": sustained,
-                    "detail": f"{r['ok']} of {r['submitted']} answered OK, lost {r['lost']}, sheds {r['sheds']}, "
-                              f"late {r['late']}, p99 {r['p99_ms']:.1f} ms, CPU {r['server_cpu']:.0%} of a core"})
+        within = r["ok"] - r["over_budget"]
+        share = within / r["submitted"] if r["submitted"] else 0.0
+        out.append({"target": f"20 x 50 Hz VisionPolicy: >= 99% OK within budget ({variant})", "met": share >= 0.99,
+                    "detail": f"{within} of {r['submitted']} OK within 20 ms ({share:.1%}); OK {r['ok']}, "
+                              f"late {r['over_budget']}, sheds {r['sheds']}, lost {r['lost']}, p99 {r['p99_ms']:.1f} ms, "
+                              f"CPU {r['server_cpu']:.0%} of a core"})
     return out
 
 
@@ -288,7 +460,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {LOCAL: "#2a7ab0", BATCHED: "#8cc084", PER_REQ: "#d1495b", PER_REQ_X4: "#edae49"}
+    colors = {LOCAL: "#2a7ab0", BATCHED: "#8cc084", HANDLE: "#6c4f9e", PER_REQ: "#d1495b", PER_REQ_X4: "#edae49"}
     fig, axes = plt.subplots(1, 2, figsize=(14, 5))
     ax = axes[0]
     rows = report["fleet"]
@@ -329,6 +501,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, help="fleet rounds (default 2, quick 1)")
     ap.add_argument("--seconds", type=float, help="measured seconds per fleet run (default 6, quick 3)")
     ap.add_argument("--steps", help="robots in flight to try, comma-separated (default 1,2,4,8,16,32; quick 2,8,32)")
+    ap.add_argument("--breakdown-calls", type=int, help="calls per batch size in the breakdown (default 60, quick 25; 0: skip)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "ray_backend.json"))
     args = ap.parse_args()
@@ -339,6 +512,8 @@ def main() -> int:
     args.steps = tuple(int(x) for x in args.steps.split(",")) if args.steps else ((2, 8, 32) if q else (1, 2, 4, 8, 16, 32))
     args.step_seconds = 1.5 if q else 2.5
     args.confirm_rounds = 0 if q else 2
+    if args.breakdown_calls is None:
+        args.breakdown_calls = 25 if q else 60
 
     started = time.perf_counter()
     meta = {
@@ -358,10 +533,14 @@ def main() -> int:
     servers: dict = {}
     RESULTS.mkdir(parents=True, exist_ok=True)
     LOG.write_text("")
+    if args.breakdown_calls:
+        print("  breakdown: an embedded Ray cluster in this process ...", flush=True)
+        report["breakdown"] = breakdown(args.breakdown_calls)
+        print_breakdown(report["breakdown"], args.breakdown_calls)
     try:
         proc, endpoint, _ = start("local")
         servers["local"] = (proc, endpoint)
-        print("  starting the Ray server (embedded cluster, three applications) ...", flush=True)
+        print("  starting the Ray server (embedded cluster, four applications) ...", flush=True)
         proc, endpoint, ready_s = start("ray")
         servers["ray"] = (proc, endpoint)
         meta["ray_ready_s"] = round(ready_s, 1)

@@ -203,8 +203,12 @@ class RayBackend(Backend):
         await asyncio.gather(*(t.direct.wait_ready(5.0) for t in targets if t.direct is not None))
         for t in targets:
             assert t.direct is not None
-            ready = sum(r.ready.is_set() for r in t.direct.replicas.values())
-            log.info("model '%s': %d replica(s) on the direct data path", t.name, ready)
+            ready = [r for r in t.direct.replicas.values() if r.ready.is_set()]
+            # An empty batch through each replica's socket and thread pool: the server's
+            # first real batches must not pay for threads and buffers made on first use,
+            # or its service-time estimate starts out far too high.
+            await asyncio.gather(*(r.call(encode([]), _CONTROL_CALL_TIMEOUT_S) for r in ready), return_exceptions=True)
+            log.info("model '%s': %d replica(s) on the direct data path", t.name, len(ready))
 
     async def _refresh_direct(self) -> None:
         """Follow Serve's replicas of every direct target (Ray's list of named actors)."""
@@ -340,6 +344,13 @@ class RayBackend(Backend):
             return
         if not isinstance(info, dict):
             raise BackendError(f"'{target.name}'.describe() returned {type(info).__name__}, not a dict")
+        # Both of Serve's transports once, with an empty batch (answered without the
+        # model), so the first real batches do not pay for their first use.
+        for handle in (target.by_grpc, target.by_reference):
+            try:
+                await _await_within(handle.remote([]), deadline)
+            except Exception as err:
+                log.debug("warm-up of '%s' over a Serve handle: %s", target.name, err)
         target.max_batch_size = int(info.get("max_batch_size", target.max_batch_size))
         target.direct_info = info.get("direct")
         target.concurrency_per_replica = int(info.get("concurrency", target.concurrency_per_replica))

@@ -142,10 +142,11 @@ class ReplicaChannel:
     def _work(self, ident: zmq.Frame, call: zmq.Frame, batch: list[Any], received: float) -> None:
         started = time.time()
         try:
-            result = self._run(batch)
+            # An empty batch is the backend's warm-up of this path: the model is not called.
+            message = ("ok", self._run(batch) if batch else [], (received, started, time.time()))
         except BaseException as err:  # _run catches the model's; this is ours
-            result = ("failed", f"{type(err).__name__}: {err}", None)
-        self._reply(ident, call, ("ok", result, (received, started, time.time())))
+            message = ("failed", f"{type(err).__name__}: {err}", None)
+        self._reply(ident, call, message)
 
     def _reply(self, ident: zmq.Frame, call: zmq.Frame, message: Any) -> None:
         # ZMQ sockets are single-threaded: each pool thread pushes replies over a
