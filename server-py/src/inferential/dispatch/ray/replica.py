@@ -80,9 +80,12 @@ class ModelReplica:
         self._running: dict[int, float] = {}
         self._lock = threading.Lock()
         self._seq = 0
+        # At most `concurrency` batches at once across both ways in: Serve's calls (on
+        # the pool) and the direct path (on its I/O thread when concurrency is 1).
+        self._gate = threading.BoundedSemaphore(concurrency)
         self._channel: Optional[ReplicaChannel] = None
         if direct:
-            self._channel = _open_channel(self._run, self._pool)
+            self._channel = _open_channel(self._run, self._pool, inline=concurrency == 1)
 
     def __del__(self) -> None:
         # Serve calls this when it stops the replica gracefully: the socket file goes too.
@@ -122,6 +125,10 @@ class ModelReplica:
         return result, (entered, started, finished)
 
     def _run(self, batch: list[Inputs]) -> list[Outcome] | BatchFailed:
+        with self._gate:
+            return self._run_now(batch)
+
+    def _run_now(self, batch: list[Inputs]) -> list[Outcome] | BatchFailed:
         with self._lock:
             self._seq += 1
             token = self._seq
@@ -147,14 +154,14 @@ class ModelReplica:
             )
 
 
-def _open_channel(run: Any, pool: ThreadPoolExecutor) -> Optional[ReplicaChannel]:
+def _open_channel(run: Any, pool: ThreadPoolExecutor, inline: bool) -> Optional[ReplicaChannel]:
     """This replica's direct socket, named after its Serve replica id; None (Serve
     handle calls only) when it cannot be opened here."""
     from ray import serve
 
     try:
         unique_id = serve.get_replica_context().replica_id.unique_id
-        return ReplicaChannel(socket_path(unique_id), run, pool)
+        return ReplicaChannel(socket_path(unique_id), run, pool, inline)
     except Exception as err:  # the Serve handle path still works
         logging.getLogger("inferential.dispatch.ray").warning("no direct data path on this replica: %s", err)
         return None
