@@ -8,8 +8,12 @@ Peers, each a process of its own on loopback, all started once and kept for the 
              (the 150 KB too); fleets and throughput: only the envelope frame, a reply as
              small as the servers' (else the floor would move twice the bytes they do)
   ours       `inferential serve`, local backend, models noop (testing.NoOp) and sleep1
-             (testing.Sleep, 1 ms per batch); the Python client, sync and async, and (row
-             "ours no SDK") a bare DEALER sending the SDK's frames: the server's share alone
+             (testing.Sleep, 1 ms per batch), on the pure-Python transport (transport.native
+             off); the Python client, sync and async, and (row "ours no SDK") a bare DEALER
+             sending the SDK's frames: the server's share alone
+  ours native  the same server with transport.native on (the inferential_native module,
+             server-native/: socket on a native I/O thread); skipped with --no-native or
+             when the module is not built
   1.4.0      the published server in its own venv (bench/_published_peer.py): noop inline,
              sleep1 1 ms per call on a worker thread; its own client for the sequential runs
   gRPC       a generic bytes echo, sync grpcio server (bench/_grpc_echo.py): unary and
@@ -64,6 +68,7 @@ from _fleet import IMAGE as SMALL_IMAGE  # noqa: E402
 from _peers import IMAGE, JOINTS, PY, REPO, cpu_seconds, free_port, pause, resume, start_echo, start_server, stop, measure_echo, time_round_trips, wait_ready  # noqa: E402
 
 from inferential import AsyncConnection, Connection  # noqa: E402
+from inferential.errors import DeadlineUnmeetable  # noqa: E402
 from inferential._envelope import encode_observation  # noqa: E402
 from inferential._proto import inferential_pb2 as pb  # noqa: E402
 from inferential.wire import DEFAULT_LIMITS  # noqa: E402
@@ -74,6 +79,17 @@ GRACE_S = 6.0  # TTL (5 s, both servers' default) + 1 s
 
 FLOOR, OURS, OURS_ASYNC, OURS_RAW, PUB, GRPC, GRPC_STREAM = (
     "floor", "ours", "ours async", "ours no SDK", "1.4.0", "gRPC", "gRPC stream")
+NATIVE, NATIVE_RAW = "ours native", "native no SDK"
+BENCH_MODELS = {"noop": "inferential.models.testing:NoOp", "sleep1": "inferential.models.testing:Sleep"}
+
+
+def _transport_config(native: bool) -> Path:
+    """A config file selecting the transport (the server's default, auto, would pick native
+    whenever the module is built)."""
+    path = RESULTS / f".bench-transport-{'native' if native else 'python'}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"transport:\n  native: \"{'on' if native else 'off'}\"\n")
+    return path
 
 
 # --- peers -------------------------------------------------------------------------------
@@ -82,7 +98,7 @@ FLOOR, OURS, OURS_ASYNC, OURS_RAW, PUB, GRPC, GRPC_STREAM = (
 class Peers:
     """Every peer process, started once; at most one running while measured."""
 
-    def __init__(self, with_published: bool) -> None:
+    def __init__(self, with_published: bool, with_native: bool = False) -> None:
         self.procs: dict[str, subprocess.Popen] = {}
         self.endpoints: dict[str, str] = {}
         self.settle_s: dict[str, float] = {}
@@ -91,8 +107,12 @@ class Peers:
             self.procs["echo"], self.endpoints["echo"] = start_echo("all")
             self.procs["echo-env"], self.endpoints["echo-env"] = start_echo("envelope")
             self.procs["ours"], self.endpoints["ours"] = start_server(
-                {"noop": "inferential.models.testing:NoOp", "sleep1": "inferential.models.testing:Sleep"}
+                BENCH_MODELS, ["--config", str(_transport_config(False))]
             )
+            if with_native:
+                self.procs["native"], self.endpoints["native"] = start_server(
+                    BENCH_MODELS, ["--config", str(_transport_config(True))]
+                )
             if with_published:
                 ep = f"tcp://127.0.0.1:{free_port()}"
                 proc = subprocess.Popen([str(PUBLISHED_PY), str(REPO / "bench" / "_published_peer.py"), "--bind", ep])
@@ -173,10 +193,16 @@ def measure_sync(endpoint: str, model_id: str, n: int, warmup: int) -> Timed:
         model = conn.model(model_id)
         for i in range(n + warmup):
             t = time.perf_counter()
-            result = model.request(timeout_ms=5000, image=IMAGE, joints=JOINTS)
+            try:
+                result = model.request(timeout_ms=5000, image=IMAGE, joints=JOINTS)
+            except DeadlineUnmeetable:
+                # A stall of this shared machine past the default 50 ms budget: the server
+                # withholds the late result, the round trip still happened.
+                result = None
             if i >= warmup:
                 out.append((time.perf_counter() - t) * 1e3)
-                out.server_ms.append(result.timing.total_ms)
+                if result is not None:
+                    out.server_ms.append(result.timing.total_ms)
     return out
 
 
@@ -188,10 +214,14 @@ def measure_async(endpoint: str, model_id: str, n: int, warmup: int) -> Timed:
             model = conn.model(model_id)
             for i in range(n + warmup):
                 t = time.perf_counter()
-                result = await model.request(timeout_ms=5000, image=IMAGE, joints=JOINTS)
+                try:
+                    result = await model.request(timeout_ms=5000, image=IMAGE, joints=JOINTS)
+                except DeadlineUnmeetable:  # as in measure_sync
+                    result = None
                 if i >= warmup:
                     out.append((time.perf_counter() - t) * 1e3)
-                    out.server_ms.append(result.timing.total_ms)
+                    if result is not None:
+                        out.server_ms.append(result.timing.total_ms)
         return out
 
     return asyncio.run(run())
@@ -232,6 +262,12 @@ def sequential(peers: Peers, args: argparse.Namespace) -> list[dict]:
         (OURS, "1 ms", "ours", lambda: measure_sync(ep["ours"], "sleep1", args.n, args.warmup_n)),
         (OURS_ASYNC, "1 ms", "ours", lambda: measure_async(ep["ours"], "sleep1", args.n, args.warmup_n)),
     ]
+    if "native" in ep:
+        rows += [
+            (NATIVE, "no-op", "native", lambda: measure_sync(ep["native"], "noop", args.n, args.warmup_n)),
+            (NATIVE_RAW, "no-op", "native", lambda: measure_raw(ep["native"], "noop", args.n, args.warmup_n)),
+            (NATIVE, "1 ms", "native", lambda: measure_sync(ep["native"], "sleep1", args.n, args.warmup_n)),
+        ]
     if "published" in ep:
         rows += [
             (PUB, "no-op", "published", lambda: measure_published(ep["published"], "noop", args.n, args.warmup_n)),
@@ -279,6 +315,9 @@ def fleet(peers: Peers, args: argparse.Namespace, n: int, image: np.ndarray, lab
         (OURS, "ours", lambda rs: run_fleet(ep["ours"], rs, args.seconds, warmup_s=args.warmup, grace_s=GRACE_S,
                                             image=image, model="sleep1")),
     ]
+    if "native" in ep:
+        variants.append((NATIVE, "native", lambda rs: run_fleet(
+            ep["native"], rs, args.seconds, warmup_s=args.warmup, grace_s=GRACE_S, image=image, model="sleep1")))
     if "published" in ep:
         variants.append((PUB, "published", lambda rs: run_fleet(
             ep["published"], rs, args.seconds, warmup_s=args.warmup, grace_s=GRACE_S, image=image, model="sleep1",
@@ -335,6 +374,10 @@ def throughput(peers: Peers, args: argparse.Namespace, model: str) -> dict:
             ep["echo-env"], n, s, mode="echo", image=SMALL_IMAGE, name_prefix=tag, cpu_probe=lambda: peers.cpu("echo-env")))
     variants[OURS] = ("ours", lambda n, tag, s: run_closed_loop(
         ep["ours"], n, s, mode="v2", model=model, image=SMALL_IMAGE, name_prefix=tag, cpu_probe=lambda: peers.cpu("ours")))
+    if "native" in ep:
+        variants[NATIVE] = ("native", lambda n, tag, s: run_closed_loop(
+            ep["native"], n, s, mode="v2", model=model, image=SMALL_IMAGE, name_prefix=tag,
+            cpu_probe=lambda: peers.cpu("native")))
     if "published" in ep:
         variants[PUB] = ("published", lambda n, tag, s: run_closed_loop(
             ep["published"], n, s, mode="v1", model=model, image=SMALL_IMAGE, name_prefix=tag,
@@ -396,11 +439,11 @@ LAG_LIMIT_MS = 5.0  # robots' send lag beyond which a row measures the load gene
 
 def print_fleet(rows: list[dict], title: str) -> None:
     print(f"\n[{title}]")
-    print(f"{'peer':<8}{'p50 ms':>8}{'p99 ms':>9}{'x floor':>9}{'replies/s':>10}{'batch':>6}{'late':>6}"
+    print(f"{'peer':<12}{'p50 ms':>8}{'p99 ms':>9}{'x floor':>9}{'replies/s':>10}{'batch':>6}{'late':>6}"
           f"{'>budget':>8}{'sheds':>7}{'lost':>6}{'server CPU':>11}{'send lag p99':>13}")
     for r in rows:
         flag = " *" if r["send_lag_p99_ms"] > LAG_LIMIT_MS else ""
-        print(f"{r['peer']:<8}{r['p50_ms']:>8.2f}{r['p99_ms']:>9.2f}{r['p50_vs_floor']:>8.2f}x{r['replies_per_s']:>10.0f}"
+        print(f"{r['peer']:<12}{r['p50_ms']:>8.2f}{r['p99_ms']:>9.2f}{r['p50_vs_floor']:>8.2f}x{r['replies_per_s']:>10.0f}"
               f"{r['mean_batch']:>6.1f}{r['late']:>6}{r['over_budget']:>8}{r['sheds']:>7}{r['lost']:>6}"
               f"{r['server_cpu']:>10.0%}{r['send_lag_p99_ms']:>10.1f} ms{flag}")
     ours = next((r for r in rows if r["peer"] == OURS), None)
@@ -418,19 +461,19 @@ def print_throughput(result: dict) -> None:
     print(f"\n[maximum throughput, small observations, {model} model] replies/s by robots in flight (closed loop)")
     peers = list(result["curves"])
     steps = sorted({r["robots"] for c in result["curves"].values() for r in c})
-    print(f"{'robots':>7}" + "".join(f"{p:>12}" for p in peers))
+    print(f"{'robots':>7}" + "".join(f"{p:>13}" for p in peers))
     for n in steps:
         cells = []
         for p in peers:
             r = next((x for x in result["curves"][p] if x["robots"] == n), None)
             cells.append("-" if r is None else f"{r['replies_per_s']:.0f}" + ("!" if r["lost"] or r["sheds"] else ""))
-        print(f"{n:>7}" + "".join(f"{c:>12}" for c in cells))
+        print(f"{n:>7}" + "".join(f"{c:>13}" for c in cells))
     pub = next((r for r in result["rows"] if r["peer"] == PUB), None)
     print("best N re-measured (median of rounds):")
-    print(f"{'peer':<8}{'robots':>7}{'replies/s':>11}{'x 1.4.0':>9}{'p50 ms':>8}{'p99 ms':>8}{'lost':>6}{'sheds':>7}{'server CPU':>11}")
+    print(f"{'peer':<12}{'robots':>7}{'replies/s':>11}{'x 1.4.0':>9}{'p50 ms':>8}{'p99 ms':>8}{'lost':>6}{'sheds':>7}{'server CPU':>11}")
     for r in result["rows"]:
         ratio = f"{r['replies_per_s'] / pub['replies_per_s']:.2f}x" if pub and pub["replies_per_s"] else "-"
-        print(f"{r['peer']:<8}{r['robots']:>7}{r['replies_per_s']:>11.0f}{ratio:>9}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
+        print(f"{r['peer']:<12}{r['robots']:>7}{r['replies_per_s']:>11.0f}{ratio:>9}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
               f"{r['lost']:>6}{r['sheds']:>7}{r['server_cpu_fraction']:>10.0%}")
     print("(! = a loss or shed at that step)")
 
@@ -454,10 +497,49 @@ def evaluate(report: dict) -> list[dict]:
             ratio = rows[OURS]["replies_per_s"] / rows[PUB]["replies_per_s"]
             out.append({"target": f"max throughput >= 3x 1.4.0 ({tp['model']} model, small observations)", "met": ratio >= 3,
                         "detail": f"{rows[OURS]['replies_per_s']:.0f} vs {rows[PUB]['replies_per_s']:.0f} replies/s = {ratio:.2f}x"})
+    out += evaluate_native(report)
     for when in ("idle_before", "idle_after"):
         cpu = report[when]["ours"]
         out.append({"target": f"idle server CPU < 1% of a core ({when.replace('_', ' ')} traffic)", "met": cpu < 0.01,
                     "detail": f"ours {cpu:.2%}" + (f", 1.4.0 {report[when]['published']:.2%}" if "published" in report[when] else "")})
+    return out
+
+
+def evaluate_native(report: dict) -> list[dict]:
+    """Issue 16 §2's targets for the native path, each from this run (ratios, same run)."""
+    seq = {(r["peer"], r["model"]): r for r in report["sequential"]}
+    if (NATIVE, "no-op") not in seq:
+        return []
+    out = []
+    floor = seq[(FLOOR, "-")]["p50_ms"]
+    for peer in (NATIVE, NATIVE_RAW):
+        r = seq[(peer, "no-op")]
+        py = seq[(OURS if peer == NATIVE else OURS_RAW, "no-op")]
+        out.append({"target": f"1 robot p50 <= 1.15x raw pyzmq floor ({peer}, no-op model)", "met": r["p50_vs_floor"] <= 1.15,
+                    "detail": f"{r['p50_ms']:.3f} ms = {r['p50_vs_floor']:.2f}x floor {floor:.3f} ms "
+                              f"(Python transport, same run: {py['p50_vs_floor']:.2f}x)"})
+    f20 = {r["peer"]: r for r in report["fleet20"]}
+    n20, p20 = f20[NATIVE], f20[OURS]
+    out.append({"target": "20 x 50 Hz, 150 KB, 1 ms model, native: p99 <= 3 ms, 0 lost, 0 late", "met":
+                n20["p99_ms"] <= 3.0 and n20["lost"] == 0 and n20["late"] == 0 and n20["sheds"] == 0,
+                "detail": f"p99 {n20['p99_ms']:.2f} ms (worst round {max(x['p99_ms'] for x in n20['rounds']):.2f}), lost "
+                          f"{n20['lost']}, late {n20['late']}, sheds {n20['sheds']} of {n20['submitted']}; server CPU "
+                          f"{n20['server_cpu']:.0%} (Python transport, same run: p99 {p20['p99_ms']:.2f} ms, CPU "
+                          f"{p20['server_cpu']:.0%})"})
+    for tp in report["throughput"]:
+        rows = {r["peer"]: r for r in tp["rows"]}
+        if tp["model"] == "noop" and NATIVE in rows and PUB in rows and rows[PUB]["replies_per_s"]:
+            nat, pub, py = rows[NATIVE]["replies_per_s"], rows[PUB]["replies_per_s"], rows[OURS]["replies_per_s"]
+            floor_row = rows.get(FLOOR)
+            extra = f"; floor {floor_row['replies_per_s'] / pub:.2f}x" if floor_row else ""
+            out.append({"target": "max throughput, native >= 2x 1.4.0 (noop model, small observations)",
+                        "met": nat / pub >= 2.0,
+                        "detail": f"{nat:.0f} vs {pub:.0f} replies/s = {nat / pub:.2f}x (Python transport {py / pub:.2f}x"
+                                  f"{extra})"})
+    for when in ("idle_before", "idle_after"):
+        cpu = report[when]["native"]
+        out.append({"target": f"idle server CPU, native, < 1% of a core ({when.replace('_', ' ')} traffic)",
+                    "met": cpu < 0.01, "detail": f"native {cpu:.2%}, Python transport {report[when]['ours']:.2%}"})
     return out
 
 
@@ -468,7 +550,8 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
-    colors = {FLOOR: "#777777", OURS: "#2a7ab0", OURS_ASYNC: "#5fa8d3", OURS_RAW: "#1b4f72", PUB: "#d1495b", GRPC: "#edae49", GRPC_STREAM: "#f4d35e"}
+    colors = {FLOOR: "#777777", OURS: "#2a7ab0", OURS_ASYNC: "#5fa8d3", OURS_RAW: "#1b4f72", PUB: "#d1495b", GRPC: "#edae49", GRPC_STREAM: "#f4d35e",
+              NATIVE: "#3b9c5a", NATIVE_RAW: "#1e6b3a"}
 
     def bars(ax, rows, labels, title, floor=None, log=True):  # type: ignore[no-untyped-def]
         xs = np.arange(len(rows))
@@ -513,6 +596,10 @@ def plot(report: dict, path: Path) -> None:
 # --- main --------------------------------------------------------------------------------------------
 
 
+def _native_built() -> bool:
+    return subprocess.run([PY, "-c", "import inferential_native"], capture_output=True).returncode == 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds, shorter runs (about 2 minutes)")
@@ -522,6 +609,7 @@ def main() -> int:
     ap.add_argument("--fleet-rounds", type=int, help="fleet rounds (default 2, quick 1)")
     ap.add_argument("--fleet100-image", choices=("small", "150kb"), default="small")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-native", action="store_true", help="skip the native-transport rows")
     ap.add_argument("--out", default=str(RESULTS / "compare.json"))
     args = ap.parse_args()
     q = args.quick
@@ -550,7 +638,11 @@ def main() -> int:
         "args": {k: v for k, v in vars(args).items() if k != "out"},
     }
     print(f"Machine: {meta['machine']}. Mode: {meta['mode']}.")
-    peers = Peers(with_published)
+    with_native = not args.no_native and _native_built()
+    if not with_native and not args.no_native:
+        print("note: the inferential_native module is not built (make setup-native): the native rows are skipped")
+    meta["native"] = with_native
+    peers = Peers(with_published, with_native)
     report: dict = {"meta": meta}
     try:
         report["idle_before"] = peers.idle_cpu(idle_s)
