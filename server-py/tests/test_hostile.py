@@ -24,12 +24,18 @@ MS = 1_000_000
 class Peer:
     """A hand-driven DEALER sending exactly the observations a test wants (a robot or an attacker)."""
 
-    def __init__(self, endpoint: str, routing_id: Optional[bytes] = None) -> None:
+    def __init__(
+        self, endpoint: str, routing_id: Optional[bytes] = None, curve: Optional[tuple[str, str, str]] = None
+    ) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         if routing_id is not None:
             self.sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        if curve is not None:  # (server public key, own public key, own secret key)
+            self.sock.setsockopt(zmq.CURVE_SERVERKEY, curve[0].encode())
+            self.sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[1].encode())
+            self.sock.setsockopt(zmq.CURVE_SECRETKEY, curve[2].encode())
         self.sock.connect(endpoint)
         self.next_id = 0
 
@@ -462,9 +468,10 @@ def test_a_flooding_connection_is_rate_limited_and_the_good_robot_is_untouched()
         refused = server.metrics.counter("observation_errors", {"status": "RATE_LIMITED"})
         dropped = server.metrics.counter("observation_errors", {"status": "RATE_LIMITED_DROPPED"})
     assert len(got) == 40 and _failures(got) == {}, {r.error for r in got.values() if r.status != pb.OK}
-    # Refused with a reply up to a burst's worth of debt, then dropped unread (a flood).
+    # Refused with a reply up to a burst's worth of debt, then dropped unread (a flood); the
+    # rest admitted and answered (OK, or SUPERSEDED where coalescing replaced them).
     assert refused == statuses.get(pb.QUEUE_FULL, 0) >= 10 and dropped > 1000
-    assert refused + dropped + statuses.get(pb.OK, 0) == 40 * 50
+    assert dropped + sum(statuses.values()) == 40 * 50, (dropped, statuses)
 
 
 # --- CURVE ----------------------------------------------------------------------
@@ -509,6 +516,38 @@ def test_with_curve_a_robot_can_only_speak_as_itself_and_keys_reload():
             assert c.model("noop").request(timeout_ms=5000, x=x).ok
 
 
+def test_with_curve_a_timestamp_spoofer_with_its_own_key_causes_the_victim_no_failure():
+    """The issue's goal: 0 spoofed-timestamp victim failures with CURVE on. The attacker holds
+    a key of its own (a listed robot gone rogue), speaks under the victim's id and stamps its
+    observations 10 s in the future, on the victim's schedule."""
+    server_public, server_secret = (k.decode() for k in zmq.curve_keypair())
+    keys = {name: tuple(k.decode() for k in zmq.curve_keypair()) for name in ("victim", "attacker")}
+    known = [{"id": name, "curve_public_key": keys[name][0]} for name in keys]
+    sections = {"auth": {"curve_secret_key": server_secret}, "clients": {"known": known}, "scheduling": STRICT}
+    with running_server(**sections) as (_, endpoint):
+        victim = Peer(endpoint, curve=(server_public, *keys["victim"]))
+        attacker = Peer(endpoint, curve=(server_public, *keys["attacker"]))
+        attacks: list[pb.ModelResponse] = []
+        try:
+
+            def attack(i: int) -> None:
+                if i % 5 == 0:
+                    attacker.send("victim", timestamp_ns=time.time_ns() + 10_000 * MS, latency_budget_ms=50.0)
+                    attacks.extend(attacker.replies(0.0))
+
+            got = _robot_run(victim, "victim", 100, 0.02, between=attack, latency_budget_ms=50.0)
+            attacks.extend(attacker.replies(1.0))
+        finally:
+            victim.close()
+            attacker.close()
+    failures = _failures(got)
+    print(f"CURVE on: victim {len(got)} answered, failures {failures}; attacker {len(attacks)} answered "
+          f"{sorted({pb.Status.Name(r.status) for r in attacks})}")  # fmt: skip
+    assert len(got) == 100 and failures == {}
+    assert len(attacks) == 20 and all(r.status == pb.UNAUTHENTICATED for r in attacks)
+    assert all("'attacker', not 'victim'" in r.error for r in attacks)
+
+
 def test_keys_generate_prints_a_yaml_key_pair():
     import subprocess
     import sys
@@ -537,25 +576,177 @@ def test_binding_beyond_loopback_without_auth_warns_at_start(caplog):
 # --- two connections, one routing identity (1.x robots use their client id) -----------
 
 
+def _connection_counts(server) -> Any:
+    """The transport's tally of connection events (connections.ConnectionWatch)."""
+    return server._transport.connections.counts
+
+
+def _ended(sock: zmq.Socket, monitor: zmq.Socket, timeout_s: float) -> bool:
+    """Whether the DEALER's monitor reports its connection ended within ``timeout_s``."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if monitor.poll(50) and recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED:
+            return True
+    return False
+
+
 @pytest.mark.parametrize("policy", ["handover", "reject"])
-def test_the_two_connections_one_identity_policy_is_explicit(policy):
-    with running_server(transport={"duplicate_identity": policy}) as (_, endpoint):
-        first = Peer(endpoint, routing_id=b"arm-1")
-        try:
-            first.send("arm-1")
-            assert [r.status for r in first.replies(5.0)] == [pb.OK]
-            second = Peer(endpoint, routing_id=b"arm-1")  # the same identity, a new connection
+def test_the_two_connections_one_identity_policy_is_explicit_counted_and_seen_by_both(policy, caplog):
+    transport = {"duplicate_identity": policy, "native": "off"}
+    with caplog.at_level("INFO", logger="inferential.transport"):
+        with running_server(transport=transport) as (server, endpoint):
+            first = Peer(endpoint, routing_id=b"arm-1")
+            monitor = first.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             try:
-                time.sleep(0.3)
-                second.send("arm-1")
                 first.send("arm-1")
-                got_second = second.replies(1.0)
-                got_first = first.replies(1.0)
+                assert [r.status for r in first.replies(5.0)] == [pb.OK]
+                second = Peer(endpoint, routing_id=b"arm-1")  # the same identity, a new connection
+                try:
+                    time.sleep(0.3)
+                    second.send("arm-1")
+                    got_second = second.replies(1.0)
+                    first_cut = _ended(first.sock, monitor, 2.0)
+                    first.send("arm-1")
+                    got_first = first.replies(2.0)
+                    counts = dict(_connection_counts(server))
+                finally:
+                    second.close()
             finally:
-                second.close()
-        finally:
-            first.close()
-    if policy == "handover":  # the newcomer takes the identity over (the first, cut off, reconnects)
+                monitor.close()
+                first.close()
+    lines = [r.getMessage() for r in caplog.records if "arm-1" in r.getMessage()]
+    if policy == "handover":
+        # The newcomer takes the identity over; the first sees its connection end (and
+        # reconnects) instead of sending into one libzmq no longer reads; counted and logged.
         assert [r.request_id for r in got_second] == [1]
-    else:  # the newcomer is refused; the first keeps its connection
-        assert got_second == [] and [r.request_id for r in got_first] == [2]
+        assert first_cut and counts.get("identity_handover", 0) >= 1
+        assert any("handover" in line and "closed" in line for line in lines), lines
+    else:
+        # The newcomer waits, unread, while the first keeps its connection and its replies.
+        assert got_second == [] and not first_cut and [r.request_id for r in got_first] == [2]
+        assert counts.get("identity_handover", 0) == 0
+
+
+def test_with_reject_a_newcomer_under_a_taken_identity_is_never_read_and_a_later_reconnect_is_counted():
+    """What libzmq 4.3 does with ROUTER_HANDOVER off, measured: the newcomer's connection is
+    parked unread for as long as it stays open, even after the first connection has gone.
+    A robot that reconnects (a new connection) once the first has gone is served, and the
+    server counts the identity's move to a new connection."""
+    with running_server(transport={"duplicate_identity": "reject", "native": "off"}) as (server, endpoint):
+        first = Peer(endpoint, routing_id=b"arm-2")
+        first.send("arm-2")
+        assert [r.status for r in first.replies(5.0)] == [pb.OK]
+        second = Peer(endpoint, routing_id=b"arm-2")  # connected once the first holds the identity
+        try:
+            time.sleep(0.3)
+            second.send("arm-2")
+            parked = second.replies(0.5)
+            first.close()
+            time.sleep(0.3)
+            second.send("arm-2")
+            still_parked = second.replies(1.0)
+        finally:
+            second.close()
+        third = Peer(endpoint, routing_id=b"arm-2")  # the robot reconnects
+        try:
+            third.send("arm-2")
+            got = third.replies(5.0)
+            moved = eventually(lambda: _connection_counts(server).get("identity_moved", 0))
+            handovers = _connection_counts(server).get("identity_handover", 0)
+        finally:
+            third.close()
+    assert parked == [] and still_parked == []
+    assert [(r.request_id, r.status) for r in got] == [(1, pb.OK)] and moved == 1 and handovers == 0
+
+
+# --- frames over the size limit, the connection cap --------------------------------
+
+
+def test_a_frame_over_the_size_limit_is_counted_and_logged_at_a_bounded_rate(caplog):
+    limit = 1024 * 1024
+    with caplog.at_level("INFO", logger="inferential.transport"):
+        with running_server(transport={"max_message_bytes": limit, "native": "off"}) as (server, endpoint):
+            counts = _connection_counts(server)
+            obs = pb.Observation(model_id="noop", request_id=1, protocol_version=2)
+            obs.client.id = "big"
+            for _ in range(5):  # libzmq closes each before the server sees a byte of it
+                peer = Peer(endpoint)
+                try:
+                    peer.sock.send_multipart([b"", obs.SerializeToString(), b"\0" * (limit + 1)])
+                    got = peer.replies(1.0)
+                    assert got == []
+                finally:
+                    peer.close()
+            eventually(lambda: server.metrics.counter("connection_events", {"event": "disconnected"}) >= 5)
+            good = Peer(endpoint)
+            try:
+                good.send("good")
+                assert [r.status for r in good.replies(5.0)] == [pb.OK]
+            finally:
+                good.close()
+    lines = [r.getMessage() for r in caplog.records if "max_message_bytes" in r.getMessage()]
+    print(f"5 oversized frames: {counts['disconnected']} disconnects counted, {len(lines)} log line(s)")
+    assert len(lines) == 1 and str(limit) in lines[0]  # one line per 10 s, the rest counted
+
+
+def test_a_connection_cap_refuses_the_excess_counts_it_and_healthz_keeps_answering():
+    import urllib.request
+
+    from inferential import ClientOptions, Connection
+    from inferential.errors import RequestTimeout, ServerUnavailable
+    from inferential.server.http import HttpEndpoint
+
+    cap = 4
+    with running_server(transport={"max_connections": cap, "native": "off"}) as (server, endpoint):
+        http = HttpEndpoint(server, "127.0.0.1", 0)
+        idle = [Peer(endpoint) for _ in range(3 * cap)]  # DEALERs connect (and handshake) at once, then idle
+        try:
+            counts = _connection_counts(server)
+            eventually(lambda: counts["refused_over_cap"] >= 2 * cap, what="refusals")
+            live = server._transport.connections.live()
+            start = time.monotonic()
+            with urllib.request.urlopen(f"{http.url}/healthz", timeout=5) as resp:
+                healthy = resp.status
+            healthz_ms = (time.monotonic() - start) * 1000
+            # The connections admitted are served, the refused ones never read. (A refused DEALER
+            # may have no pipe to queue on between its retries: its send would block.)
+            answered = 0
+            for p in idle:
+                obs = pb.Observation(model_id="noop", request_id=1, protocol_version=2)
+                obs.client.id = "idle"
+                try:
+                    p.sock.send_multipart([b"", obs.SerializeToString()], zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+            for p in idle:
+                answered += len(p.replies(0.3))
+            # A robot over the cap: libzmq never retries a refused handshake, the Python client
+            # opens a new socket on its next send (stats.socket_resets) and gets in once there is room.
+            options = ClientOptions(send_timeout_ms=300)
+            with Connection(endpoint, client_id="newcomer", options=options) as newcomer:
+                with pytest.raises((ServerUnavailable, RequestTimeout)):
+                    newcomer.model("noop").request(timeout_ms=500, x=np.zeros(1, np.float32))
+                for p in idle[:cap]:
+                    p.close()
+                late = None
+                end = time.monotonic() + 10
+                while late is None and time.monotonic() < end:
+                    try:
+                        late = newcomer.model("noop").request(timeout_ms=1000, x=np.zeros(1, np.float32))
+                    except (ServerUnavailable, RequestTimeout):
+                        pass
+                resets = newcomer.stats.socket_resets
+            refused = counts["refused_over_cap"]
+            exported = server.metrics.counter("connection_events", {"event": "refused_over_cap"})
+        finally:
+            for p in idle[cap:]:
+                p.close()
+            http.close()
+    print(
+        f"cap {cap}, {3 * cap} idle: live {live}, refused {refused}, /healthz {healthy} in {healthz_ms:.0f} ms, "
+        f"newcomer's socket resets {resets}"
+    )
+    assert live == cap and answered == cap and healthy == 200 and exported == refused
+    assert late is not None and late.ok and resets >= 1

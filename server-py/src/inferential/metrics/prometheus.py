@@ -52,6 +52,11 @@ _COUNTERS = {
         "Replies that could not be handed to the robot's connection",
         ("model", "reason"),
     ),
+    "connection_events": (
+        "inferential_connection_events",
+        "Connection events libzmq reports (accepted, handshakes, disconnects) and the server's refusals and handovers",
+        ("event",),
+    ),
     "dispatch_errors": ("inferential_dispatch_errors", "Batches whose backend call failed as a whole", ("model",)),
     "dispatch_retries": ("inferential_dispatch_retries", "Requests re-queued after a failed batch", ("model",)),
     "config_reloads": ("inferential_config_reloads", "Configuration reloads (SIGHUP), by result", ("result",)),

@@ -211,6 +211,8 @@ class Server:
         self._transport = make_transport(self.config.transport, self._curve)
         if isinstance(self._transport, NativeTransport):
             self._transport.on_request = self._on_request
+        # What libzmq does to connections unseen (drops, refusals, handovers), counted.
+        self._transport.count = lambda event: self.metrics.increment("connection_events", {"event": event})
         self._transport.bind()
         self._ledger.transport = self._transport
         self._transport.attach(self._loop, self._on_frames, self._engine.after_change)

@@ -1,12 +1,12 @@
 """ZMQ CURVE for the server's socket: encryption, and a client id each key may speak as.
 
-With ``auth.curve_secret_key`` set, the ROUTER is a CURVE server and a ZAP handler
-(pyzmq's authenticator, on a thread of its own, on the transport's own context)
-admits only the public keys listed in ``clients.known[].curve_public_key``. Each
-connection carries the id its key is bound to as ZMQ's ``User-Id`` metadata; the
-server answers UNAUTHENTICATED to an observation whose ``client.id`` differs, so a
-robot can only speak as itself. The list is read at each handshake: a reload that
-changes it applies to new connections at once.
+With ``auth.curve_secret_key`` set, the ROUTER is a CURVE server and its ZAP handler
+(:class:`inferential.server.connections.ConnectionWatch`, on a thread of its own, on the
+transport's own context) admits only the public keys listed in
+``clients.known[].curve_public_key``. Each connection carries the id its key is bound to
+as ZMQ's ``User-Id`` metadata; the server answers UNAUTHENTICATED to an observation whose
+``client.id`` differs, so a robot can only speak as itself. The list is read at each
+handshake: a reload that changes it applies to new connections at once.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import logging
 from typing import Any, Optional
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils import z85
 
 from inferential.config.schema import ClientsConfig
 
@@ -34,38 +32,15 @@ class CurveKeys:
         self.update(clients)
 
     def update(self, clients: ClientsConfig) -> None:
-        # Replaced whole: the authenticator's thread reads it without a lock.
+        # Replaced whole: the ZAP handler's thread reads it without a lock.
         self.by_key = {k.curve_public_key.encode(): k.id for k in clients.known if k.curve_public_key}
 
-    # The authenticator's credentials provider.
-    def callback(self, domain: str, key: bytes) -> bool:
-        allowed = key in self.by_key
-        if not allowed:
-            logger.info("CURVE handshake refused: key %s is not in clients.known", key.decode(errors="replace"))
-        return allowed
 
-
-class _Authenticator(ThreadAuthenticator):
-    """pyzmq's ZAP handler, with the connection's User-Id set to the key's client id."""
-
-    def __init__(self, context: zmq.Context, keys: CurveKeys) -> None:
-        super().__init__(context, log=logger)
-        self.keys = keys
-
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        return self.keys.by_key.get(z85.encode(client_public_key), "")
-
-
-def serve_curve(sock: zmq.Socket, keys: CurveKeys) -> ThreadAuthenticator:
-    """Make ``sock`` (not yet bound) a CURVE server checked against ``keys``; returns the
-    running authenticator (stop it before terminating the socket's context)."""
-    auth = _Authenticator(sock.context, keys)
-    auth.start()
-    auth.configure_curve_callback(ZAP_DOMAIN, keys)
+def curve_server_options(sock: zmq.Socket, keys: CurveKeys) -> None:
+    """Make ``sock`` (not yet bound) a CURVE server with the server's secret key. Its ZAP
+    handler (the key check) is :class:`inferential.server.connections.ConnectionWatch`."""
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret_key.encode())
-    sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
-    return auth
 
 
 def user_id(frame: Any) -> Optional[str]:

@@ -10,7 +10,9 @@ from typing import Any, Callable, Optional
 import zmq
 
 from inferential.config.schema import TransportConfig
-from inferential.server.curve import CurveKeys, serve_curve
+from inferential.liveness import keepalive_options
+from inferential.server.connections import ConnectionWatch
+from inferential.server.curve import CurveKeys, curve_server_options
 
 logger = logging.getLogger("inferential.transport")
 
@@ -24,25 +26,6 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 _EAGAIN, _EHOSTUNREACH = zmq.EAGAIN, zmq.EHOSTUNREACH
 _monotonic_ns = time.monotonic_ns
-
-
-def keepalive_options(sock: zmq.Socket, ivl_ms: int, timeout_ms: int) -> None:
-    """Detect a silent peer within about ``ivl_ms + timeout_ms`` without ZMTP PINGs.
-
-    Idle connections are probed by TCP keepalive every ``ivl_ms`` (whole seconds, at
-    least 1) and dropped after ``timeout_ms`` of unanswered probes; data left
-    unacknowledged for ``timeout_ms`` ends the connection too (ZMQ_TCP_MAXRT, which is
-    TCP_USER_TIMEOUT on Linux). ``ivl_ms = 0`` leaves the kernel's defaults.
-    """
-    if ivl_ms <= 0:
-        return
-    every_s = max(1, -(-ivl_ms // 1000))
-    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, every_s)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, every_s)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, -(-timeout_ms // (every_s * 1000))))
-    if timeout_ms > 0:
-        sock.setsockopt(zmq.TCP_MAXRT, timeout_ms)
 
 
 class _TimedSelector:
@@ -92,11 +75,16 @@ class RouterTransport:
         self, config: TransportConfig, context: Optional[zmq.Context] = None, curve: Optional[CurveKeys] = None
     ) -> None:
         self.config = config
-        # CURVE's ZAP handler is one per context: a server with CURVE gets a context of its own.
-        self._own_ctx = context is None and curve is not None
-        self._ctx = context or (zmq.Context() if curve is not None else zmq.Context.instance())
+        # A ZAP handler (CURVE keys, the connection cap) is one per context: a server with
+        # one gets a context of its own.
+        zap = curve is not None or config.max_connections is not None
+        self._own_ctx = context is None and zap
+        self._ctx = context or (zmq.Context() if zap else zmq.Context.instance())
         self._curve = curve
-        self._auth: Any = None
+        self._watch: Optional[ConnectionWatch] = None
+        #: called with each connection event's name (connections.EVENTS, refusals, handovers)
+        #: from the watch thread; the server counts them as metrics
+        self.count: Callable[[str], None] = lambda event: None
         self._sock: Optional[zmq.Socket] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._on_message: Optional[Callable[[list[Any]], None]] = None
@@ -124,14 +112,19 @@ class RouterTransport:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.HANDSHAKE_IVL, c.handshake_timeout_ms)
         if self._curve is not None:
-            self._auth = serve_curve(sock, self._curve)
-        # Dead peers are found by TCP keepalive and a retransmission timeout, not by ZMTP
-        # PINGs from this socket: libzmq 4.3.x (4.3.4 and pyzmq's 4.3.5) aborts the whole
-        # process (`Assertion failed: !_io_error (stream_engine_base.cpp)`) when its PING
-        # timer fires on a connection whose input is paused at RCVHWM and whose peer has
-        # just hung up: a flooding or slow-draining robot that disconnects could kill the
-        # server (test_transport_survives_peer_hangup_at_hwm). PINGs the robots send are
-        # still answered by libzmq, and their TTL still drops a robot that went silent.
+            curve_server_options(sock, self._curve)
+        # Before bind, so that no connection escapes the count, the cap or the key check.
+        self._watch = ConnectionWatch(
+            sock,
+            count=lambda event: self.count(event),
+            max_message_bytes=c.max_message_bytes,
+            max_connections=c.max_connections,
+            curve=self._curve,
+        )
+        self._watch.start()
+        # Dead peers are found by TCP keepalive, not by ZMTP PINGs from this socket: a
+        # PING timer can abort the process in libzmq 4.3.x (see inferential.liveness;
+        # test_transport_survives_peer_hangup_at_hwm).
         keepalive_options(sock, c.heartbeat_ivl_ms, c.heartbeat_timeout_ms)
         sock.bind(c.bind)
         self._sock = sock
@@ -174,13 +167,14 @@ class RouterTransport:
         self._check_scheduled = False
         on_message = self._on_message
         burst = self.BURST
-        watch = [(sock, _POLLIN)]
+        polled = [(sock, _POLLIN)]
+        watch = self._watch
         try:
             while True:
                 self._sent = False
                 handled = 0
                 while handled < burst:
-                    if not _poll(watch, 0):
+                    if not _poll(polled, 0):
                         self.empty_ns = _monotonic_ns()
                         break
                     try:
@@ -193,6 +187,10 @@ class RouterTransport:
                         frame = _recv(sock, 0, False)
                         frames.append(frame)
                     handled += 1
+                    if frames[0].buffer[0] and len(frames) > 1 and watch is not None:
+                        # An identity the peer chose (libzmq's own start with a zero byte): a 1.x
+                        # robot's client id, which another connection can take over.
+                        watch.note_identity(frames[0].bytes, frames[1])
                     try:
                         on_message(frames)  # type: ignore[misc]
                     except Exception:  # the server never dies on input
@@ -248,6 +246,11 @@ class RouterTransport:
                 return "peer is not reading (send queue full)"
             raise
 
+    @property
+    def connections(self) -> Optional[ConnectionWatch]:
+        """What the connection watch has seen (counts, live connections); None before bind."""
+        return self._watch
+
     def close(self) -> None:
         if self._sock is not None:
             if self._loop is not None:
@@ -258,9 +261,9 @@ class RouterTransport:
                 self._selector = None
             self._sock.close(linger=200)  # let replies already queued go out
             self._sock = None
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._own_ctx:
             self._ctx.term()
             self._own_ctx = False
