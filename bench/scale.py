@@ -201,6 +201,25 @@ def _proc_stat_busy() -> tuple[float, float]:
     return (sum(vals[:8]) - idle) / tick, sum(vals[:8]) / tick
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of a process so far, summed by thread name (/proc/<pid>/task)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def _self_cpu() -> float:
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
@@ -329,13 +348,17 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
     def snapshot() -> tuple:
         return time.monotonic_ns(), cpu_seconds(server_pid), _self_cpu(), time.thread_time(), *_proc_stat_busy()
 
+    threads0: dict[str, float] = {}
+
     next_sweep = start
     while True:
         now = time.monotonic_ns()
         if "start" not in snap and now >= meas_start:
             snap["start"] = snapshot()
+            threads0 = thread_cpu(server_pid)
         if "end" not in snap and now >= meas_end:
             snap["end"] = snapshot()
+            threads1 = thread_cpu(server_pid)
         while heap and heap[0][0] <= now:
             planned, i = heapq.heappop(heap)
             r = robots[i]
@@ -361,6 +384,7 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
             drain(by_fd[fd])
     if "end" not in snap:
         snap["end"] = snapshot()
+        threads1 = thread_cpu(server_pid)
 
     (t0, s0, g0, m0, b0, _), (t1, s1, g1, m1, b1, _) = snap["start"], snap["end"]
     wall = (t1 - t0) / 1e9
@@ -422,6 +446,12 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
         "machine_busy_cores": busy / wall,
         "send_lag_p99_ms": float(np.percentile(lags, 99)) if lags else float("nan"),
         "window_s": wall,
+        # Where the server's CPU went, by thread name (the event loop is the process's own
+        # name, e.g. "python"; ZMQ's I/O threads "ZMQbg/..."): µs per reply in the window.
+        "server_threads_us_per_req": {
+            k: 1e6 * (v - threads0.get(k, 0.0)) / replies
+            for k, v in sorted(threads1.items()) if replies and v - threads0.get(k, 0.0) > 0
+        },
     }
 
 
