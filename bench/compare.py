@@ -456,6 +456,11 @@ def print_fleet(rows: list[dict], title: str) -> None:
         print(f"* the load generator sent late (p99 send lag > {LAG_LIMIT_MS:g} ms): the machine, not only the peer, limits that row")
 
 
+def _cpu_per_reply_us(row: dict) -> float:
+    """Server CPU (all its threads) per reply: the cost that noise on a shared machine moves least."""
+    return row["server_cpu_fraction"] / row["replies_per_s"] * 1e6 if row["replies_per_s"] else float("nan")
+
+
 def print_throughput(result: dict) -> None:
     model = result["model"]
     print(f"\n[maximum throughput, small observations, {model} model] replies/s by robots in flight (closed loop)")
@@ -470,11 +475,13 @@ def print_throughput(result: dict) -> None:
         print(f"{n:>7}" + "".join(f"{c:>13}" for c in cells))
     pub = next((r for r in result["rows"] if r["peer"] == PUB), None)
     print("best N re-measured (median of rounds):")
-    print(f"{'peer':<12}{'robots':>7}{'replies/s':>11}{'x 1.4.0':>9}{'p50 ms':>8}{'p99 ms':>8}{'lost':>6}{'sheds':>7}{'server CPU':>11}")
+    print(f"{'peer':<12}{'robots':>7}{'replies/s':>11}{'x 1.4.0':>9}{'p50 ms':>8}{'p99 ms':>8}{'lost':>6}{'sheds':>7}{'server CPU':>11}"
+          f"{'us/reply':>9}")
     for r in result["rows"]:
         ratio = f"{r['replies_per_s'] / pub['replies_per_s']:.2f}x" if pub and pub["replies_per_s"] else "-"
         print(f"{r['peer']:<12}{r['robots']:>7}{r['replies_per_s']:>11.0f}{ratio:>9}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
-              f"{r['lost']:>6}{r['sheds']:>7}{r['server_cpu_fraction']:>10.0%}")
+              f"{r['lost']:>6}{r['sheds']:>7}{r['server_cpu_fraction']:>10.0%}"
+              f"{_cpu_per_reply_us(r):>9.0f}")
     print("(! = a loss or shed at that step)")
 
 
@@ -535,7 +542,8 @@ def evaluate_native(report: dict) -> list[dict]:
             out.append({"target": "max throughput, native >= 2x 1.4.0 (noop model, small observations)",
                         "met": nat / pub >= 2.0,
                         "detail": f"{nat:.0f} vs {pub:.0f} replies/s = {nat / pub:.2f}x (Python transport {py / pub:.2f}x"
-                                  f"{extra})"})
+                                  f"{extra}); server CPU per reply {_cpu_per_reply_us(rows[NATIVE]):.0f} us native, "
+                                  f"{_cpu_per_reply_us(rows[OURS]):.0f} us Python"})
     for when in ("idle_before", "idle_after"):
         cpu = report[when]["native"]
         out.append({"target": f"idle server CPU, native, < 1% of a core ({when.replace('_', ' ')} traffic)",

@@ -37,8 +37,6 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyMemoryView, PyTuple};
 
-/// Messages received in one hold of the socket lock (a send waits at most this long).
-const RECV_BATCH: usize = 64;
 /// Messages checked and waiting for the loop; past it the I/O thread stops reading and
 /// libzmq's RCVHWM applies, as with the Python transport.
 const QUEUE_CAPACITY: usize = 1024;
@@ -422,51 +420,44 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
         if shared.stop.load(Ordering::Acquire) {
             return;
         }
-        let mut batch: Vec<(Vec<Msg>, u64)> = Vec::new();
+        // One message per hold of the socket lock: a reply being sent waits for at most one
+        // receive, and each message reaches the loop as soon as it is checked.
         let mut failed = false;
-        let more_waiting = {
+        let (received, more_waiting) = {
             let guard = lock(&shared.sock);
             let Some(sock) = guard.as_ref() else { return };
-            while batch.len() < RECV_BATCH {
-                match recv_message(sock.0) {
-                    Recv::Message(parts) => {
-                        batch.push((parts, shared.empty_ns.load(Ordering::Relaxed)))
-                    }
-                    Recv::Empty => {
-                        shared.empty_ns.store(monotonic_ns(), Ordering::Relaxed);
-                        break;
-                    }
-                    Recv::Failed => {
-                        // ETERM and the like: wait (the stop flag ends the loop), never spin.
-                        failed = true;
-                        break;
-                    }
+            let ref_ns = shared.empty_ns.load(Ordering::Relaxed);
+            match recv_message(sock.0) {
+                Recv::Message(parts) => (Some((parts, ref_ns)), true),
+                Recv::Empty => {
+                    shared.empty_ns.store(monotonic_ns(), Ordering::Relaxed);
+                    // ZMQ's descriptor is edge-triggered: wait on it only when EVENTS says
+                    // there is no input.
+                    let readable = socket_int(sock.0, ZMQ_EVENTS)
+                        .is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
+                    (None, readable)
+                }
+                Recv::Failed => {
+                    // ETERM and the like: wait (the stop flag ends the loop), never spin.
+                    failed = true;
+                    (None, false)
                 }
             }
-            // ZMQ's descriptor is edge-triggered: wait on it only when EVENTS says no input.
-            !failed
-                && (batch.len() >= RECV_BATCH
-                    || socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0))
         };
-        if !batch.is_empty() {
-            let checked: Vec<Received> = batch
-                .into_iter()
-                .map(|(parts, ref_ns)| {
-                    let checked = check(&parts, &shared.limits);
-                    Received {
-                        parts,
-                        ref_ns,
-                        checked,
-                    }
-                })
-                .collect();
+        if let Some((parts, ref_ns)) = received {
+            let checked = check(&parts, &shared.limits);
             let mut queue = lock(&shared.queue);
             let was_empty = queue.is_empty();
-            queue.extend(checked);
+            queue.push_back(Received {
+                parts,
+                ref_ns,
+                checked,
+            });
             if was_empty {
                 shared.ready.signal();
             }
         }
+        let more_waiting = more_waiting && !failed;
         if more_waiting {
             continue;
         }
@@ -627,7 +618,19 @@ impl Router {
     /// None when ZMQ took it, else why not ("peer disconnected", "peer is not reading (send
     /// queue full)"). libzmq copies the bytes.
     fn send(&self, frames: &Bound<'_, PyList>) -> PyResult<Option<&'static str>> {
-        let guard = lock(&self.shared.sock);
+        // Uncontended, the lock is taken at once; else the GIL is let go while the I/O
+        // thread finishes its one receive (it may have been preempted holding the lock).
+        let guard = match self.shared.sock.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let shared = Arc::clone(&self.shared);
+                frames.py().detach(move || {
+                    drop(lock(&shared.sock));
+                });
+                lock(&self.shared.sock)
+            }
+        };
         let Some(sock) = guard.as_ref() else {
             return Err(PyRuntimeError::new_err("the transport is closed"));
         };
