@@ -148,9 +148,14 @@ def test_a_replica_killed_mid_batch_is_retried_on_another_and_its_successor_foun
     assert victim.unique_id not in pool.replicas and not os.path.exists(victim.path)
     # Serve starts a replacement; the backend connects to it without being asked.
     deadline = time.monotonic() + 60
-    while backend.health().models["linear"].details["direct_replicas"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert backend.health().models["linear"].details["direct_replicas"] == 2
+
+    def replaced() -> bool:
+        health = loop.run(backend.refresh_health()).models["linear"]
+        return health.replicas == 2 and health.details["direct_replicas"] == 2
+
+    while not replaced() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert replaced()
 
 
 def test_handle_models_are_called_through_serve_handles(backend, loop):

@@ -20,6 +20,7 @@ from inferential.dispatch.base import (
     Backend,
     BackendError,
     BackendHealth,
+    Done,
     Inputs,
     Model,
     ModelHealth,
@@ -194,9 +195,9 @@ class RayBackend(Backend):
         targets = [t for t in self._targets.values() if self._wants_direct(t)]
         if not targets:
             return
-        import zmq.asyncio
+        import zmq
 
-        self._zmq = zmq.asyncio.Context()
+        self._zmq = zmq.Context()
         for t in targets:
             t.direct = DirectPool(self._zmq, self._schedule_direct_refresh)
         await self._refresh_direct()
@@ -240,39 +241,63 @@ class RayBackend(Backend):
         except RuntimeError:  # no loop: stop() is tearing down
             pass
 
-    async def _call_direct(self, target: _Target, batch: list[Inputs], deadline: float) -> Any:
-        """One batch over a replica's socket; None when no replica is reachable that way."""
-        assert target.direct is not None
-        frames: Optional[list[Any]] = None
-        attempt = 0
-        while True:
+    def _dispatch_direct(self, target: _Target, batch: list[Inputs], done: Done) -> None:
+        """Run a batch over a replica's socket; ``done`` runs on the loop later. Without a
+        replica on the direct path the batch goes through the Serve handle."""
+        loop = asyncio.get_running_loop()
+        target.calls += 1
+        deadline = time.monotonic() + target.timeout_s
+
+        def fail(error: BackendError) -> None:
+            target.failures += 1
+            target.last_error = str(error)
+            done(None, error)
+
+        try:
+            frames = encode(batch)
+        except Exception as err:  # inputs that do not pickle: this batch fails, nothing else
+            loop.call_soon(fail, BackendError(f"model '{target.name}': the batch cannot be sent: {err}"))
+            return
+
+        def attempt(tries: int) -> None:
+            assert target.direct is not None
             replica = target.direct.pick()
             if replica is None:
-                return None
-            if frames is None:
-                frames = encode(batch)
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise asyncio.TimeoutError
-                reply = await replica.call(frames, remaining)
-            except asyncio.TimeoutError:
-                target.timeouts += 1
-                raise BackendError(
-                    f"model '{target.name}': no answer within {target.timeout_s:g} s; request dropped"
-                ) from None
-            except ReplicaLost as err:
-                attempt += 1
-                if attempt > self._config.replica_failure_retries or time.monotonic() >= deadline:
-                    raise BackendError(f"model '{target.name}': replica failed: {err}") from err
-                target.retries += 1
-                log.warning("model '%s': replica failed (%s); retrying", target.name, err)
-                continue
-            target.direct_calls += 1
-            kind, result, _stamps = decode(reply)
-            if kind != "ok":
-                raise BackendError(f"model '{target.name}': {result}")
-            return result
+                by_handle = loop.create_task(self._execute_batch(target, batch, deadline))
+                by_handle.add_done_callback(lambda t: _settle_task(t, done, fail))
+                return
+
+            def replied(reply: Any, error: Optional[BaseException]) -> None:
+                if error is None:
+                    try:
+                        kind, result, _stamps = decode(reply)
+                        if kind != "ok":
+                            raise BackendError(f"model '{target.name}': {result}")
+                        outcomes = self._batch_outcomes(target, batch, result)
+                    except BackendError as err:
+                        fail(err)
+                        return
+                    except Exception as err:  # a reply that does not decode
+                        fail(BackendError(f"model '{target.name}': bad reply from the replica: {err}"))
+                        return
+                    target.direct_calls += 1
+                    done(outcomes, None)
+                elif isinstance(error, ReplicaLost):
+                    if tries + 1 > self._config.replica_failure_retries or time.monotonic() >= deadline:
+                        fail(BackendError(f"model '{target.name}': replica failed: {error}"))
+                        return
+                    target.retries += 1
+                    log.warning("model '%s': replica failed (%s); retrying", target.name, error)
+                    attempt(tries + 1)
+                else:
+                    target.timeouts += 1
+                    fail(
+                        BackendError(f"model '{target.name}': no answer within {target.timeout_s:g} s; request dropped")
+                    )
+
+            replica.send(frames, max(0.0, deadline - time.monotonic()), replied)
+
+        attempt(0)
 
     def _deploy_failures(self) -> str:
         """Why Serve could not deploy our applications, from its status messages."""
@@ -432,6 +457,13 @@ class RayBackend(Backend):
             for t in self._targets.values()
         }
 
+    def submit(self, model_id: str, batch: list[Inputs], done: Done) -> None:
+        target = self._targets.get(model_id)
+        if target is None or target.direct is None or not batch or not self._started:
+            super().submit(model_id, batch, done)  # errors and the Serve handle, via execute()
+            return
+        self._dispatch_direct(target, batch, done)
+
     async def execute(self, model_id: str, batch: list[Inputs]) -> list[Outcome]:
         target = self._targets.get(model_id)
         if target is None:
@@ -440,6 +472,18 @@ class RayBackend(Backend):
             raise BackendError("the Ray backend is not started")
         if not batch:
             return []
+        if target.direct is not None:
+            fut: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+
+            def settle(outcomes: Optional[list[Any]], error: Optional[BaseException]) -> None:
+                if not fut.done():
+                    if error is not None:
+                        fut.set_exception(error)
+                    else:
+                        fut.set_result(outcomes or [])
+
+            self._dispatch_direct(target, batch, settle)
+            return await fut
         target.calls += 1
         deadline = time.monotonic() + target.timeout_s
         try:
@@ -452,11 +496,10 @@ class RayBackend(Backend):
             raise
 
     async def _execute_batch(self, target: _Target, batch: list[Inputs], deadline: float) -> list[Outcome]:
-        result = None
-        if target.direct is not None:
-            result = await self._call_direct(target, batch, deadline)
-        if result is None:  # no replica on the direct path: Serve's handle
-            result = await self._call(target, batch, deadline)
+        return self._batch_outcomes(target, batch, await self._call(target, batch, deadline))
+
+    @staticmethod
+    def _batch_outcomes(target: _Target, batch: list[Inputs], result: Any) -> list[Outcome]:
         if isinstance(result, BatchFailed):
             raise BackendError(f"model '{target.name}' failed the batch: {result.reason}")
         try:
@@ -592,6 +635,18 @@ class RayBackend(Backend):
                 await self._refresh_direct()
             except Exception as err:  # never let the loop die
                 log.warning("Ray health check failed: %s", err)
+
+
+def _settle_task(task: "asyncio.Task[list[Outcome]]", done: Done, fail: Any) -> None:
+    """A batch run as a task (the Serve handle fallback) finished: tell ``done``."""
+    if task.cancelled():
+        fail(BackendError("batch cancelled"))
+    elif isinstance(task.exception(), BackendError):
+        fail(task.exception())
+    elif task.exception() is not None:
+        fail(BackendError(f"{type(task.exception()).__name__}: {task.exception()}"))
+    else:
+        done(task.result(), None)
 
 
 async def _await_within(response: Any, deadline: float) -> Any:

@@ -150,6 +150,7 @@ class ReplicaChannel:
 
     def _work(self, ident: zmq.Frame, call: zmq.Frame, batch: list[Any], received: float) -> None:
         started = time.time()
+        message: tuple[str, Any, Any]
         try:
             # An empty batch is the backend's warm-up of this path: the model is not called.
             message = ("ok", self._run(batch) if batch else [], (received, started, time.time()))
@@ -209,11 +210,16 @@ class ReplicaLost(Exception):
 
 
 class DirectReplica:
-    """The backend's connection to one replica's socket (used on the backend's event loop)."""
+    """The backend's connection to one replica's socket, driven by the backend's event loop.
+
+    No task or future per batch: the loop watches the socket's descriptor and a reply
+    calls its batch's callback in the same pass, as the local backend's threads do.
+    """
 
     def __init__(self, ctx: Any, unique_id: str, path: str, on_lost: Callable[["DirectReplica"], None]) -> None:
         import asyncio
 
+        self._loop = asyncio.get_running_loop()
         self.unique_id = unique_id
         self.path = path
         self.ready = asyncio.Event()
@@ -221,98 +227,112 @@ class DirectReplica:
         self.inflight = 0  # batches sent and not answered, including ones whose caller gave up
         self.calls = 0
         self._on_lost = on_lost
-        self._pending: dict[int, Any] = {}  # call id -> future of a caller still waiting
+        self._pending: dict[int, tuple[Callable[[Any, Optional[BaseException]], None], Any]] = {}
         self._outstanding: set[int] = set()
         self._next = 0
         self._sock = ctx.socket(zmq.DEALER)
         self._sock.linger = 0
         self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._sock.connect(f"ipc://{path}")
-        self._tasks = [
-            asyncio.ensure_future(self._read()),
-            asyncio.ensure_future(self._watch()),
-        ]
+        self._fds = [self._sock.FD, self._monitor.FD]
+        self._loop.add_reader(self._fds[0], self._drain)
+        self._loop.add_reader(self._fds[1], self._watch)
+        # ZMQ's descriptor signals edges: look once now for what is already there.
+        self._loop.call_soon(self._watch)
 
-    async def _read(self) -> None:
+    def _drain(self) -> None:
         try:
-            while True:
-                frames = await self._sock.recv_multipart(copy=False)
+            while not self.lost and self._sock.EVENTS & zmq.POLLIN:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 if len(frames) < 2:
                     continue
                 n = parse_call_id(frames[0])
                 if n in self._outstanding:
                     self._outstanding.discard(n)
                     self.inflight -= 1
-                fut = self._pending.pop(n, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(frames[1:])
-        except Exception as err:  # a closed socket ends the reader
-            if not self.lost:
-                self._lose(f"reading from the replica failed: {err}")
+                entry = self._pending.pop(n, None)
+                if entry is not None:
+                    entry[1].cancel()
+                    entry[0](frames[1:], None)
+        except zmq.ZMQError as err:
+            self._lose(f"reading from the replica failed: {err}")
 
-    async def _watch(self) -> None:
+    def _watch(self) -> None:
         from zmq.utils.monitor import parse_monitor_message
 
         try:
-            while True:
-                event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
+            while not self.lost and self._monitor.EVENTS & zmq.POLLIN:
+                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))["event"]
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     self.ready.set()
                 elif event == zmq.EVENT_DISCONNECTED and self.ready.is_set():
                     self._lose("the replica's socket closed (its process ended)")
-                    return
-        except Exception:  # the monitor closes with the socket
-            return
+        except zmq.ZMQError:  # the monitor closes with the socket
+            pass
 
-    def _lose(self, why: str) -> None:
+    def send(
+        self, frames: list[Any], timeout_s: float, callback: Callable[[Any, Optional[BaseException]], None]
+    ) -> None:
+        """Send a batch; ``callback(reply frames, None)`` or ``callback(None, error)`` runs
+        later on the loop, the error being asyncio.TimeoutError or ReplicaLost."""
         if self.lost:
+            self._loop.call_soon(callback, None, ReplicaLost("the replica's socket closed"))
             return
-        self.lost = True
-        pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(ReplicaLost(why))
-        self.close()
-        self._on_lost(self)
-
-    async def call(self, frames: list[Any], timeout_s: float) -> list[zmq.Frame]:
-        """The reply's frames; asyncio.TimeoutError after ``timeout_s``; ReplicaLost."""
-        import asyncio
-
-        if self.lost:
-            raise ReplicaLost("the replica's socket closed")
-        loop = asyncio.get_running_loop()
         self._next += 1
         n = self._next
-        fut = loop.create_future()
-        self._pending[n] = fut
+        self._pending[n] = (callback, self._loop.call_later(timeout_s, self._expire, n))
         self._outstanding.add(n)
         self.inflight += 1
         self.calls += 1
         self._sock.send_multipart([call_id(n), *frames], copy=False)
-        timer = loop.call_later(timeout_s, _expire, fut)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
-            self._pending.pop(n, None)
+        if self._sock.EVENTS & zmq.POLLIN:  # the send may have taken the edge of a waiting reply
+            self._loop.call_soon(self._drain)
 
-    def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+    def _expire(self, n: int) -> None:
+        import asyncio
+
+        entry = self._pending.pop(n, None)
+        if entry is not None:
+            entry[0](None, asyncio.TimeoutError())
+
+    async def call(self, frames: list[Any], timeout_s: float) -> list[zmq.Frame]:
+        """The reply's frames; asyncio.TimeoutError after ``timeout_s``; ReplicaLost."""
+        fut = self._loop.create_future()
+
+        def settle(reply: Any, error: Optional[BaseException]) -> None:
+            if not fut.done():
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(reply)
+
+        self.send(frames, timeout_s, settle)
+        return await fut
+
+    def _lose(self, why: str) -> None:
+        if self.lost:
+            return
+        self.close(why)
+        self._on_lost(self)
+
+    def close(self, why: str = "the backend stopped") -> None:
+        """Close the connection; batches still waiting fail with ReplicaLost(why)."""
+        self.lost = True
+        pending, self._pending = self._pending, {}
+        for callback, timer in pending.values():
+            timer.cancel()
+            callback(None, ReplicaLost(why))
+        for fd in self._fds:
+            self._loop.remove_reader(fd)
+        self._fds = []
+        if self._sock.closed:
+            return
         try:
             self._sock.disable_monitor()
         except zmq.ZMQError:
             pass
         self._monitor.close(linger=0)
         self._sock.close(linger=0)
-
-
-def _expire(fut: Any) -> None:
-    import asyncio
-
-    if not fut.done():
-        fut.set_exception(asyncio.TimeoutError())
 
 
 class DirectPool:
@@ -364,6 +384,5 @@ class DirectPool:
 
     def close(self) -> None:
         for r in self.replicas.values():
-            r.lost = True
             r.close()
         self.replicas.clear()
