@@ -260,8 +260,8 @@ class RayBackend(Backend):
             return
 
         def attempt(tries: int) -> None:
-            assert target.direct is not None
-            replica = target.direct.pick()
+            pool = target.direct  # None once stop() has closed it
+            replica = pool.pick() if pool is not None else None
             if replica is None:
                 by_handle = loop.create_task(self._execute_batch(target, batch, deadline))
                 by_handle.add_done_callback(lambda t: _settle_task(t, done, fail))

@@ -70,7 +70,9 @@ def encode(obj: Any) -> list[Any]:
 
 
 def decode(frames: list[zmq.Frame]) -> Any:
-    return pickle.loads(frames[0].buffer, buffers=[f.buffer for f in frames[1:]])
+    # Read-only views, as over Serve's object store: a model that writes to its inputs fails
+    # the same way on every path.
+    return pickle.loads(frames[0].buffer, buffers=[memoryview(f.buffer).toreadonly() for f in frames[1:]])
 
 
 class ReplicaChannel:
