@@ -20,7 +20,8 @@ Variants
   bytes                per request: raw payload bytes + descriptors, decoded on the replica
   ray.put              the list of dicts put in the object store first, the ref passed
   actor                a plain Ray actor, no Serve (the floor for a Ray call)
-  RayBackend           inferential's backend end to end (ModelReplica, auto transport)
+  RayBackend           inferential's backend end to end (ModelReplica over the direct data
+                       path, the replica's own socket: docs/ray.md; make bench-ray breaks it down)
 """
 
 from __future__ import annotations
