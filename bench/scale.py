@@ -220,6 +220,28 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def thread_table(points: list[dict]) -> str:
+    """µs of server CPU per reply by thread: the event loop (the main thread), ZMQ's I/O
+    threads, the native module's I/O thread ("inferential-io"), and the rest (model, timers)."""
+    lines = ["| obs | robots | server | total µs/req | event loop | ZMQ I/O | native I/O | other threads |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        t = dict(p.get("server_threads_us_per_req", {}))
+        loop = t.pop(p.get("server_loop_thread", ""), 0.0)
+        zmq_io = sum(t.pop(k) for k in [k for k in t if k.startswith("ZMQbg")])
+        native_io = t.pop("inferential-io", 0.0)
+        lines.append(f"| {p['size']} | {p['robots']} | {p['peer']} | {_f(p['server_cpu_us_per_req'], ',.0f')} | "
+                     f"{loop:,.0f} | {zmq_io:,.0f} | {native_io:,.0f} | {sum(t.values()):,.0f} |")
+    return "\n".join(lines)
+
+
 def _self_cpu() -> float:
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
@@ -349,6 +371,7 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
         return time.monotonic_ns(), cpu_seconds(server_pid), _self_cpu(), time.thread_time(), *_proc_stat_busy()
 
     threads0: dict[str, float] = {}
+    loop_name = [""]  # the main thread's name: the event loop's
 
     next_sweep = start
     while True:
@@ -356,6 +379,7 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
         if "start" not in snap and now >= meas_start:
             snap["start"] = snapshot()
             threads0 = thread_cpu(server_pid)
+            loop_name[0] = _comm(server_pid)
         if "end" not in snap and now >= meas_end:
             snap["end"] = snapshot()
             threads1 = thread_cpu(server_pid)
@@ -448,6 +472,7 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
         "window_s": wall,
         # Where the server's CPU went, by thread name (the event loop is the process's own
         # name, e.g. "python"; ZMQ's I/O threads "ZMQbg/..."): µs per reply in the window.
+        "server_loop_thread": loop_name[0],
         "server_threads_us_per_req": {
             k: 1e6 * (v - threads0.get(k, 0.0)) / replies
             for k, v in sorted(threads1.items()) if replies and v - threads0.get(k, 0.0) > 0
@@ -717,6 +742,8 @@ def main() -> int:
     report = {"meta": meta, "points": points, "failures": failures}
     md = table(points, cores)
     print("\n" + md)
+    threads_md = thread_table(points)
+    print("\nServer CPU per reply by thread (µs):\n" + threads_md)
     print("\nshed = explicit non-OK replies; skipped = sends a robot skipped with its in-flight window full; "
           "others = the rest of the machine's busy CPU (cores); saturated: server = its process >= 90 % of a "
           f"core, machine = >= 90 % of all {cores} cores busy, gen late = p99 send lag > {LAG_LIMIT_MS:g} ms")
@@ -728,6 +755,7 @@ def main() -> int:
     out.with_suffix(".md").write_text(
         f"# make bench-scale ({meta['mode']}, {meta['date']})\n\n{meta['machine']}; servers {', '.join(peers)}; "
         f"model {args.model}; {args.hz:g} Hz, budget {args.budget_ms:g} ms; {args.seconds:g} s per point.\n\n{md}\n"
+        + f"\nServer CPU per reply by thread (µs; the event loop is the main thread):\n\n{threads_md}\n"
         + "".join(f"\nmissing point: {f}\n" for f in failures))
     plot(report, out.with_suffix(".png"))
     print(f"\nwrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')} (wall time {meta['wall_time_s']:.0f} s; "
