@@ -297,7 +297,6 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
     budget_ns = args.budget_ms * 1e6
     skipped = [0]  # sends a robot skipped because its in-flight window was full (measured window)
     outstanding = [0]
-    replies_in_window = [0]
     unknown = [0]
     snap: dict[str, tuple] = {}
     shed_reason: dict[int, str] = {}
@@ -329,8 +328,6 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
             outstanding[0] -= 1
             if rid - 1 >= r.oldest:
                 r.inflight -= 1
-            if meas_start <= now < meas_end:
-                replies_in_window[0] += 1
 
     def send(r: Robot, planned: int) -> None:
         now = time.monotonic_ns()
@@ -440,7 +437,9 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
                 name = pb.Status.Name(st) if st in pb.Status.values() else str(st)
                 shed_kinds[name] = shed_kinds.get(name, 0) + 1
     offered = sent + skipped[0]
-    replies = replies_in_window[0]
+    # Replies over the same readings as the CPU (the loop may read the clocks a little after the
+    # window's nominal start and end when it is busy).
+    replies = sum(1 for r in robots for rep in r.reply_ns if t0 <= rep <= t1)
     return {
         "robots": n,
         "offered_per_s": offered / args.seconds,
@@ -470,6 +469,8 @@ def _drive(robots: list[Robot], by_fd: dict[int, Robot], ep: select.epoll, serve
         "machine_busy_cores": busy / wall,
         "send_lag_p99_ms": float(np.percentile(lags, 99)) if lags else float("nan"),
         "window_s": wall,
+        # The clock readings bracket the window only when the generator's loop came round in time.
+        "window_short": wall < 0.8 * args.seconds,
         # Where the server's CPU went, by thread name (the event loop is the process's own
         # name, e.g. "python"; ZMQ's I/O threads "ZMQbg/..."): µs per reply in the window.
         "server_loop_thread": loop_name[0],
@@ -490,6 +491,8 @@ def saturation(p: dict, cores: int) -> str:
         marks.append("server")
     if p["machine_busy_cores"] >= 0.9 * cores:
         marks.append("machine")
+    if p.get("window_short"):
+        marks.append("gen stalled")  # the window's start and end were read late: its rates are unreliable
     if p["send_lag_p99_ms"] > LAG_LIMIT_MS:
         marks.append("gen late")  # robots sent off pace: the offered load was not what the row says
     return "+".join(marks)
@@ -656,8 +659,8 @@ def main() -> int:
     ap.add_argument("--hz", type=float, default=50.0)
     ap.add_argument("--budget-ms", type=float, default=20.0)
     ap.add_argument("--max-inflight", type=int, default=10, help="unanswered observations a robot allows")
-    ap.add_argument("--retries", type=int, default=1,
-                    help="run a point again (keeping the better-paced run) when the generator sent late "
+    ap.add_argument("--retries", type=int, default=None,
+                    help="(default 1, quick 0) run a point again, keeping the better-paced run, when the generator sent late "
                     f"(p99 send lag > {LAG_LIMIT_MS:g} ms) while other processes took > {OTHERS_LIMIT:g} cores")
     ap.add_argument("--max-retries", type=int, default=6, help="repeated points in the whole run, at most")
     ap.add_argument("--model", choices=("noop", "sleep1"), default="noop")
@@ -676,6 +679,7 @@ def main() -> int:
         if s not in IMAGES:
             ap.error(f"unknown size {s!r} (small, 150kb)")
     args.seconds = args.seconds or (2.0 if q else 8.0)
+    args.retries = args.retries if args.retries is not None else (0 if q else 1)
     args.out = args.out or str(RESULTS / ("scale-quick.json" if q else "scale.json"))
     args.warmup = args.warmup if args.warmup is not None else (0.5 if q else 1.0)
     native_known = native_available()

@@ -2,7 +2,7 @@
 # small and 150 KB observations, ours (python and, when built, native transport) against the
 # published 1.4.0: server CPU per request, p50/p99, goodput; the generator's own CPU beside it.
 # Writes bench/results/scale.{json,md,png} (~8 min). Not part of make test (a measurement, not
-# a check); `make bench-scale-quick` is the smoke run (~1.5 min).
+# a check); `make bench-scale-quick` is the smoke run (1-2.5 min).
 SCALE_ARGS ?=
 .PHONY: bench-scale bench-scale-quick
 bench-scale: setup
