@@ -1,10 +1,11 @@
 """How the server's cost grows with the fleet: robots 1 to 200 at 50 Hz, ours (both transport
 paths) against the published 1.4.0, small and 150 KB observations.
 
-    make bench-scale                       (about 8 minutes)
-    make bench-scale SCALE_ARGS=--quick    (a smoke run, about 1.5 minutes)
+    make bench-scale                       (7-8 minutes)
+    make bench-scale-quick                 (a smoke run: robots 1, 50, 200, 2 s each; 1-2.5 minutes)
     .venv/bin/python bench/scale.py [--quick] [--robots 1,10,50] [--sizes small,150kb]
         [--paths python,native] [--no-published] [--seconds 8] [--model noop|sleep1]
+        [--source worktree|REV]
 
 Each point (observation size x robots x server) gets a fresh server process, so no point
 inherits another's backlog; the points are interleaved (for each size and robot count, every
@@ -43,6 +44,9 @@ Per point, over the measured window (after a 1 s warm-up):
                    share of a core, and per observation sent
   others           the rest of the machine's busy CPU in the window (/proc/stat), in cores: on
                    a shared 2-core box it says how much the point had to itself
+  by thread        the server's CPU per reply by thread name: event loop, ZMQ I/O, native I/O
+A point disturbed by other processes (generator late while they held > 0.5 cores) is run once
+more and the better-paced run kept (--retries, --max-retries).
 Writes bench/results/scale.json, scale.md (the table) and scale.png (--quick: scale-quick.*).
 """
 
