@@ -7,9 +7,9 @@ APT_PACKAGES += libzmq3-dev
 NATIVE_STAMP := $(VENV)/.native-stamp
 NATIVE_SOURCES := $(wildcard server-native/src/*.rs client-rust/src/*.rs client-rust/src/wire/*.rs) \
   server-native/Cargo.toml server-native/pyproject.toml client-rust/Cargo.toml
-# The server tests that exercise the transport, the decoder and everything behind them,
-# run again with INFERENTIAL_TRANSPORT=native (the whole suite: NATIVE_TESTS=server-py/tests).
-NATIVE_TESTS ?= server-py/tests
+# The server suite again with INFERENTIAL_TRANSPORT=native, but for the Ray tests (Ray's
+# start-up dominates them and the transport plays no part in dispatch): about 4-6 min here.
+NATIVE_TESTS ?= server-py/tests --ignore=server-py/tests/ray
 
 .PHONY: setup-native test-py-native
 
