@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 import zmq
 
-from inferential.dispatch.ray.direct import DirectReplica, ReplicaChannel, ReplicaLost, call_id, decode, encode
+from inferential.dispatch.ray.direct import (
+    DirectReplica,
+    ReplicaChannel,
+    ReplicaLost,
+    call_id,
+    decode,
+    encode,
+    trusted,
+)
 
 IMAGE = np.arange(224 * 224 * 3, dtype=np.uint32).astype(np.uint8).reshape(224, 224, 3)
 
@@ -127,3 +135,19 @@ def test_a_replica_that_goes_away_fails_its_batch_at_once_and_a_slow_one_times_o
         pool.shutdown(wait=False)
     assert took < 2.0  # told by the disconnect, not by the 10 s deadline
     assert lost == [replica] and replica.lost
+
+
+def test_only_sockets_in_a_private_folder_of_this_user_are_trusted(tmp_path, socket_file):
+    pool = ThreadPoolExecutor(1)
+    channel = ReplicaChannel(socket_file, run, pool)
+    try:
+        assert trusted(socket_file)
+        os.chmod(os.path.dirname(socket_file), 0o755)  # others may enter: could have planted it
+        assert not trusted(socket_file)
+        with pytest.raises(PermissionError):  # and a replica refuses to bind there
+            ReplicaChannel(os.path.join(os.path.dirname(socket_file), "other.sock"), run, pool)
+    finally:
+        os.chmod(os.path.dirname(socket_file), 0o700)
+        channel.close()
+        pool.shutdown()
+    assert not trusted(str(tmp_path / "missing" / "x.sock"))

@@ -56,6 +56,18 @@ def _private_dir(path: str) -> None:
         raise PermissionError(f"{path} must belong to this user and be closed to others")
 
 
+def trusted(path: str) -> bool:
+    """A socket we may exchange pickles with: it and its directory belong to this user,
+    and nobody else may enter the directory (another user could otherwise plant a socket
+    under a replica's name, or take the directory first)."""
+    try:
+        folder, sock = os.stat(os.path.dirname(path)), os.stat(path)
+    except OSError:
+        return False
+    uid = os.getuid()
+    return folder.st_uid == uid and not folder.st_mode & 0o077 and sock.st_uid == uid
+
+
 def encode(obj: Any) -> list[Any]:
     """[header, *buffers]: large contiguous buffers (tensors) out of band, not copied."""
     buffers: list[Any] = []
@@ -353,7 +365,7 @@ class DirectPool:
                 self.replicas.pop(uid)._lose("Serve no longer lists the replica")
         for uid in unique_ids - set(self.replicas):
             path = socket_path(uid)
-            if os.path.exists(path):  # on this machine
+            if trusted(path):  # on this machine, and ours
                 self.replicas[uid] = DirectReplica(self._ctx, uid, path, self._lost)
 
     def _lost(self, replica: DirectReplica) -> None:
