@@ -113,7 +113,15 @@ class ConnectionWatch:
         self._limit = max_message_bytes
         self._log = LogLimiter()
         ctx = sock.context
-        self._monitor = sock.get_monitor_socket(_MASK)
+        # libzmq sends monitor events blocking, holding a lock its I/O thread needs: a full
+        # monitor queue (1,000 events unread: a connection storm while this thread waits for
+        # the GIL) would stall every connection. An unbounded receive side never fills (an
+        # inproc pipe is unbounded when either end's HWM is 0).
+        address = f"inproc://inferential-monitor-{os.getpid()}-{next(_ids)}"
+        sock.monitor(address, _MASK)
+        self._monitor = ctx.socket(zmq.PAIR)
+        self._monitor.setsockopt(zmq.RCVHWM, 0)
+        self._monitor.connect(address)
         self._zap: Optional[zmq.Socket] = None
         if max_connections is not None or curve is not None:
             zap = ctx.socket(zmq.REP)
@@ -176,17 +184,16 @@ class ConnectionWatch:
         while True:
             try:
                 ready = dict(poller.poll())
-            except zmq.ZMQError:  # the context is going away
-                return
-            if self._wake_r in ready:
-                return
-            try:
+                if self._wake_r in ready:
+                    return
                 # Events first: the ZAP decision must see the connections that ended before it.
                 self._read_monitor()
                 if self._zap is not None and self._zap in ready:
                     self._answer_zap()
-            except zmq.ZMQError:
-                return
+            except zmq.ZMQError as err:
+                if err.errno in (zmq.ETERM, zmq.ENOTSOCK):  # the context or a socket is going away
+                    return
+                logger.exception("connection watch: unexpected error")  # reading on keeps libzmq unblocked
             except Exception:  # the watch must not die on one odd event
                 logger.exception("connection watch: unexpected error")
 
@@ -224,11 +231,17 @@ class ConnectionWatch:
         assert zap is not None
         while zap.poll(0):
             request = zap.recv_multipart()
-            if len(request) < 6:  # not a ZAP request: answer nothing sensible, REP needs a reply
-                zap.send_multipart([b"1.0", b"", b"500", b"malformed ZAP request", b"", b""])
-                continue
-            request_id, address, mechanism, credentials = request[1], request[3], request[5], request[6:]
-            code, text, user = self._decide(address, mechanism, credentials)
+            request_id = request[1] if len(request) > 1 else b""
+            # A REP socket must answer before it can read again, or every later handshake
+            # would wait forever: whatever happens here, a reply goes out.
+            try:
+                if len(request) < 6:
+                    code, text, user = b"500", b"malformed ZAP request", b""
+                else:
+                    code, text, user = self._decide(request[3], request[5], request[6:])
+            except Exception:
+                logger.exception("connection watch: ZAP decision failed")
+                code, text, user = b"500", b"internal error", b""
             if code == b"200":
                 self._pending.append(time.monotonic())
             zap.send_multipart([b"1.0", request_id, code, text, user, b""])
