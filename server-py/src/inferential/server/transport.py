@@ -187,10 +187,12 @@ class RouterTransport:
                         frame = _recv(sock, 0, False)
                         frames.append(frame)
                     handled += 1
-                    if frames[0].buffer[0] and len(frames) > 1 and watch is not None:
-                        # An identity the peer chose (libzmq's own start with a zero byte): a 1.x
-                        # robot's client id, which another connection can take over.
-                        watch.note_identity(frames[0].bytes, frames[1])
+                    if watch is not None and len(frames) > 1:
+                        identity = frames[0].bytes  # 0.25 us; frame.buffer[0] costs 1 us
+                        if identity[:1] != b"\0":
+                            # An identity the peer chose (libzmq's own start with a zero byte): a 1.x
+                            # robot's client id, which another connection can take over.
+                            watch.note_identity(identity, frames[1])
                     try:
                         on_message(frames)  # type: ignore[misc]
                     except Exception:  # the server never dies on input
