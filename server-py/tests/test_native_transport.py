@@ -215,6 +215,21 @@ def test_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERENTIAL_TRANSPORT", "native")
     assert wants_native(TransportConfig(native="auto"))
     assert not wants_native(TransportConfig(native="off"))
+    # YAML reads a bare on/off as a boolean.
+    assert TransportConfig.model_validate({"native": True}).native == "on"
+    assert TransportConfig.model_validate({"native": False}).native == "off"
+
+
+def test_without_the_module_auto_falls_back_and_on_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inferential.server import native_transport
+    from inferential.server.transport import RouterTransport
+
+    monkeypatch.setattr(native_transport, "_native", None)
+    monkeypatch.delenv("INFERENTIAL_TRANSPORT", raising=False)
+    transport = native_transport.make_transport(TransportConfig(bind="tcp://127.0.0.1:0", native="auto"))
+    assert type(transport) is RouterTransport
+    with pytest.raises(RuntimeError, match="not built"):
+        native_transport.make_transport(TransportConfig(native="on"))
 
 
 @pytest.mark.skipif(not zmq.has("curve"), reason="pyzmq's libzmq has no CURVE")
