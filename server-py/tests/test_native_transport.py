@@ -271,3 +271,35 @@ def test_curve_on_the_native_transport() -> None:
                 conn.model("noop").request(x=x, timeout_ms=800)
         finally:
             conn.close()
+
+
+def test_a_loop_that_falls_behind_loses_nothing() -> None:
+    """More messages than the module's queue holds arrive while the loop is not running: the
+    I/O thread stops reading at its queue's bound (libzmq's HWMs then hold the rest back) and
+    every message is delivered once the loop runs."""
+    import asyncio
+
+    t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
+    endpoint = t.bind()
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.SNDHWM, 10_000)
+    dealer.connect(endpoint)
+    got: list[bytes] = []
+    loop = asyncio.new_event_loop()
+    n = 3000
+    try:
+        for i in range(n):
+            dealer.send_multipart([b"", b"%d" % i])
+        time.sleep(0.5)
+        t.attach(loop, lambda frames: got.append(bytes(frames[2])), lambda: None)
+        end = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < end:
+            loop.run_until_complete(asyncio.sleep(0.05))
+    finally:
+        t.close()
+        loop.close()
+        dealer.close()
+        ctx.term()
+    assert got == [b"%d" % i for i in range(n)]
