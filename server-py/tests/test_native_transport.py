@@ -43,7 +43,8 @@ def _native_decode(frames: list[bytes]):
     if spans is None:
         return None
     payload = frames[3:]
-    item = (frames[0], frames[2], payload, spans, sum(len(f) for f in payload), 0)
+    # The envelope as the module hands it over: a buffer object, not bytes.
+    item = (frames[0], memoryview(frames[2]), payload, spans, sum(len(f) for f in payload), 0)
     return NativeTransport._decode(item)
 
 
@@ -152,6 +153,8 @@ def test_a_request_round_trips_with_tensors_and_metadata() -> None:
             # A describe request (no model id) is refused by the check and answered by the
             # Python decoder's path.
             assert conn.server_info(timeout_ms=5000)
+            # The checked observations were not decoded a second time by the Python path.
+            assert server._transport.rechecked == 0
         finally:
             conn.close()
 

@@ -112,6 +112,9 @@ class NativeTransport(RouterTransport):
         #: called with (identity, Decoded, CURVE user id or None) for a checked observation
         self.on_request: Optional[Callable[[bytes, Decoded, Optional[str]], None]] = None
         self._ref_ns = _monotonic_ns()
+        #: checked observations handed to the Python decoder after all (this protobuf runtime
+        #: refused an envelope the Rust check took): 0 in normal operation
+        self.rechecked = 0
 
     def bind(self) -> str:
         endpoint = super().bind()  # every socket option, CURVE and the watch: the Python transport's
@@ -169,6 +172,7 @@ class NativeTransport(RouterTransport):
                         watch.note_identity(identity, envelope)
                     decoded = self._decode(item)
                     if decoded is None or on_request is None:
+                        self.rechecked += 1
                         on_message([identity, b"", envelope, *item[2]])  # type: ignore[misc]
                     else:
                         on_request(identity, decoded, envelope.get("User-Id") or None if curve else None)
@@ -184,7 +188,7 @@ class NativeTransport(RouterTransport):
         its frames. None when this protobuf runtime refuses an envelope the check took."""
         _, envelope, payload, tensors, payload_bytes, _ = item
         try:
-            obs = _parse(envelope)
+            obs = _parse(memoryview(envelope))  # the envelope is a Frame: protobuf wants a buffer
         except Exception:  # DecodeError: the Python path words the rejection
             return None
         arrays: dict[str, Any] = {}
