@@ -52,9 +52,9 @@ SHARED = [
 ]
 
 
-def disconnects(server: Any) -> int:
-    """Connections libzmq ended, as the transport's connection watch counted them."""
-    return server._transport.connections.counts["disconnected"]
+def disconnects(server: Any) -> float:
+    """Connections libzmq ended: inferential_connection_events_total{event="disconnected"}."""
+    return server.metrics.counter("connection_events", {"event": "disconnected"})
 
 
 def _field_key(number: int, wire_type: int) -> bytes:
@@ -167,7 +167,7 @@ class GoodRobot(threading.Thread):
             ctx.term()
 
 
-def eventually_count(value: Callable[[], int], timeout_s: float = 2.0) -> int:
+def eventually_count(value: Callable[[], float], timeout_s: float = 2.0) -> float:
     """``value()`` once it is positive (the watch counts on its own thread), or its last reading."""
     end = time.monotonic() + timeout_s
     while (got := value()) < 1 and time.monotonic() < end:
