@@ -538,7 +538,9 @@ def overload_simulation(args: argparse.Namespace) -> list[dict]:
     """The overload section's configs on the virtual clock (no server, no network): what
     the scheduling alone achieves, with no server time per batch and with 0.5 ms of it
     (about the hand-off to the model's thread and the replies measured here)."""
-    loads = tuple(float(x) for x in args.overload_loads.split(",")) if args.overload_loads else OVERLOAD_LOADS_FULL
+    loads = tuple(float(x) for x in args.overload_loads.split(",")) if args.overload_loads else (
+        OVERLOAD_LOADS if args.quick else OVERLOAD_LOADS_FULL
+    )
     configs = [c for c in OVERLOAD_CONFIGS if not args.only or c[0] in args.only]
     rows = []
     for overhead in (0.0, 0.5):
