@@ -7,13 +7,13 @@
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 
 use crate::codec::{encode_observation, EncodeParams};
-use crate::connection::{deadline_after, now_ns, Connection, Shared};
+use crate::connection::{deadline_after, now_ns, Connection, Shared, State};
 use crate::error::{Error, ErrorKind, Result};
 use crate::matching::Stats;
 use crate::options::ConnectionBuilder;
@@ -32,13 +32,46 @@ impl AsRawFd for ZmqFd {
     }
 }
 
+/// The registered descriptor of the socket of one generation. A connection libzmq ended
+/// for good is replaced by a new socket on a send (`Shared::recover`), with a descriptor of
+/// its own: waits compare generations and register the new one.
+struct Notifier {
+    generation: u64,
+    fd: Arc<AsyncFd<ZmqFd>>,
+}
+
+type SharedNotifier = Arc<Mutex<Notifier>>;
+
+/// Registers our duplicate of the current socket's ZMQ_FD with tokio.
+fn register(state: &State) -> Result<Notifier> {
+    let owned = {
+        let raw = state.socket()?.get_fd()?;
+        // SAFETY: `raw` is the live socket's ZMQ_FD, open while the caller holds the state
+        // lock (closing or replacing the socket needs that lock); it is only borrowed to
+        // duplicate it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+        borrowed
+            .try_clone_to_owned()
+            .map_err(|e| Error::new(ErrorKind::Transport, format!("dup(ZMQ_FD): {e}")))?
+    };
+    // SAFETY: the AsyncFd owns `owned`, our duplicate: it stays open and refers to the
+    // same file description until the AsyncFd is dropped, as tokio requires.
+    let fd =
+        unsafe { AsyncFd::register_with_interest(ZmqFd(owned), tokio::io::Interest::READABLE) }
+            .map_err(|e| Error::new(ErrorKind::Transport, format!("tokio: {e}")))?;
+    Ok(Notifier {
+        generation: state.generation,
+        fd: Arc::new(fd),
+    })
+}
+
 /// A connection for async code: see [`Connection`] for the semantics, which are the same.
 ///
 /// Dropping or closing it closes the socket. Create it inside a tokio runtime (with I/O
 /// and time enabled) with [`ConnectionBuilder::connect_async`].
 pub struct AsyncConnection {
     conn: Connection,
-    fd: Arc<AsyncFd<ZmqFd>>,
+    fd: SharedNotifier,
 }
 
 impl std::fmt::Debug for AsyncConnection {
@@ -60,24 +93,10 @@ impl ConnectionBuilder {
             ));
         }
         let conn = self.connect()?;
-        let owned = {
-            let state = conn.shared().lock_open()?;
-            let raw = state.socket()?.get_fd()?;
-            // SAFETY: `raw` is the live socket's ZMQ_FD, open while we hold the state lock
-            // (closing the socket needs that lock); it is only borrowed to duplicate it.
-            let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-            borrowed
-                .try_clone_to_owned()
-                .map_err(|e| Error::new(ErrorKind::Transport, format!("dup(ZMQ_FD): {e}")))?
-        };
-        // SAFETY: the AsyncFd owns `owned`, our duplicate: it stays open and refers to the
-        // same file description until the AsyncFd is dropped, as tokio requires.
-        let fd =
-            unsafe { AsyncFd::register_with_interest(ZmqFd(owned), tokio::io::Interest::READABLE) }
-                .map_err(|e| Error::new(ErrorKind::Transport, format!("tokio: {e}")))?;
+        let notifier = register(&*conn.shared().lock_open()?)?;
         Ok(AsyncConnection {
             conn,
-            fd: Arc::new(fd),
+            fd: Arc::new(Mutex::new(notifier)),
         })
     }
 }
@@ -111,7 +130,7 @@ impl AsyncConnection {
 #[derive(Clone)]
 pub struct AsyncModel {
     model: crate::Model,
-    fd: Arc<AsyncFd<ZmqFd>>,
+    fd: SharedNotifier,
 }
 
 impl std::fmt::Debug for AsyncModel {
@@ -192,13 +211,24 @@ impl AsyncModel {
         self.model.shared()
     }
 
+    /// The descriptor of the current socket (registered anew after a socket reset).
+    fn notifier(&self) -> Result<Arc<AsyncFd<ZmqFd>>> {
+        let state = self.shared().lock_open()?;
+        let mut notifier = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        if notifier.generation != state.generation {
+            *notifier = register(&state)?;
+        }
+        Ok(Arc::clone(&notifier.fd))
+    }
+
     /// Sleeps until the socket may have changed state, or until `deadline`.
     async fn wait(&self, deadline: Instant) -> Result<Woke> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Ok(Woke::TimedOut);
         }
-        match tokio::time::timeout(remaining, self.fd.readable()).await {
+        let fd = self.notifier()?;
+        match tokio::time::timeout(remaining, fd.readable()).await {
             Err(_) => Ok(Woke::TimedOut),
             Ok(Err(e)) => Err(Error::new(ErrorKind::Transport, format!("tokio: {e}"))),
             Ok(Ok(mut guard)) => {
@@ -229,6 +259,8 @@ impl AsyncModel {
                 .into_iter()
                 .map(|f| f.into_owned())
                 .collect();
+            // A connection libzmq ended for good is replaced first (as in the blocking API).
+            shared.recover(&mut state)?;
             state.drain()?;
             state
                 .matcher

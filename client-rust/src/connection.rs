@@ -27,6 +27,10 @@ pub struct Connection {
 
 pub(crate) struct Shared {
     endpoint: String,
+    // The context and the options every DEALER of this connection is opened with: a
+    // connection libzmq ends for good is replaced by a new socket (see `State::link_lost`).
+    ctx: zmq::Context,
+    options: ConnectionBuilder,
     client_id: String,
     client_type: String,
     auth_token: String,
@@ -39,6 +43,11 @@ pub(crate) struct Shared {
 pub(crate) struct State {
     // None once closed.
     socket: Option<zmq::Socket>,
+    // The PAIR reading the DEALER's monitor events; None once closed.
+    monitor: Option<zmq::Socket>,
+    // How many DEALERs this connection has opened: names each one's monitor endpoint, and
+    // tells the tokio API that the socket (and its descriptor) changed.
+    pub(crate) generation: u64,
     pub(crate) matcher: Matcher,
 }
 
@@ -154,6 +163,71 @@ fn is_again(err: &zmq::Error) -> bool {
     *err == zmq::Error::EAGAIN
 }
 
+// The monitor events that tell a connection libzmq ended for good from one it is
+// re-establishing: after a network error the CONNECT_RETRIED follows its DISCONNECTED
+// within the same io-thread turn; after a protocol error none comes.
+const EVENT_DISCONNECTED: u16 = zmq::SocketEvent::DISCONNECTED as u16;
+const LINK_EVENTS: i32 = zmq::SocketEvent::DISCONNECTED as i32
+    | zmq::SocketEvent::CONNECT_RETRIED as i32
+    | zmq::SocketEvent::CONNECTED as i32;
+// How long a DISCONNECTED waits for its CONNECT_RETRIED before the link counts as lost.
+const RETRY_GRACE_MS: i64 = 100;
+
+/// A DEALER configured with `options` and connected to `endpoint`, and the PAIR that reads
+/// its monitor events (`generation` keeps the monitor's inproc name unique in `ctx`).
+fn open_socket(
+    ctx: &zmq::Context,
+    options: &ConnectionBuilder,
+    endpoint: &str,
+    generation: u64,
+) -> Result<(zmq::Socket, zmq::Socket)> {
+    let mut socket = ctx.socket(zmq::DEALER)?;
+    // validate() checked that every value fits an i32 / i64.
+    let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    socket.set_linger(0)?;
+    // Queue nothing for a server that is not connected: a reconnect delivers no backlog.
+    socket.set_immediate(true)?;
+    socket.set_reconnect_ivl(int(options.reconnect_ivl_ms))?;
+    socket.set_reconnect_ivl_max(int(options.reconnect_ivl_max_ms))?;
+    // A silent server is found by TCP keepalive, not ZMTP PINGs: a PING timer can
+    // abort the robot's process in libzmq 4.3.x (see the liveness module).
+    crate::liveness::apply(
+        &mut socket,
+        options.heartbeat_ivl_ms,
+        options.heartbeat_timeout_ms,
+    )?;
+    socket.set_sndhwm(int(options.send_hwm))?;
+    socket.set_rcvhwm(int(options.recv_hwm))?;
+    socket.set_sndtimeo(int(options.send_timeout_ms))?;
+    socket.set_maxmsgsize(i64::try_from(options.limits.max_message_bytes).unwrap_or(i64::MAX))?;
+    if let Some([server, public, secret]) = options.curve_keys() {
+        if !crate::options::curve_supported() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "CURVE keys were given but this build's libzmq has no CURVE: the zmq \
+                 crate's bundled libzmq is built without libsodium; link the system \
+                 libzmq instead (README, \"CURVE\")",
+            ));
+        }
+        // Setting the server key makes this DEALER a CURVE client; libzmq takes the
+        // 40-character Z85 text as it is.
+        socket.set_curve_serverkey(server.as_bytes())?;
+        socket.set_curve_publickey(public.as_bytes())?;
+        socket.set_curve_secretkey(secret.as_bytes())?;
+    }
+    // Watched for a connection libzmq ends and never re-establishes (`State::link_lost`);
+    // the PAIR connects before the DEALER does, so no event is missed.
+    let monitor_endpoint = format!("inproc://inferential-monitor-{generation}");
+    socket.monitor(&monitor_endpoint, LINK_EVENTS)?;
+    let monitor = ctx.socket(zmq::PAIR)?;
+    monitor.set_linger(0)?;
+    monitor.connect(&monitor_endpoint)?;
+    socket
+        .connect(endpoint)
+        .map_err(|e| Error::invalid(format!("cannot connect to {endpoint:?}: {e}")))?;
+    Ok((socket, monitor))
+}
+
 impl Connection {
     /// Options for a connection to `endpoint`, ending in [`ConnectionBuilder::connect`].
     pub fn builder(endpoint: &str) -> ConnectionBuilder {
@@ -190,57 +264,24 @@ impl Connection {
     pub(crate) fn open(options: ConnectionBuilder) -> Result<Connection> {
         let endpoint = options.normalized_endpoint();
         let ctx = zmq::Context::new();
-        let mut socket = ctx.socket(zmq::DEALER)?;
-        // validate() checked that every value fits an i32 / i64.
-        let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-        socket.set_linger(0)?;
-        // Queue nothing for a server that is not connected: a reconnect delivers no backlog.
-        socket.set_immediate(true)?;
-        socket.set_reconnect_ivl(int(options.reconnect_ivl_ms))?;
-        socket.set_reconnect_ivl_max(int(options.reconnect_ivl_max_ms))?;
-        // A silent server is found by TCP keepalive, not ZMTP PINGs: a PING timer can
-        // abort the robot's process in libzmq 4.3.x (see the liveness module).
-        crate::liveness::apply(
-            &mut socket,
-            options.heartbeat_ivl_ms,
-            options.heartbeat_timeout_ms,
-        )?;
-        socket.set_sndhwm(int(options.send_hwm))?;
-        socket.set_rcvhwm(int(options.recv_hwm))?;
-        socket.set_sndtimeo(int(options.send_timeout_ms))?;
-        socket
-            .set_maxmsgsize(i64::try_from(options.limits.max_message_bytes).unwrap_or(i64::MAX))?;
-        if let Some([server, public, secret]) = options.curve_keys() {
-            if !crate::options::curve_supported() {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    "CURVE keys were given but this build's libzmq has no CURVE: the zmq \
-                     crate's bundled libzmq is built without libsodium; link the system \
-                     libzmq instead (README, \"CURVE\")",
-                ));
-            }
-            // Setting the server key makes this DEALER a CURVE client; libzmq takes the
-            // 40-character Z85 text as it is.
-            socket.set_curve_serverkey(server.as_bytes())?;
-            socket.set_curve_publickey(public.as_bytes())?;
-            socket.set_curve_secretkey(secret.as_bytes())?;
-        }
-        socket
-            .connect(&endpoint)
-            .map_err(|e| Error::invalid(format!("cannot connect to {endpoint:?}: {e}")))?;
+        let (socket, monitor) = open_socket(&ctx, &options, &endpoint, 0)?;
         Ok(Connection {
             shared: Arc::new(Shared {
                 endpoint,
-                client_id: options.client_id.unwrap_or_else(default_client_id),
-                client_type: options.client_type,
-                auth_token: options.auth_token,
+                ctx,
+                client_id: options.client_id.clone().unwrap_or_else(default_client_id),
+                client_type: options.client_type.clone(),
+                auth_token: options.auth_token.clone(),
                 single_payload_frame: options.single_payload_frame,
                 send_timeout_ms: options.send_timeout_ms,
                 limits: options.limits,
                 state: Mutex::new(State {
                     socket: Some(socket),
+                    monitor: Some(monitor),
+                    generation: 0,
                     matcher: Matcher::new(options.limits),
                 }),
+                options,
             }),
         })
     }
@@ -364,6 +405,7 @@ impl Connection {
     /// call on this connection or its models fails with `closed`.
     pub fn close(&self) {
         let mut state = self.shared.lock();
+        state.monitor = None;
         state.socket = None;
     }
 
@@ -396,6 +438,7 @@ impl Shared {
         model_id: &str,
         awaited: bool,
     ) -> Result<()> {
+        self.recover(state)?;
         // Replies already waiting are routed first, so the outstanding table stays small.
         state.drain()?;
         state.matcher.track(rid, model_id, awaited, Instant::now());
@@ -445,6 +488,30 @@ impl Shared {
         }
     }
 
+    /// Before a send: when libzmq ended the connection for good, closes the DEALER and
+    /// opens a new one to the same server, counted in `stats.socket_resets`. Replies to
+    /// what the old socket sent are lost: their requests time out as they would have.
+    pub(crate) fn recover(&self, state: &mut State) -> Result<()> {
+        if !state.link_lost() {
+            return Ok(());
+        }
+        let generation = state.generation.wrapping_add(1);
+        state.monitor = None;
+        state.socket = None;
+        let (socket, monitor) = open_socket(&self.ctx, &self.options, &self.endpoint, generation)
+            .map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!("cannot reopen the socket after the connection was lost: {e}"),
+            )
+        })?;
+        state.socket = Some(socket);
+        state.monitor = Some(monitor);
+        state.generation = generation;
+        state.matcher.socket_reset();
+        Ok(())
+    }
+
     pub(crate) fn unavailable(&self) -> Error {
         Error::new(
             ErrorKind::ServerUnavailable,
@@ -479,6 +546,37 @@ impl State {
         self.socket
             .as_ref()
             .ok_or_else(|| Error::new(ErrorKind::Closed, "connection is closed"))
+    }
+
+    /// True when libzmq dropped the connection for good.
+    ///
+    /// After a protocol error (a reply over `max_message_bytes`, a peer speaking nonsense,
+    /// a handshake the server refused) libzmq closes the connection and, unlike after a
+    /// network error, never reconnects: a DISCONNECTED event with no CONNECT_RETRIED after
+    /// it. Read on each send (one non-blocking poll of the monitor).
+    pub(crate) fn link_lost(&mut self) -> bool {
+        let Some(monitor) = self.monitor.as_ref() else {
+            return false;
+        };
+        let mut lost = false;
+        let mut wait_ms = 0;
+        while matches!(monitor.poll(zmq::POLLIN, wait_ms), Ok(n) if n > 0) {
+            // An event is two frames: (u16 event, u32 value) in native byte order, then
+            // the endpoint.
+            let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) else {
+                break;
+            };
+            let event = frames
+                .first()
+                .and_then(|f| f.get(0..2))
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .map(u16::from_ne_bytes);
+            lost = event == Some(EVENT_DISCONNECTED);
+            // After a DISCONNECTED, give the CONNECT_RETRIED of a network error its moment
+            // (it is queued right after; a protocol error has none): once per disconnect.
+            wait_ms = if lost { RETRY_GRACE_MS } else { 0 };
+        }
+        lost
     }
 
     /// Routes every message waiting on the socket, without blocking.

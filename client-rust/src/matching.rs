@@ -30,6 +30,10 @@ pub struct Stats {
     pub malformed_dropped: u64,
     /// Matched replies by status name.
     pub by_status: BTreeMap<String, u64>,
+    /// Times the DEALER was replaced because libzmq ended its connection for good (a
+    /// protocol error: a reply over `max_message_bytes`, a peer speaking nonsense, a
+    /// handshake the server refused). Replies to what the old socket sent are lost.
+    pub socket_resets: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +101,11 @@ impl Matcher {
 
     pub(crate) fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Counts one replacement of the socket (see [`Stats::socket_resets`]).
+    pub(crate) fn socket_reset(&mut self) {
+        self.stats.socket_resets += 1;
     }
 
     pub(crate) fn next_request_id(&mut self) -> RequestId {
