@@ -343,6 +343,8 @@ struct Shared {
     /// Wakes the I/O thread (a send that saw input waiting, close).
     wake: EventFd,
     stop: AtomicBool,
+    /// The I/O thread is about to wait, or waits, on ZMQ's descriptor (set under `sock`).
+    idle: AtomicBool,
     limits: Limits,
     empty_ns: AtomicU64,
 }
@@ -431,6 +433,8 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
                 Recv::Message(parts) => (Some((parts, ref_ns)), true),
                 Recv::Empty => {
                     shared.empty_ns.store(monotonic_ns(), Ordering::Relaxed);
+                    // Before the last look at EVENTS: a send after it wakes this thread.
+                    shared.idle.store(true, Ordering::Release);
                     // ZMQ's descriptor is edge-triggered: wait on it only when EVENTS says
                     // there is no input.
                     let readable = socket_int(sock.0, ZMQ_EVENTS)
@@ -459,6 +463,7 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
         }
         let more_waiting = more_waiting && !failed;
         if more_waiting {
+            shared.idle.store(false, Ordering::Release);
             continue;
         }
         let mut fds = [
@@ -475,6 +480,7 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
         ];
         // SAFETY: fds is a valid array of two pollfd.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        shared.idle.store(false, Ordering::Release);
         if fds[1].revents != 0 {
             shared.wake.clear();
         }
@@ -534,6 +540,7 @@ impl Router {
             ready: EventFd::new()?,
             wake: EventFd::new()?,
             stop: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
             limits: Limits {
                 max_message_bytes,
                 ..Limits::default()
@@ -618,19 +625,10 @@ impl Router {
     /// None when ZMQ took it, else why not ("peer disconnected", "peer is not reading (send
     /// queue full)"). libzmq copies the bytes.
     fn send(&self, frames: &Bound<'_, PyList>) -> PyResult<Option<&'static str>> {
-        // Uncontended, the lock is taken at once; else the GIL is let go while the I/O
-        // thread finishes its one receive (it may have been preempted holding the lock).
-        let guard = match self.shared.sock.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                let shared = Arc::clone(&self.shared);
-                frames.py().detach(move || {
-                    drop(lock(&shared.sock));
-                });
-                lock(&self.shared.sock)
-            }
-        };
+        // The I/O thread holds the lock for one receive (a few µs) and never needs the GIL,
+        // so the GIL is kept while waiting: letting it go would hand it to another Python
+        // thread for up to a switch interval (5 ms) before this one could continue.
+        let guard = lock(&self.shared.sock);
         let Some(sock) = guard.as_ref() else {
             return Err(PyRuntimeError::new_err("the transport is closed"));
         };
@@ -661,8 +659,14 @@ impl Router {
             }
         }
         // A send can consume the edge of ZMQ's descriptor for input that arrived meanwhile:
-        // wake the I/O thread to look.
-        if socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0) {
+        // wake the I/O thread to look, if it is waiting on that descriptor (it sets `idle`
+        // under this lock before its own last look, so none is missed). The wake-up is
+        // signalled after the lock is let go: a woken thread that preempts this one must not
+        // find the lock held.
+        let wake = self.shared.idle.load(Ordering::Acquire)
+            && socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
+        drop(guard);
+        if wake {
             self.shared.wake.signal();
         }
         result
