@@ -162,7 +162,8 @@ def test_admission_sheds_what_only_the_server_would_make_late(build, clock, make
     sched.record_service_time("m", 1, 5.0)
     ok = make("a", deadline_ms=6.0)
     assert sched.submit(ok) and not sched.sheds  # 5 ms of model time fits in 6
-    sched.drain()
+    assert sched.next_batch() == [ok]
+    clock.advance_ms(5.0)  # its run is over: the executor is free again
     sched.set_server_costs(lag_ms=1.5, reply_ms=0.1)  # a loaded event loop: 1.6 ms more
     late = make("b", deadline_ms=6.0)
     assert not sched.submit(late)
@@ -263,3 +264,23 @@ def test_admission_never_rejects_a_chunk_for_lateness_nor_sheds_others_for_it(bu
     assert sched.next_batch() == [first]
     clock.advance_ms(10)
     assert sched.next_batch() == [dry]  # past its deadline at dispatch, the chunk still runs
+
+
+def test_an_idle_model_refusing_everything_lets_one_request_through_each_second(build, clock, make):
+    """Refusals produce no samples: without runs, estimates that slow early batches made
+    too high would refuse every request for good."""
+    sched = build("edf", admission="reject")
+    for ms in (18.0, 18.0):  # a slow start (warm-up, a stall): the mean says 18 ms
+        sched.record_service_time("m", 1, ms)
+    sched.set_server_costs(lag_ms=5.0, reply_ms=0.1)  # and the loop looked busy
+    clock.advance_ms(2000)
+    first = make("a", deadline_ms=20.0)
+    assert sched.submit(first)  # idle, no batch for over a second: a probe
+    assert sched.next_batch() == [first]
+    clock.advance_ms(500)
+    assert not sched.submit(make("b", deadline_ms=20.0))  # refused: 18 + 5 + 0.1 > 20
+    clock.advance_ms(600)
+    probe = make("c", deadline_ms=20.0)
+    assert sched.submit(probe)  # over a second since the last batch, idle, nothing ahead: a probe
+    assert not sched.submit(make("d", deadline_ms=20.0))  # one probe, not a flood
+    assert [s[0].client_id for s in sched.sheds] == ["b", "d"]

@@ -84,6 +84,9 @@ from inferential.wire import Status
 
 # Sheds after which a fresh observation may succeed once the backlog clears.
 _HINTED = (QUEUE_FULL, DEADLINE_UNMEETABLE)
+# An idle model that admission has refused everything for this long gets one request
+# through, so that its estimates can learn they were wrong (see _admission).
+PROBE_NS = 1_000_000_000
 
 View = Mapping[str, Mapping[int, InferenceRequest]]
 """Per model, its queued requests by ``seq``. Only models with something to serve."""
@@ -123,6 +126,8 @@ class QueuedScheduler(Scheduler):
         self._service: dict[str, ServiceTimeModel] = {}
         # Per model, when the batches handed out are expected to finish.
         self._busy_until: dict[str, list[int]] = {}
+        # When each model last had a batch launched (admission's probe, see _admission).
+        self._last_run: dict[str, int] = {}
         # The server's own time on top of the model's (set_server_costs): the event loop's
         # expected wait before it handles a finished batch, and its time per reply sent.
         self._lag_ns = 0.0
@@ -324,6 +329,16 @@ class QueuedScheduler(Scheduler):
                 self._shed(victim, DEADLINE_UNMEETABLE, reason, now)
             else:
                 self._deprioritize(victim)
+        if request in out and not ahead and start <= now and now - self._last_run.get(model, 0) >= PROBE_NS:
+            # The executor idle, nothing queued, and no batch for a while: the estimates
+            # that refuse this request (the model's mean, the loop's lag) learn only from
+            # runs, and refusals produce none. One request goes through as a probe, so a
+            # few slow early batches cannot refuse every request for good. It is queued
+            # deprioritized (the dispatch-time check would refuse it again; with nothing
+            # else queued it runs at once), and if it still comes late its result is
+            # withheld, never sent as a late OK.
+            self._last_run[model] = now
+            return True
         if request in out:
             if mode == "reject":
                 finish = "cannot finish before its deadline given the work queued ahead"
@@ -486,6 +501,7 @@ class QueuedScheduler(Scheduler):
         return self._lag_ns + replies * self._reply_ns
 
     def _mark_busy(self, model: str, size: int, now: int) -> None:
+        self._last_run[model] = now
         cost = self.estimate_service_ms(model, size, margin=False)
         if cost is not None:
             heapq.heappush(self._busy_until.setdefault(model, []), now + int(cost * 1e6))
