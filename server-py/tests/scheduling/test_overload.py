@@ -284,3 +284,21 @@ def test_an_idle_model_refusing_everything_lets_one_request_through_each_second(
     assert sched.submit(probe)  # over a second since the last batch, idle, nothing ahead: a probe
     assert not sched.submit(make("d", deadline_ms=20.0))  # one probe, not a flood
     assert [s[0].client_id for s in sched.sheds] == ["b", "d"]
+
+
+def test_withheld_results_are_exported_to_prometheus_per_model():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from inferential.config import ModelConfig
+    from inferential.metrics.prometheus import PrometheusExporter
+    from inferential.server import Server
+
+    server = Server(
+        config=InferentialConfig(models=[ModelConfig(name="noop", target="inferential.models.testing:NoOp")])
+    )
+    exporter = PrometheusExporter(server)
+    for _ in range(3):  # as the ledger counts them
+        server.metrics.increment("late_results_withheld", {"model": "noop"})
+    families = {f.name: f for f in text_string_to_metric_families(exporter.render().decode())}
+    [sample] = [s for s in families["inferential_late_results_withheld"].samples if s.name.endswith("_total")]
+    assert sample.labels == {"model": "noop"} and sample.value == 3

@@ -57,6 +57,11 @@ _COUNTERS = {
         "Connection events libzmq reports (accepted, handshakes, disconnects) and the server's refusals and handovers",
         ("event",),
     ),
+    "late_results_withheld": (
+        "inferential_late_results_withheld",
+        "Results ready after their deadline, answered DEADLINE_UNMEETABLE instead of a late OK (scheduling.late_results)",
+        ("model",),
+    ),
     "dispatch_errors": ("inferential_dispatch_errors", "Batches whose backend call failed as a whole", ("model",)),
     "dispatch_retries": ("inferential_dispatch_retries", "Requests re-queued after a failed batch", ("model",)),
     "config_reloads": ("inferential_config_reloads", "Configuration reloads (SIGHUP), by result", ("result",)),
