@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 
 namespace inferential {
@@ -15,7 +16,10 @@ struct ConnectionState {
   std::mutex mu;
   Options options;
   zmq::context_t context{1};
-  zmq::socket_t socket{context, zmq::socket_type::dealer};
+  zmq::socket_t socket;   // the DEALER (opened by open_socket)
+  zmq::socket_t monitor;  // the PAIR reading its monitor events
+  // DEALERs opened so far: names each one's monitor endpoint uniquely in `context`.
+  std::uint64_t generation = 0;
   Matcher matcher;
   bool closed = false;
 
@@ -23,6 +27,7 @@ struct ConnectionState {
     if (closed) return;
     closed = true;
     try {
+      monitor.close();
       socket.close();
       context.close();
     } catch (...) {
@@ -105,6 +110,101 @@ void poll_slice(detail::ConnectionState& s, Clock::time_point until) {
   zmq::poll(&item, 1, left);
 }
 
+// The monitor events that tell a connection libzmq ended for good from one it is
+// re-establishing: after a network error the CONNECT_RETRIED follows its DISCONNECTED
+// within the same io-thread turn; after a protocol error none comes.
+constexpr int kLinkEvents = ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_CONNECTED;
+// How long a DISCONNECTED waits for its CONNECT_RETRIED before the link counts as lost.
+constexpr auto kRetryGrace = std::chrono::milliseconds(100);
+
+// Opens a DEALER with the connection's options, the PAIR reading its monitor, and connects
+// (throws zmq::error_t; a bad endpoint is reported by the caller).
+void open_socket(detail::ConnectionState& s) {
+  const auto& o = s.options;
+  zmq::socket_t sock(s.context, zmq::socket_type::dealer);
+  // Never a routing id: libzmq assigns a unique one, so two connections with the
+  // same client_id cannot steal each other's replies.
+  sock.set(zmq::sockopt::linger, 0);
+  // Queue nothing for a server that is not connected: a reconnect delivers no backlog.
+  sock.set(zmq::sockopt::immediate, 1);
+  sock.set(zmq::sockopt::reconnect_ivl, o.reconnect_ivl_ms);
+  sock.set(zmq::sockopt::reconnect_ivl_max, o.reconnect_ivl_max_ms);
+  // A silent server is found by TCP keepalive, never by ZMTP PINGs from this socket:
+  // libzmq 4.3.x aborts the process when a PING timer fires on a connection whose
+  // input is paused at RCVHWM and whose peer has hung up (protocol §8, "Liveness").
+  // Probes every interval (whole seconds, at least 1), dropped after the timeout.
+  if (o.heartbeat_ivl_ms > 0) {
+    const int every_s = std::max(1, (o.heartbeat_ivl_ms + 999) / 1000);
+    sock.set(zmq::sockopt::tcp_keepalive, 1);
+    sock.set(zmq::sockopt::tcp_keepalive_idle, every_s);
+    sock.set(zmq::sockopt::tcp_keepalive_intvl, every_s);
+    sock.set(zmq::sockopt::tcp_keepalive_cnt,
+             std::max(1, (o.heartbeat_timeout_ms + every_s * 1000 - 1) / (every_s * 1000)));
+    if (o.heartbeat_timeout_ms > 0) sock.set(zmq::sockopt::tcp_maxrt, o.heartbeat_timeout_ms);
+  }
+  sock.set(zmq::sockopt::sndhwm, o.send_hwm);
+  sock.set(zmq::sockopt::rcvhwm, o.recv_hwm);
+  sock.set(zmq::sockopt::sndtimeo, o.send_timeout_ms);
+  sock.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(o.limits.max_message_bytes));
+  if (o.curve_server_key) {  // validate() saw all three, each a Z85 key
+    sock.set(zmq::sockopt::curve_serverkey, *o.curve_server_key);
+    sock.set(zmq::sockopt::curve_publickey, *o.curve_public_key);
+    sock.set(zmq::sockopt::curve_secretkey, *o.curve_secret_key);
+  }
+  // Watched for a connection libzmq ends and never re-establishes (link_lost); the PAIR
+  // connects before the DEALER does, so no event is missed.
+  const std::string monitor_endpoint = "inproc://inferential-monitor-" + std::to_string(s.generation);
+  if (zmq_socket_monitor(static_cast<void*>(sock), monitor_endpoint.c_str(), kLinkEvents) != 0)
+    throw zmq::error_t();
+  zmq::socket_t monitor(s.context, zmq::socket_type::pair);
+  monitor.set(zmq::sockopt::linger, 0);
+  monitor.connect(monitor_endpoint);
+  sock.connect(o.endpoint);
+  s.socket = std::move(sock);
+  s.monitor = std::move(monitor);
+}
+
+// True when libzmq dropped the connection for good. After a protocol error (a reply over
+// max_message_bytes, a peer speaking nonsense, a handshake the server refused) libzmq
+// closes the connection and, unlike after a network error, never reconnects: a
+// DISCONNECTED event with no CONNECT_RETRIED after it. Read on each send (one
+// non-blocking poll of the monitor).
+bool link_lost(detail::ConnectionState& s) {
+  bool lost = false;
+  auto wait = std::chrono::milliseconds(0);
+  while (true) {
+    zmq::pollitem_t item{static_cast<void*>(s.monitor), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, wait) <= 0) break;
+    // An event is two frames: (u16 event, u32 value) in native byte order, then the endpoint.
+    zmq::message_t first;
+    if (!s.monitor.recv(first, zmq::recv_flags::dontwait)) break;
+    std::uint16_t event = 0;
+    if (first.size() >= sizeof event) std::memcpy(&event, first.data(), sizeof event);
+    for (bool more = first.more(); more;) {
+      zmq::message_t part;
+      if (!s.monitor.recv(part, zmq::recv_flags::dontwait)) break;
+      more = part.more();
+    }
+    lost = event == ZMQ_EVENT_DISCONNECTED;
+    // After a DISCONNECTED, give the CONNECT_RETRIED of a network error its moment (it is
+    // queued right after; a protocol error has none): once per disconnect.
+    wait = lost ? kRetryGrace : std::chrono::milliseconds(0);
+  }
+  return lost;
+}
+
+// Before a send: when libzmq ended the connection for good, closes the DEALER and opens a
+// new one to the same server, counted in stats.socket_resets. Replies to what the old one
+// sent are lost: their requests time out as they would have.
+void recover(detail::ConnectionState& s) {
+  if (!link_lost(s)) return;
+  s.monitor.close();
+  s.socket.close();
+  ++s.generation;
+  open_socket(s);
+  s.matcher.socket_reset();
+}
+
 std::string normalize_endpoint(const std::string& endpoint) {
   return endpoint.find("://") == std::string::npos ? "tcp://" + endpoint : endpoint;
 }
@@ -120,41 +220,11 @@ Result<Connection> Connection::create(Options options) noexcept {
     options.endpoint = normalize_endpoint(options.endpoint);
     auto state = std::make_shared<detail::ConnectionState>();
     state->options = options;
-    auto& sock = state->socket;
-    const auto& o = state->options;
-    // Never a routing id: libzmq assigns a unique one, so two connections with the
-    // same client_id cannot steal each other's replies.
-    sock.set(zmq::sockopt::linger, 0);
-    // Queue nothing for a server that is not connected: a reconnect delivers no backlog.
-    sock.set(zmq::sockopt::immediate, 1);
-    sock.set(zmq::sockopt::reconnect_ivl, o.reconnect_ivl_ms);
-    sock.set(zmq::sockopt::reconnect_ivl_max, o.reconnect_ivl_max_ms);
-    // A silent server is found by TCP keepalive, never by ZMTP PINGs from this socket:
-    // libzmq 4.3.x aborts the process when a PING timer fires on a connection whose
-    // input is paused at RCVHWM and whose peer has hung up (protocol §8, "Liveness").
-    // Probes every interval (whole seconds, at least 1), dropped after the timeout.
-    if (o.heartbeat_ivl_ms > 0) {
-      const int every_s = std::max(1, (o.heartbeat_ivl_ms + 999) / 1000);
-      sock.set(zmq::sockopt::tcp_keepalive, 1);
-      sock.set(zmq::sockopt::tcp_keepalive_idle, every_s);
-      sock.set(zmq::sockopt::tcp_keepalive_intvl, every_s);
-      sock.set(zmq::sockopt::tcp_keepalive_cnt,
-               std::max(1, (o.heartbeat_timeout_ms + every_s * 1000 - 1) / (every_s * 1000)));
-      if (o.heartbeat_timeout_ms > 0) sock.set(zmq::sockopt::tcp_maxrt, o.heartbeat_timeout_ms);
-    }
-    sock.set(zmq::sockopt::sndhwm, o.send_hwm);
-    sock.set(zmq::sockopt::rcvhwm, o.recv_hwm);
-    sock.set(zmq::sockopt::sndtimeo, o.send_timeout_ms);
-    sock.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(o.limits.max_message_bytes));
-    if (o.curve_server_key) {  // validate() saw all three, each a Z85 key
-      sock.set(zmq::sockopt::curve_serverkey, *o.curve_server_key);
-      sock.set(zmq::sockopt::curve_publickey, *o.curve_public_key);
-      sock.set(zmq::sockopt::curve_secretkey, *o.curve_secret_key);
-    }
     try {
-      sock.connect(o.endpoint);
+      open_socket(*state);
     } catch (const zmq::error_t& e) {
-      return make_error(ErrorKind::invalid_argument, "cannot connect to '" + o.endpoint + "': " + e.what());
+      // Every option was validated: what libzmq can still refuse is the endpoint.
+      return make_error(ErrorKind::invalid_argument, "cannot connect to '" + options.endpoint + "': " + e.what());
     }
     return Connection(std::move(state));
   } catch (...) {
@@ -261,6 +331,7 @@ Result<std::uint64_t> send_observation(detail::ConnectionState& s, const std::st
                                        bool describe) {
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.closed) return closed_error(&s.options);
+  recover(s);
   drain(s);
   const std::uint64_t rid = s.matcher.next_request_id();
   EnvelopeFields f;

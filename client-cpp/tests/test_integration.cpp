@@ -377,6 +377,8 @@ TEST(Restart, ClientResumesAfterTheServerComesBack) {
   }
   EXPECT_TRUE(resumed);
   std::fprintf(stderr, "resumed %.0f ms after the server was up again\n", ms_since(t0));
+  // libzmq reconnects by itself after a network error: not a connection lost for good.
+  EXPECT_EQ(c->stats().socket_resets, 0u);
 }
 
 namespace {
@@ -690,4 +692,60 @@ TEST(Liveness, RobotSurvivesTheServerLeavingWhileRepliesAreUnread) {
     router.close();  // the server goes away while the robot's input is paused
     std::this_thread::sleep_for(std::chrono::milliseconds(400));
   }
+}
+
+// A connection libzmq ends for good (here: a reply over the client's max_message_bytes,
+// after which libzmq never reconnects) costs the request it carried; the next send opens
+// a new socket to the same server (stats.socket_resets).
+TEST(Recovery, AReplyOverTheLimitCostsOneRequestAndTheNextSendResetsTheSocket) {
+  // `big` answers with 1.2 MB of float32 zeros: over the client's 1 MiB, within the
+  // server's own limit. Its module is written here and found through PYTHONPATH (the
+  // server's processes inherit it; the tests of this binary run one at a time).
+  char dir_template[] = "/tmp/inferential-cpp-recovery-XXXXXX";
+  const char* dir = ::mkdtemp(dir_template);
+  ASSERT_NE(dir, nullptr);
+  const std::string module = std::string(dir) + "/cpp_recovery_models.py";
+  {
+    std::ofstream out(module);
+    out << "import numpy as np\n"
+           "from inferential.dispatch.base import Model\n\n"
+           "class Big(Model):\n"
+           "    def execute(self, batch):\n"
+           "        return [{'y': np.zeros(300_000, np.float32)} for _ in batch]\n";
+  }
+  const char* old_path = std::getenv("PYTHONPATH");
+  const std::string saved = old_path ? old_path : "";
+  ::setenv("PYTHONPATH", dir, 1);
+  ServerProcess server({"--model", "big=cpp_recovery_models:Big", "--model", "noop=inferential.models.testing:NoOp"});
+  const bool started = server.start();
+  if (old_path) ::setenv("PYTHONPATH", saved.c_str(), 1); else ::unsetenv("PYTHONPATH");
+  ASSERT_TRUE(started);
+
+  inf::Options o;
+  o.endpoint = server.endpoint();
+  o.client_id = "cpp-small";
+  o.limits.max_message_bytes = 1024 * 1024;
+  auto c = inf::Connection::create(o);
+  ASSERT_TRUE(c.ok());
+  auto noop = c->model("noop");
+  auto big = c->model("big");
+  ASSERT_TRUE(noop.ok() && big.ok());
+  const float x[1] = {0.0f};
+  bool up = false;  // the port accepts before the models are loaded
+  for (int i = 0; i < 30 && !up; ++i) up = noop->request(inf::Observation().tensor("x", {1}, x, 1), 2000).ok();
+  ASSERT_TRUE(up);
+  EXPECT_EQ(c->stats().socket_resets, 0u);
+
+  auto lost = big->request(inf::Observation().tensor("x", {1}, x, 1), 1000);
+  ASSERT_FALSE(lost.ok());
+  EXPECT_EQ(lost.error().kind, inf::ErrorKind::timeout);
+  auto after = noop->request(inf::Observation().tensor("x", {1}, x, 1), 5000);
+  ASSERT_TRUE(after.ok()) << after.error().to_string();
+  EXPECT_EQ(c->stats().socket_resets, 1u);
+  // A healthy connection is not reset again.
+  ASSERT_TRUE(noop->request(inf::Observation().tensor("x", {1}, x, 1), 5000).ok());
+  EXPECT_EQ(c->stats().socket_resets, 1u);
+  server.stop();
+  ::unlink(module.c_str());
+  ::rmdir(dir);
 }

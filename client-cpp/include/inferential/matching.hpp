@@ -22,7 +22,10 @@ namespace inferential {
 // ones a newer reply replaced, and late replies to a request() that gave up.
 // unknown_dropped: replies to no outstanding request (or the wrong model).
 // malformed_dropped: replies breaking the protocol. by_status: matched replies by
-// Status value (STATUS_UNSPECIFIED from 1.x servers counts as OK).
+// Status value (STATUS_UNSPECIFIED from 1.x servers counts as OK). socket_resets:
+// times the DEALER was replaced because libzmq ended its connection for good (a
+// protocol error: a reply over max_message_bytes, a peer speaking nonsense, a
+// handshake the server refused); replies to what the old socket sent are lost.
 struct Stats {
   std::uint64_t sent = 0;
   std::uint64_t send_failed = 0;
@@ -31,6 +34,7 @@ struct Stats {
   std::uint64_t unknown_dropped = 0;
   std::uint64_t malformed_dropped = 0;
   std::map<int, std::uint64_t> by_status;
+  std::uint64_t socket_resets = 0;
 };
 
 class Matcher {
@@ -45,6 +49,8 @@ class Matcher {
   // awaited: a request() waits for this exact id (its reply never reaches take_latest).
   void track(std::uint64_t request_id, const std::string& model_id, bool awaited, std::int64_t now_ns);
   void sent() noexcept { ++stats_.sent; }
+  // The connection replaced its socket (see Stats::socket_resets).
+  void socket_reset() noexcept { ++stats_.socket_resets; }
   // The send failed: forget the request.
   void send_failed(std::uint64_t request_id);
   // Its request() gave up: a late reply is dropped as stale.
