@@ -222,6 +222,10 @@ def build_reply_frames(base: dict[str, Any], spec: dict[str, Any]) -> list[bytes
     envelope = bytes.fromhex(spec["envelope_hex"]) if "envelope_hex" in spec else refwire.encode("ModelResponse", fields)
     if "extra_frames" in spec:
         payload += [bytes.fromhex(f) for f in spec["extra_frames"]]
+    if "pad_bytes" in spec:
+        # One more payload frame of that many zero bytes (described by no tensor): a reply
+        # over a client's max_message_bytes, without spelling it out in hex.
+        payload.append(bytes(int(spec["pad_bytes"])))
     delimiter = bytes.fromhex(spec.get("delimiter_hex", ""))
     frames = [envelope, *payload]
     if not spec.get("drop_delimiter"):

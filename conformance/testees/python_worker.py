@@ -181,6 +181,8 @@ class Worker:
             if options.get("auth_token") == "":
                 options.pop("auth_token")
             opts = args.get("options", {})
+            if opts.get("max_message_bytes") is not None:
+                options["limits"] = dataclasses.replace(DEFAULT_LIMITS, max_message_bytes=int(opts["max_message_bytes"]))
             self.conn = inferential.Connection(
                 server=args["endpoint"],
                 client_id=opts.get("client_id"),
@@ -213,6 +215,7 @@ class Worker:
                     "stale": s.stale_dropped,
                     "unknown": s.unknown_dropped,
                     "malformed": s.malformed_dropped,
+                    "socket_resets": s.socket_resets,
                     "by_status": dict(s.by_status),
                 }
             }

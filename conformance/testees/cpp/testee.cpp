@@ -263,6 +263,7 @@ class Testee {
                 {"stale", s.stale_dropped},
                 {"unknown", s.unknown_dropped},
                 {"malformed", s.malformed_dropped},
+                {"socket_resets", s.socket_resets},
                 {"by_status", by_status}}}};
     }
     if (cmd == "socket_options") {
@@ -329,6 +330,8 @@ class Testee {
     int_opt("recv_hwm", o.recv_hwm);
     int_opt("default_timeout_ms", o.default_timeout_ms);
     int_opt("request_timeout_ms", o.request_timeout_ms);
+    if (opts.contains("max_message_bytes") && !opts["max_message_bytes"].is_null())
+      o.limits.max_message_bytes = integer<std::size_t>(opts["max_message_bytes"], "max_message_bytes");
     if (opts.contains("auth_token") && !opts["auth_token"].is_null()) o.auth_token = opts["auth_token"].get<std::string>();
     if (opts.contains("single_payload_frame") && !opts["single_payload_frame"].is_null())
       o.single_payload_frame = opts["single_payload_frame"].get<bool>();

@@ -291,6 +291,14 @@ fn connect(args: &Value) -> Answer {
             b = set(b, v);
         }
     }
+    if let Some(v) = uint(o, "max_message_bytes")? {
+        let max_message_bytes =
+            usize::try_from(v).map_err(|_| bad("max_message_bytes: out of range"))?;
+        b = b.limits(Limits {
+            max_message_bytes,
+            ..Limits::default()
+        });
+    }
     let conn = b.connect()?;
     let mut guard = CONNECTION.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(old) = guard.replace(conn) {
@@ -304,7 +312,7 @@ fn stats() -> Answer {
     Ok(
         json!({"stats": {"sent": s.sent, "send_failed": s.send_failed, "received": s.received,
         "stale": s.stale_dropped, "unknown": s.unknown_dropped, "malformed": s.malformed_dropped,
-        "by_status": s.by_status}}),
+        "socket_resets": s.socket_resets, "by_status": s.by_status}}),
     )
 }
 
