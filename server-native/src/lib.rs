@@ -343,8 +343,6 @@ struct Shared {
     /// Wakes the I/O thread (a send that saw input waiting, close).
     wake: EventFd,
     stop: AtomicBool,
-    /// The I/O thread is about to wait, or waits, on ZMQ's descriptor (set under `sock`).
-    idle: AtomicBool,
     limits: Limits,
     empty_ns: AtomicU64,
 }
@@ -433,8 +431,6 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
                 Recv::Message(parts) => (Some((parts, ref_ns)), true),
                 Recv::Empty => {
                     shared.empty_ns.store(monotonic_ns(), Ordering::Relaxed);
-                    // Before the last look at EVENTS: a send after it wakes this thread.
-                    shared.idle.store(true, Ordering::Release);
                     // ZMQ's descriptor is edge-triggered: wait on it only when EVENTS says
                     // there is no input.
                     let readable = socket_int(sock.0, ZMQ_EVENTS)
@@ -463,7 +459,6 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
         }
         let more_waiting = more_waiting && !failed;
         if more_waiting {
-            shared.idle.store(false, Ordering::Release);
             continue;
         }
         let mut fds = [
@@ -480,7 +475,6 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
         ];
         // SAFETY: fds is a valid array of two pollfd.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        shared.idle.store(false, Ordering::Release);
         if fds[1].revents != 0 {
             shared.wake.clear();
         }
@@ -540,7 +534,6 @@ impl Router {
             ready: EventFd::new()?,
             wake: EventFd::new()?,
             stop: AtomicBool::new(false),
-            idle: AtomicBool::new(false),
             limits: Limits {
                 max_message_bytes,
                 ..Limits::default()
@@ -659,12 +652,10 @@ impl Router {
             }
         }
         // A send can consume the edge of ZMQ's descriptor for input that arrived meanwhile:
-        // wake the I/O thread to look, if it is waiting on that descriptor (it sets `idle`
-        // under this lock before its own last look, so none is missed). The wake-up is
-        // signalled after the lock is let go: a woken thread that preempts this one must not
-        // find the lock held.
-        let wake = self.shared.idle.load(Ordering::Acquire)
-            && socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
+        // wake the I/O thread to look. The wake-up is signalled after the lock is let go: a
+        // woken thread that preempts this one must not find the lock held. (Waking it only
+        // when it waits on the descriptor lost wake-ups: a server stalled.)
+        let wake = socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
         drop(guard);
         if wake {
             self.shared.wake.signal();

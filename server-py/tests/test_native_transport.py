@@ -306,3 +306,28 @@ def test_a_loop_that_falls_behind_loses_nothing() -> None:
         dealer.close()
         ctx.term()
     assert got == [b"%d" % i for i in range(n)]
+
+
+def test_back_to_back_requests_never_stall() -> None:
+    """Sequential round trips, each sent the moment the last reply arrived, all answered.
+    (A lost wake-up of the I/O thread stalled bench/_closed_loop.py's robots; this loop
+    through the Python client did not reproduce it, so it guards only the plain case.)"""
+    from inferential import Connection
+    from inferential.errors import RequestFailed
+
+    answered = 0
+    with running_server(transport={"bind": "tcp://127.0.0.1:0", "native": "on"}) as (server, endpoint):
+        conn = Connection(endpoint, client_id="r1")
+        try:
+            model = conn.model("noop")
+            x = np.zeros(8, np.float32)
+            for _ in range(1000):
+                try:  # a RequestTimeout (no reply in 5 s) fails the test
+                    model.request(x=x, timeout_ms=5000)
+                except RequestFailed:  # answered, with a shed status on a loaded machine
+                    pass
+                answered += 1
+        finally:
+            conn.close()
+        assert server._transport.rechecked == 0
+    assert answered == 1000
