@@ -77,6 +77,13 @@ def test_with_admission_reject_an_observation_that_waited_past_its_budget_is_unm
         WALL0 + int(waited_ms * MS),
     )
     assert isinstance(rej, Rejection) and rej.status == Status.DEADLINE_UNMEETABLE
+    # The same wait for a chunk request (it states its control rate): a late chunk still ends
+    # the robot's hold, so it is admitted (dated from when it arrived) rather than refused.
+    chunk = _decoded(timestamp_ns=WALL0, budget_ms=waited_ms - 5)
+    chunk.obs.control_rate_hz = 50.0
+    chunk.obs.actions_remaining = 0
+    req = admit(chunk, b"id1", registry, MODELS, config.scheduling, 0, WALL0 + int(waited_ms * MS))
+    assert isinstance(req, InferenceRequest) and req.chunked and req.arrival_ns == -int(waited_ms * MS)
 
 
 def test_unknown_models_and_wrong_tokens_are_rejected_without_registering_the_robot():

@@ -59,7 +59,9 @@ def admit(
     if waited_ms > config.request_ttl_ms:
         why = f"waited {waited_ms:.0f} ms before the server could read it, TTL is {config.request_ttl_ms:.0f} ms"
         return Rejection(Status.EXPIRED, why, obs)
-    if config.admission == "reject" and waited_ms > budget_ms:
+    # A chunk request (it states its control rate) is never refused for lateness: a late chunk
+    # still ends the robot's hold (scheduling.md, chunks.md); the TTL above still applies.
+    if config.admission == "reject" and waited_ms > budget_ms and not obs.control_rate_hz > 0:
         why = f"waited {waited_ms:.0f} ms before the server could read it, budget is {budget_ms:.0f} ms"
         return Rejection(Status.DEADLINE_UNMEETABLE, why, obs)
     arrival = now_ns - waited_ns
