@@ -426,7 +426,9 @@ def test_a_model_runs_batches_concurrently_up_to_its_configured_concurrency():
 
 
 def test_a_robot_that_never_reads_does_not_stall_the_others():
-    with running_server(transport={"send_hwm": 4}) as (server, endpoint):
+    # Coalescing off: under edf's default a queued echo of the greedy robot would be
+    # SUPERSEDED by its next one, and small SUPERSEDED replies never fill its send queue.
+    with running_server(transport={"send_hwm": 4}, scheduling={"coalesce": False}) as (server, endpoint):
         ctx = zmq.Context()
         greedy = ctx.socket(zmq.DEALER)
         greedy.setsockopt(zmq.RCVHWM, 1)
