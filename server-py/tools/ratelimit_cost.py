@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,26 +27,19 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import zmq
 
+# The soak's helpers (this file's directory is on sys.path when it runs as a script).
+from soak import _free_port
+from soak import _observation as soak_observation
+
 from inferential._proto import inferential_pb2 as pb
 from inferential.server.protocol import encode_reply
-from inferential.wire import pack_tensors
 from inferential.wire.limits import buffer, nbytes
 
 VARIANTS = ("no-flood", "flood-unlimited", "flood-drop", "flood-answer", "flood-answer-envelope")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _observation(client: str, rid: int) -> list[bytes]:
-    obs = pb.Observation(model_id="noop", request_id=rid, protocol_version=2, latency_budget_ms=50.0)
-    obs.client.id = client
-    obs.timestamp_ns = time.time_ns()
-    payload = pack_tensors([("joints", np.zeros(7, np.float32))], obs.tensors.add)
-    return [b"", obs.SerializeToString(), *(bytes(p) for p in payload)]
+    return soak_observation(client, rid, model="noop")
 
 
 def _serve(variant: str, port: int, rate: float, burst: int, admission: str) -> None:
