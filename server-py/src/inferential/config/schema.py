@@ -86,6 +86,17 @@ class SchedulingConfig(_Section):
     # Scheduling aims to finish this much before each deadline: the time a reply
     # takes to reach the robot once the server hands it to its socket.
     deadline_margin_ms: float = Field(1.0, ge=0)
+    # Models on worker threads (local backend): the next batch is handed to the model's
+    # thread this long before the running one is expected to end, so it starts the moment
+    # the worker is free instead of after a trip through the event loop (~1 ms on a busy
+    # 2-core host). Until a worker takes it, an observation that would change it (room
+    # left, or a better priority or deadline) has it taken back and formed again.
+    # 0: a batch is handed over only once a worker is free.
+    dispatch_ahead_ms: float = Field(2.0, ge=0)
+    # Python's GIL switch interval while the server runs (sys.setswitchinterval): how long
+    # a model's thread finishing or starting a batch can wait for the event loop to let
+    # go of the interpreter (Python's default is 5 ms). None: leave Python's setting.
+    gil_switch_interval_ms: Optional[float] = Field(0.5, gt=0)
     # A result ready only after its request's deadline (margin included): "withhold" sends
     # DEADLINE_UNMEETABLE instead (a late action is worse than none; action chunks are
     # exempt), "send" sends the late OK. Counted as late_results_withheld.

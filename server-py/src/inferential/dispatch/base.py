@@ -220,12 +220,15 @@ class Backend(ABC):
         Raises BackendError (or any exception) when the whole batch failed.
         """
 
-    def submit(self, model_id: str, batch: list[Inputs], done: Done) -> None:
+    def submit(self, model_id: str, batch: list[Inputs], done: Done) -> Optional[Callable[[], bool]]:
         """Start one batch; ``done(outcomes, None)`` or ``done(None, error)`` runs on the loop later.
 
         The server uses this rather than awaiting execute(), so a batch costs no
         task of its own; backends with a cheaper completion path override it.
-        Must be called on the event loop.
+        Must be called on the event loop. A backend that queues batches
+        (``queues_batches``) may return a function that takes a batch back before any
+        executor has started it: it returns True and ``done`` is then never called,
+        or False once the batch has started. Default: None (no taking back).
         """
         task = asyncio.get_running_loop().create_task(self.execute(model_id, batch))
 
@@ -238,6 +241,13 @@ class Backend(ABC):
                 done(t.result(), None)
 
         task.add_done_callback(finished)
+        return None
+
+    def queues_batches(self, model_id: str) -> bool:
+        """Whether ``submit`` may be called while every executor of the model is busy,
+        the batch then starting on the first that frees, in submission order, without
+        the event loop (the engine's ``dispatch_ahead_ms``). Default: no."""
+        return False
 
     def run_inline(self, model_id: str, batch: list[Inputs]) -> Optional[Ran]:
         """Run the batch now on the caller's thread (the event loop) if this model

@@ -26,7 +26,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from time import monotonic, perf_counter
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from inferential.config.schema import InferentialConfig, ModelConfig
 from inferential.dispatch.base import (
@@ -170,6 +170,12 @@ class LocalBackend(Backend):
             raise BackendError(f"{type(err).__name__}: {err}") from err
         return outcomes
 
+    def queues_batches(self, model_id: str) -> bool:
+        """A model on its threads queues a batch in its pool: the next free worker takes
+        it as soon as it finishes the one before. Not an inline model (it runs at submit)."""
+        loaded = self._models.get(model_id)
+        return loaded is not None and not loaded.inline
+
     def run_inline(self, model_id: str, batch: list[Inputs]) -> Ran | None:
         """Run the batch now, on the caller's thread, if the model runs inline;
         returns ``(outcomes, None)`` or ``(None, error)``, or None to use ``submit``."""
@@ -190,17 +196,17 @@ class LocalBackend(Backend):
         loaded.observe_run((perf_counter() - start) * 1e3, self._inline_below_ms)
         return outcome
 
-    def submit(self, model_id: str, batch: list[Inputs], done: Done) -> None:
+    def submit(self, model_id: str, batch: list[Inputs], done: Done) -> Optional[Callable[[], bool]]:
         loop = asyncio.get_running_loop()
         loaded = self._models.get(model_id)
         if loaded is None:
             loop.call_soon(done, None, BackendError(f"model {model_id!r} is not loaded"))
-            return
+            return None
         loaded.calls += 1
 
         if loaded.inline:
             loop.call_soon(done, *self._run(loaded, batch))  # never re-enter the caller: finish on the next pass
-            return
+            return None
 
         # Whichever comes first on the loop, the outcome or the timeout, answers the batch.
         state = _Attempt()
@@ -236,14 +242,19 @@ class LocalBackend(Backend):
         state.timer = loop.call_later(loaded.timeout_s, timed_out)
 
         def work() -> None:
+            if not state.take():
+                return  # taken back by the loop before it started: nobody waits for it
             # The worker hands the outcome straight back: one wake-up of the loop per batch.
-            outcome = self._run(loaded, batch)
+            # A batch queued behind a hung one (handed ahead) that timed out before it
+            # started is not run; its slot is given back all the same.
+            outcome: Ran = (None, None) if state.answered else self._run(loaded, batch)
             try:
                 loop.call_soon_threadsafe(finished, *outcome)
             except RuntimeError:  # the loop closed during shutdown: nobody is waiting
                 pass
 
         loaded.pool.submit(work)
+        return state.revoke
 
     def health(self) -> BackendHealth:
         hung = {name: m.hung for name, m in self._models.items() if m.hung}
@@ -268,13 +279,35 @@ class LocalBackend(Backend):
 
 
 class _Attempt:
-    """One batch on a worker: answered yet (by its outcome or its timeout), and the timer."""
+    """One batch on a worker: answered yet (by its outcome or its timeout), the timer, and
+    whether a worker has taken it or the loop has taken it back (``revoke``)."""
 
-    __slots__ = ("answered", "timer")
+    __slots__ = ("answered", "timer", "lock", "taken", "revoked")
 
     def __init__(self) -> None:
         self.answered = False
         self.timer: asyncio.TimerHandle | None = None
+        self.lock = threading.Lock()
+        self.taken = False
+        self.revoked = False
+
+    def take(self) -> bool:
+        """On the worker: claim the batch; False if the loop took it back first."""
+        with self.lock:
+            if self.revoked:
+                return False
+            self.taken = True
+            return True
+
+    def revoke(self) -> bool:
+        """On the loop: take back a batch no worker has started; False once one has."""
+        with self.lock:
+            if self.taken:
+                return False
+            self.revoked = True
+        if self.timer is not None:
+            self.timer.cancel()
+        return True
 
 
 def _run(model: Model, batch: list[Inputs]) -> list[Outcome]:

@@ -87,6 +87,10 @@ _HINTED = (QUEUE_FULL, DEADLINE_UNMEETABLE)
 # An idle model that admission has refused everything for this long gets one request
 # through, so that its estimates can learn they were wrong (see _admission).
 PROBE_NS = 1_000_000_000
+#: A batch's booking of its executor outlives its predicted end by at most this much:
+#: later it is forgotten (a safety net: batches that end remove theirs, through
+#: record_service_time or batch_ended).
+FORGET_BUSY_NS = 5_000_000_000
 
 View = Mapping[str, Mapping[int, InferenceRequest]]
 """Per model, its queued requests by ``seq``. Only models with something to serve."""
@@ -182,6 +186,20 @@ class QueuedScheduler(Scheduler):
         request.deprioritized = False
         self._admit(request, self.clock())
         return True
+
+    def put_back(self, requests: Iterable[InferenceRequest]) -> None:
+        """Queue again, as they were, requests handed out in a batch that never ran (the
+        engine took back a batch handed ahead, to form it again with what arrived since).
+        No retry is counted and admission does not judge them twice; a robot's newer
+        observation queued meanwhile supersedes its older one, as on arrival."""
+        now = self.clock()
+        for request in requests:
+            if self.coalesce:
+                newer = self._latest.get(request.stream)
+                if newer is not None and arrival_order(newer) > arrival_order(request):
+                    self._shed(request, SUPERSEDED, "a newer observation of this robot and model is queued", now)
+                    continue
+            self._insert(request, request.deprioritized)
 
     def adopt(self, requests: Iterable[InferenceRequest]) -> int:  # type: ignore[override]
         """Queue requests drained from another scheduler; returns how many were
@@ -409,6 +427,9 @@ class QueuedScheduler(Scheduler):
         now = self.clock()
         self._expire(now)
         ready = None if ready_models is None else set(ready_models)
+        # A batch handed out while its model's executor is still busy (the engine's
+        # dispatch ahead) starts when the executor is expected free: it is planned from then.
+        at = max(now, min(self._free_at(m, now) for m in ready)) if ready else now
         while True:
             view = self._view(ready)
             if not view:
@@ -417,12 +438,12 @@ class QueuedScheduler(Scheduler):
                 for queue in view.values():
                     for r in queue.values():
                         r.refresh(now)
-            batch = self._select(view, now)
+            batch = self._select(view, at)
             if not batch:
                 return []
             model = batch[0].model_id
             batch = [r for r in batch if r.model_id == model][: self.max_batch_size(model)]
-            if self._unmeetable_now(batch, now):
+            if self._unmeetable_now(batch, at):
                 continue
             for r in batch:
                 self._remove(r)
@@ -480,6 +501,19 @@ class QueuedScheduler(Scheduler):
         if busy:
             heapq.heappop(busy)
 
+    def batch_ended(self, model_id: str, *, last: bool = False) -> None:
+        """A batch handed out for the model ended without a run time to record (it
+        failed, or nothing in it was left to run): its booking of the executor is over.
+        ``last``: it is the latest booked (a batch handed ahead, taken back unrun)."""
+        busy = self._busy_until.get(model_id)
+        if not busy:
+            return
+        if last:
+            busy.remove(max(busy))
+            heapq.heapify(busy)
+        else:
+            heapq.heappop(busy)
+
     def estimate_service_ms(self, model_id: str, batch_size: int, *, margin: bool = True) -> Optional[float]:
         """Estimated run time of a batch, with a safety margin for planning unless
         ``margin=False`` (the mean); None before any measurement."""
@@ -502,20 +536,35 @@ class QueuedScheduler(Scheduler):
 
     def _mark_busy(self, model: str, size: int, now: int) -> None:
         self._last_run[model] = now
-        cost = self.estimate_service_ms(model, size, margin=False)
-        if cost is not None:
-            heapq.heappush(self._busy_until.setdefault(model, []), now + int(cost * 1e6))
+        # One booking per batch handed out (also before any estimate, so that bookings and
+        # batches stay one to one), removed when it ends; a batch handed out ahead runs
+        # after the one it waits for.
+        cost = self.estimate_service_ms(model, size, margin=False) or 0.0
+        start = self._free_at(model, now)
+        heapq.heappush(self._busy_until.setdefault(model, []), start + int(cost * 1e6))
+
+    def free_at_ns(self, model: str, now: int) -> int:
+        """When the model's executor is expected to take a new batch (``now`` if it is
+        free): the engine hands a batch ahead from ``dispatch_ahead_ms`` before then."""
+        return self._free_at(model, now)
 
     def _free_at(self, model: str, now: int) -> int:
         """When the model's executor is expected to take a new batch."""
         busy = self._busy_until.get(model)
         if not busy:
             return now
-        while busy and busy[0] <= now:
+        # One entry per batch running, removed when it ends (record_service_time). A batch
+        # past its predicted end is still running (it frees the executor "now", not
+        # earlier); entries long past are batches that failed, which record no time.
+        while busy and busy[0] < now - FORGET_BUSY_NS:
             heapq.heappop(busy)
-        if len(busy) < self._concurrency.get(model, 1):
+        concurrency = self._concurrency.get(model, 1)
+        if len(busy) < concurrency:
             return now
-        return busy[0]
+        if len(busy) == concurrency:
+            return max(now, busy[0])
+        # More batches than slots (one handed ahead): the slot it waits for frees last.
+        return max(now, heapq.nsmallest(len(busy) - concurrency + 1, busy)[-1])
 
     def _backlog_ms(self, model: str, now: int) -> int:
         """When the work ahead on ``model`` should have cleared, in whole ms from now

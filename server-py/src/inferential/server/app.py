@@ -14,6 +14,7 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -120,6 +121,7 @@ class Server:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stopping = False
         self._stopped: Optional[asyncio.Event] = None
+        self._switch_before: Optional[float] = None  # Python's GIL switch interval before start
         self._ready = threading.Event()
 
     # -- public API ------------------------------------------------------------
@@ -207,6 +209,10 @@ class Server:
         # whole heap and stalls every robot for tens of milliseconds.
         gc.collect()
         gc.freeze()
+        self._switch_before = sys.getswitchinterval()  # restored at stop (a reload may change it)
+        switch_ms = self.config.scheduling.gil_switch_interval_ms
+        if switch_ms is not None:
+            sys.setswitchinterval(switch_ms / 1000.0)
         # transport.native: the socket on a native I/O thread when the module is built.
         self._transport = make_transport(self.config.transport, self._curve)
         if isinstance(self._transport, NativeTransport):
@@ -252,6 +258,9 @@ class Server:
                 await asyncio.sleep(self.config.transport.close_grace_ms / 1000.0)
             self._transport.close()
         await self._backend.stop()
+        if self._switch_before is not None:
+            sys.setswitchinterval(self._switch_before)
+            self._switch_before = None
         self.metrics.close()
         self._ready.clear()
         assert self._stopped is not None
@@ -445,6 +454,8 @@ class Server:
         metrics.record("payload_size_bytes", req.payload_bytes, labels)
         ledger.pending[req.seq] = req
         try:
+            if engine.ahead:
+                engine.note_arrival(req)  # may take back a batch handed ahead, to form it again
             engine.scheduler.submit(req)
         except Exception as err:  # only a custom scheduler raises; the built-ins shed instead
             engine.refused(req, err)

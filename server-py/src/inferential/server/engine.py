@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import defaultdict, deque
 from typing import Any, Callable, Optional
@@ -133,6 +134,21 @@ class LoopLoad:
         return busy / (1.0 - busy) * self.obs_ms
 
 
+def _rank(r: InferenceRequest) -> tuple[int, float]:
+    return (r.priority, r.deadline_ns if r.deadline_ns is not None else float("inf"))
+
+
+class _Ahead:
+    """A batch handed ahead to a backend that queues it, while it may be taken back."""
+
+    __slots__ = ("batch", "revoke", "start")
+
+    def __init__(self, batch: list[InferenceRequest], revoke: Callable[[], bool], start: list[int]) -> None:
+        self.batch = batch
+        self.revoke = revoke
+        self.start = start
+
+
 class Engine:
     """Launch, finish, retry and time the server's requests."""
 
@@ -165,10 +181,19 @@ class Engine:
         self._next_sweep_ns = 0
         self._launching = False
         self._completed: deque[Completed] = deque()
+        # Per model, the start times of batches handed ahead and still waiting for a
+        # worker (dispatch_ahead_ms): each becomes "now" when a batch of its model ends.
+        self._waiting: dict[str, deque[list[int]]] = defaultdict(deque)
+        self._ahead_at: Optional[int] = None  # when the next batch may be handed ahead
+        # Per model, the batch handed ahead that a worker may not have started yet, while
+        # it can still be taken back and formed again (see note_arrival).
+        self.ahead: dict[str, _Ahead] = {}
         self._run_inline: Optional[Callable[[str, list[Any]], Optional[Ran]]] = None
         self._model_labels: dict[str, dict[str, str]] = {}
         self.loop_load = LoopLoad(clock)
         ledger.withhold_late = withholds_late(config.scheduling)
+        self.dispatched_ahead = 0  # batches handed to a busy model's queue (dispatch_ahead_ms)
+        self.revised = 0  # of those, taken back and formed again
 
     def start(self, loop: asyncio.AbstractEventLoop, models: dict[str, ModelInfo]) -> None:
         """The backend has started: take its models and serve on ``loop``."""
@@ -212,6 +237,8 @@ class Engine:
         self.scheduler = new
         self.config.scheduling = cfg
         self.ledger.withhold_late = withholds_late(cfg)
+        if cfg.gil_switch_interval_ms is not None:  # the server restores Python's own at stop
+            sys.setswitchinterval(cfg.gil_switch_interval_ms / 1000.0)
         logger.info("scheduler is now %s (%d requests carried over)", cfg.strategy, len(queued))
         self.poke()
 
@@ -271,6 +298,8 @@ class Engine:
             candidates.append(oldest.arrival_ns + int(self.config.scheduling.request_ttl_ms * 1e6) + 1)
         if self.registry.robots:
             candidates.append(self._next_sweep_ns)
+        if self._ahead_at is not None:
+            candidates.append(self._ahead_at)
         at = min(candidates) if candidates else None
         if self._timer is not None and at is not None and self._timer_at is not None and self._timer_at <= at:
             # Already due no later: when it fires, the dispatch loop re-arms for what is
@@ -380,8 +409,6 @@ class Engine:
         inflight = self.inflight
         while True:
             free = {m for m, info in self.models.items() if inflight[m] < info.concurrency}
-            if not free:
-                return
             launched = False
             for model in list(free):
                 if held[model]:
@@ -389,11 +416,18 @@ class Engine:
                     launched = True
             if launched:
                 continue
-            pulled = self.scheduler.next_batch(ready_models=free) if takes_ready else self.scheduler.next_batch()  # type: ignore[call-arg]
+            pulled = []
+            if free:
+                pulled = self.scheduler.next_batch(ready_models=free) if takes_ready else self.scheduler.next_batch()  # type: ignore[call-arg]
             if not pulled:
+                ahead = self._pull_ahead()
+                if ahead:
+                    self._launch(ahead[0].model_id, ahead)
+                    continue
                 return  # nothing ready (a scheduler may hold requests back, e.g. to fill a batch)
             batch = [r for r in pulled if r.seq in pending]
             if not batch:
+                self._ended_unrun(pulled[0].model_id)
                 continue  # all already answered (expired, cancelled): pull again
             by_model: dict[str, list[InferenceRequest]] = defaultdict(list)
             for r in batch:
@@ -404,10 +438,75 @@ class Engine:
                 else:
                     held[model].append(reqs)
 
+    def note_arrival(self, req: InferenceRequest) -> None:
+        """A request is about to be queued for a model with a batch handed ahead (the
+        server calls this on the receive path, before ``scheduler.submit``): if it would
+        change that batch (room left in it, or it outranks a member by priority, then
+        deadline), the batch is taken back, unless a worker has started it, so that
+        admission judges the newcomer with that batch still open and the next dispatch
+        forms it again."""
+        record = self.ahead.get(req.model_id)
+        if record is None:
+            return
+        if len(record.batch) < self.models[req.model_id].max_batch_size or _rank(req) < max(map(_rank, record.batch)):
+            self._take_back(req.model_id, record)
+
+    def _take_back(self, model: str, record: "_Ahead") -> None:
+        del self.ahead[model]
+        if not record.revoke():
+            return  # a worker has it: it runs as formed
+        self.inflight[model] -= 1
+        self.batches_running -= 1
+        if self.batches_running == 0 and self.batches_idle is not None:
+            self.batches_idle.set()
+        waiting = self._waiting[model]
+        for i, start in enumerate(waiting):
+            if start is record.start:
+                del waiting[i]
+                break
+        self._ended_unrun(model, last=True)
+        pending = self.ledger.pending
+        back = [r for r in record.batch if r.seq in pending]
+        for r in back:
+            r.running = False
+        self.scheduler.put_back(back)  # type: ignore[attr-defined]
+        self.revised += 1
+
+    def _pull_ahead(self) -> list[InferenceRequest]:
+        """A batch for a model whose every executor is busy, when the batch running is
+        expected to end within ``dispatch_ahead_ms`` and the backend queues batches: it is
+        handed over now and starts the moment a worker frees, without a trip through the
+        loop (at most one such batch per model). Otherwise [] and, when such a time is
+        ahead, ``_ahead_at`` for the timer."""
+        self._ahead_at = None
+        lead = int(self.config.scheduling.dispatch_ahead_ms * 1e6)
+        free_at = getattr(self.scheduler, "free_at_ns", None)
+        estimate = getattr(self.scheduler, "estimate_service_ms", None)
+        if lead <= 0 or free_at is None or estimate is None or not self._takes_ready:
+            return []
+        now = self.clock()
+        soonest: Optional[int] = None
+        for model, info in self.models.items():
+            if info.concurrency < 1 or self.inflight[model] != info.concurrency:
+                continue
+            if estimate(model, 1) is None or not self.backend.queues_batches(model):
+                continue  # no run time measured yet: no telling when the running batch ends
+            at = free_at(model, now) - lead
+            if at > now:
+                soonest = at if soonest is None else min(soonest, at)
+                continue
+            held = self._held[model]
+            batch = held.popleft() if held else self.scheduler.next_batch(ready_models={model})  # type: ignore[call-arg]
+            if batch:
+                return batch  # _launch drops what was answered meanwhile
+        self._ahead_at = soonest
+        return []
+
     def _launch(self, model: str, batch: list[InferenceRequest]) -> None:
         pending = self.ledger.pending
         batch = [r for r in batch if r.seq in pending]
         if not batch:
+            self._ended_unrun(model)
             return
         self.inflight[model] += 1
         for r in batch:
@@ -421,27 +520,38 @@ class Engine:
         assert self.batches_idle is not None
         if self.batches_running == 1:
             self.batches_idle.clear()
-        self._predict(model, batch)
+        ahead = self.inflight[model] > self.models[model].concurrency  # handed ahead: waits for a worker
+        self._predict(model, batch, ahead)
         inputs = [r.inputs for r in batch]
-        if self._run_inline is not None:
-            start = self.clock()
+        if self._run_inline is not None and not ahead:
+            began = self.clock()
             outcome = self._run_inline(model, inputs)
             if outcome is not None:  # ran here and now: finished by launch_ready's loop
-                self._completed.append((model, batch, start, *outcome))
+                self._completed.append((model, batch, began, *outcome))
                 return
-        start = self.clock()
+        # The batch's run is timed from now, or, handed ahead, from when the batch it waits
+        # for ends (set by _finish_batch): the service-time model learns run times, not waits.
+        start = [self.clock()]
+        if ahead:
+            self._waiting[model].append(start)
 
         def done(outcomes: Optional[list[Any]], error: Optional[BaseException]) -> None:
-            self._finish_batch(model, batch, start, outcomes, error)
+            self._finish_batch(model, batch, start[0], outcomes, error)
 
         try:
-            self.backend.submit(model, inputs, done)
+            revoke = self.backend.submit(model, inputs, done)
         except Exception as err:  # a backend that fails to even start the batch
             asyncio.get_running_loop().call_soon(done, None, err)
+            return
+        if ahead:
+            self.dispatched_ahead += 1
+            if revoke is not None and hasattr(self.scheduler, "put_back"):
+                self.ahead[model] = _Ahead(batch, revoke, start)
 
-    def _predict(self, model: str, batch: list[InferenceRequest]) -> None:
+    def _predict(self, model: str, batch: list[InferenceRequest], ahead: bool = False) -> None:
         """Each request's delay, predicted now it is dispatched (server/chunking.py): the
-        model gets it as ``inference_delay_steps`` to freeze that prefix of its chunk."""
+        model gets it as ``inference_delay_steps`` to freeze that prefix of its chunk.
+        A batch handed ahead is predicted from when its worker is expected free."""
         for r in batch:
             if r.control_rate_hz > 0:
                 break
@@ -451,7 +561,20 @@ class Engine:
         # the wait and the margin.
         estimate = getattr(self.scheduler, "estimate_service_ms", None)
         service_ms = estimate(model, len(batch), margin=False) if estimate is not None else None
-        predict_batch(batch, self.clock(), service_ms, self.config.scheduling.deadline_margin_ms)
+        now = self.clock()
+        free_at = getattr(self.scheduler, "free_at_ns", None) if ahead else None
+        if free_at is not None and service_ms is not None:
+            # The scheduler has booked this batch already: it ends at free_at, starts one run earlier.
+            now = max(now, free_at(model, now) - int(service_ms * 1e6))
+        predict_batch(batch, now, service_ms, self.config.scheduling.deadline_margin_ms)
+
+    def _ended_unrun(self, model: str, last: bool = False) -> None:
+        """Tell the scheduler a batch it handed out ended without a run time (failed, or
+        every request answered before it ran, or ``last``: the batch handed ahead, taken
+        back): its executor booking is over."""
+        ended = getattr(self.scheduler, "batch_ended", None)
+        if ended is not None:
+            ended(model, last=last) if last else ended(model)
 
     def _finish_batch(
         self,
@@ -466,6 +589,12 @@ class Engine:
         if self.batches_running == 0 and self.batches_idle is not None:
             self.batches_idle.set()
         end = self.clock()
+        waiting = self._waiting.get(model)
+        if waiting:  # a worker is free: the oldest batch handed ahead started about now
+            started = waiting.popleft()
+            started[0] = max(started[0], end)
+        # A worker is free: it has taken the batch handed ahead (or this was it).
+        self.ahead.pop(model, None)
         infer_ms = (end - start) / 1e6
         if error is None and outcomes is None:
             error = RuntimeError("backend returned no outcomes")
@@ -532,6 +661,7 @@ class Engine:
         return max(0.0, self.loop_load.lag_ms - self.config.scheduling.deadline_margin_ms)
 
     def _failed(self, model: str, batch: list[InferenceRequest], error: BaseException) -> None:
+        self._ended_unrun(model)
         labels = {"model": model}
         self.metrics.increment("dispatch_errors", labels)
         logger.warning("batch of %d for %s failed: %s", len(batch), model, error)
