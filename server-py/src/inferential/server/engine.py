@@ -128,10 +128,16 @@ class LoopLoad:
         self._t0, self._cpu0, self._events0 = now, cpu, events
         return True
 
+    #: The longest the loop keeps a finished batch waiting however busy it is: the
+    #: transport yields after a slice of reading (SLICE_NS, 2 ms), then the batch's
+    #: callback runs, so a saturated loop delays it by about a slice, not by a queue
+    #: that grows without bound as the single-server formula would have it.
+    MAX_LAG_MS = 3.0
+
     @property
     def lag_ms(self) -> float:
         busy = min(self.busy, self.MAX_BUSY)
-        return busy / (1.0 - busy) * self.obs_ms
+        return min(busy / (1.0 - busy) * self.obs_ms, self.MAX_LAG_MS)
 
 
 def _rank(r: InferenceRequest) -> tuple[int, float]:

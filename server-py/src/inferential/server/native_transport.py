@@ -136,51 +136,68 @@ class NativeTransport(RouterTransport):
         self._on_message = on_message
         self._on_burst_end = on_burst_end
         # The eventfd is level-triggered: readable while messages wait, so a burst cut
-        # short by BURST is continued by the loop itself.
+        # short by BURST or SLICE_NS is continued by the loop itself.
         self._fd = self._router.fileno()
         loop.add_reader(self._fd, self.drain)
         loop.call_soon(self.drain)
 
+    #: messages taken from the module at a time, between checks of the drain's time slice
+    TAKE = 32
+
     def drain(self) -> None:
-        """Hand up to BURST waiting messages over, then call ``on_burst_end``."""
+        """Hand up to BURST waiting messages (or SLICE_NS worth) over, then call ``on_burst_end``."""
         router = self._router
         if router is None or self._draining:
             return
         self._draining = True
         try:
-            items = router.take(self.BURST)
+            items = router.take(self.TAKE)
             if not items:
                 return
             on_message, on_request = self._on_message, self.on_request
             watch = getattr(self, "_watch", None)  # the connection watch, when the transport has one
             curve = self._curve is not None
-            for item in items:
-                try:
-                    identity = item[0]
-                    if identity is None:  # refused by the check: the Python decoder words why
-                        self._ref_ns = item[2]
-                        frames = item[1]
-                        if watch is not None and len(frames) > 1 and frames[0].bytes[:1] not in (b"", b"\0"):
-                            watch.note_identity(frames[0].bytes, frames[1])
-                        on_message(frames)  # type: ignore[misc]
-                        continue
-                    self._ref_ns = item[5]
-                    envelope = item[1]
-                    if watch is not None and identity[:1] != b"\0":
-                        # An identity the peer chose (libzmq's own start with a zero byte): a
-                        # 1.x robot's client id, which another connection can take over.
-                        watch.note_identity(identity, envelope)
-                    decoded = self._decode(item)
-                    if decoded is None or on_request is None:
-                        self.rechecked += 1
-                        on_message([identity, b"", envelope, *item[2]])  # type: ignore[misc]
-                    else:
-                        on_request(identity, decoded, envelope.get("User-Id") or None if curve else None)
-                except Exception:  # the server never dies on input
-                    logger.exception("unexpected error handling a message")
+            until = _monotonic_ns() + self.SLICE_NS
+            taken = len(items)
+            while True:
+                for item in items:
+                    self._handle(item, on_message, on_request, watch, curve)
+                if taken >= self.BURST or _monotonic_ns() > until:
+                    break  # the eventfd stays readable: the loop calls drain again
+                items = router.take(self.TAKE)
+                if not items:
+                    break
+                taken += len(items)
             self._on_burst_end()  # type: ignore[misc]
         finally:
             self._draining = False
+
+    def _handle(self, item: tuple, on_message: Any, on_request: Any, watch: Any, curve: bool) -> None:
+        """One item the module took off the socket: a checked observation, or frames the
+        Python decoder must word the refusal of."""
+        try:
+            identity = item[0]
+            if identity is None:  # refused by the check: the Python decoder words why
+                self._ref_ns = item[2]
+                frames = item[1]
+                if watch is not None and len(frames) > 1 and frames[0].bytes[:1] not in (b"", b"\0"):
+                    watch.note_identity(frames[0].bytes, frames[1])
+                on_message(frames)
+                return
+            self._ref_ns = item[5]
+            envelope = item[1]
+            if watch is not None and identity[:1] != b"\0":
+                # An identity the peer chose (libzmq's own start with a zero byte): a
+                # 1.x robot's client id, which another connection can take over.
+                watch.note_identity(identity, envelope)
+            decoded = self._decode(item)
+            if decoded is None or on_request is None:
+                self.rechecked += 1
+                on_message([identity, b"", envelope, *item[2]])
+            else:
+                on_request(identity, decoded, envelope.get("User-Id") or None if curve else None)
+        except Exception:  # the server never dies on input
+            logger.exception("unexpected error handling a message")
 
     @staticmethod
     def _decode(item: tuple) -> Optional[Decoded]:

@@ -70,6 +70,9 @@ class RouterTransport:
 
     #: messages handled per drain before yielding to other callbacks on the loop
     BURST = 256
+    #: ... or this much time (ns), whichever comes first: a batch that finished meanwhile
+    #: waits at most about this long for the loop (admission plans with that bound)
+    SLICE_NS = 2_000_000
 
     def __init__(
         self, config: TransportConfig, context: Optional[zmq.Context] = None, curve: Optional[CurveKeys] = None
@@ -169,11 +172,15 @@ class RouterTransport:
         burst = self.BURST
         polled = [(sock, _POLLIN)]
         watch = self._watch
+        until = _monotonic_ns() + self.SLICE_NS
         try:
             while True:
                 self._sent = False
                 handled = 0
                 while handled < burst:
+                    if handled and _monotonic_ns() > until:
+                        burst = handled  # the slice is used up: yield like a full burst
+                        break
                     if not _poll(polled, 0):
                         self.empty_ns = _monotonic_ns()
                         break
