@@ -429,7 +429,15 @@ class QueuedScheduler(Scheduler):
         ready = None if ready_models is None else set(ready_models)
         # A batch handed out while its model's executor is still busy (the engine's
         # dispatch ahead) starts when the executor is expected free: it is planned from then.
-        at = max(now, min(self._free_at(m, now) for m in ready)) if ready else now
+        at = now
+        if ready:
+            first = min(ready, key=lambda m: self._free_at(m, now))
+            free = self._free_at(first, now)
+            if free > now:
+                # The executor frees when the running batch ends, booked at its mean run
+                # time: plan from its bad case (the model's planning margin), as for this
+                # batch's own run.
+                at = free + self._margin_ns(first)
         while True:
             view = self._view(ready)
             if not view:
@@ -547,6 +555,12 @@ class QueuedScheduler(Scheduler):
         """When the model's executor is expected to take a new batch (``now`` if it is
         free): the engine hands a batch ahead from ``dispatch_ahead_ms`` before then."""
         return self._free_at(model, now)
+
+    def _margin_ns(self, model: str) -> int:
+        """The planning margin of the model's service-time estimate (ns)."""
+        planned = self.estimate_service_ms(model, 1)
+        mean = self.estimate_service_ms(model, 1, margin=False)
+        return 0 if planned is None or mean is None else int((planned - mean) * 1e6)
 
     def _free_at(self, model: str, now: int) -> int:
         """When the model's executor is expected to take a new batch."""

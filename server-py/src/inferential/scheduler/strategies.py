@@ -197,6 +197,8 @@ class EdfScheduler(QueuedScheduler):
     """
 
     coalesce_by_default = True
+    #: extra planning margins for priority 0 in batch sizing (see _batch_size)
+    CRITICAL_MARGIN = 1
 
     def __init__(self, config: Optional[SchedulingConfig] = None, *, clock: Optional[Clock] = None) -> None:
         super().__init__(config, clock=clock)
@@ -237,7 +239,10 @@ class EdfScheduler(QueuedScheduler):
         if alone is None:
             return len(candidates)
         earliest_meetable = now_ns + alone * 1e6 + self.server_ns(1)
-        deadlines = [effective_deadline_ns(r) for r in candidates]
+        # The top priority (0) gets twice the planning margin: a batch that runs a little
+        # long costs those robots a late action, the others only a smaller batch.
+        extra = self._margin_ns(model) * self.CRITICAL_MARGIN
+        deadlines = [effective_deadline_ns(r) - (extra if r.priority == 0 else 0) for r in candidates]
         for size in range(len(candidates), 1, -1):
             # The server's own time counts too: the last reply of the batch goes out last.
             finish = now_ns + self.estimate_service_ms(model, size) * 1e6 + self.server_ns(size)  # type: ignore[operator]
