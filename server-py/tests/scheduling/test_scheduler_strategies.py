@@ -178,6 +178,28 @@ def test_edf_batch_only_grows_while_it_meets_the_earliest_deadline(build, make):
     assert len(s.next_batch()) == 3
 
 
+def test_edf_sizes_a_batch_led_by_a_critical_robot_with_twice_the_margin(build, make):
+    # Service times 2 + 1 ms per request with noise: the fit's planning margin is about 1 ms.
+    sizes = []
+    for size in range(1, 9):
+        for noise in (-0.5, 0.5):
+            sizes.append((size, 2.0 + size + noise))
+    batches = {}
+    for priority in (1, 0):
+        s = build("edf", max_batch_size=8)
+        for size, ms in sizes:
+            s.record_service_time("m", size, ms)
+        margin_ms = s.estimate_service_ms("m", 1) - s.estimate_service_ms("m", 1, margin=False)
+        assert 0.5 < margin_ms < 1.5
+        s.submit(make("tight", priority=priority, deadline_ms=8.5))
+        for i in range(6):
+            s.submit(make(f"loose-{i}", priority=1, deadline_ms=100))
+        batches[priority] = len(s.next_batch())
+    # Priority 1: the largest batch whose mean + margin ends by 8.5 ms (size 5: 7 + 1 ms);
+    # priority 0 plans with one margin more, so its batch is one smaller.
+    assert batches[1] == 5 and batches[0] == 4
+
+
 def test_edf_fills_the_batch_by_priority_after_the_earliest_request(build, make):
     s = build("edf", max_batch_size=2)
     s.submit(make("first", priority=5, deadline_ms=10))
