@@ -454,7 +454,9 @@ class Engine:
         record = self.ahead.get(req.model_id)
         if record is None:
             return
-        if len(record.batch) < self.models[req.model_id].max_batch_size or _rank(req) < max(map(_rank, record.batch)):
+        # Only a QueuedScheduler (one with put_back) has a batch handed ahead: it has the limit.
+        limit = self.scheduler.max_batch_size(req.model_id)  # type: ignore[attr-defined]
+        if len(record.batch) < limit or _rank(req) < max(map(_rank, record.batch)):
             self._take_back(req.model_id, record)
 
     def _take_back(self, model: str, record: "_Ahead") -> None:
