@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from inferential.config import InferentialConfig
+from inferential.dispatch.base import Backend
+from inferential.metrics.store import MetricsStore
 from inferential.server import BackgroundServer, Server
+from inferential.server.engine import Engine
+from inferential.server.ledger import Ledger
+from inferential.server.registry import ClientRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED_PYTHON = REPO / ".venv-published" / "bin" / "python"
@@ -87,3 +92,30 @@ def eventually(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "c
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+class SentFrames:
+    """Stands in for the ROUTER socket of an engine wired by hand: keeps every reply sent."""
+
+    def __init__(self) -> None:
+        self.frames: list[list[Any]] = []
+
+    def send(self, frames: list[Any]) -> None:
+        self.frames.append(frames)
+
+    def drain(self) -> None:
+        """Nothing to read: no socket."""
+
+
+def wired_engine(
+    config: InferentialConfig, backend: Backend, now: list[int]
+) -> tuple[Engine, Ledger, ClientRegistry, MetricsStore, SentFrames]:
+    """The server's engine, ledger and registry on a fake clock (``now[0]``, ns), without
+    the server around them: replies land in the returned SentFrames."""
+    clock = lambda: now[0]  # noqa: E731
+    registry = ClientRegistry(config.clients, config.auth, 0.2, 5.0)
+    metrics = MetricsStore()
+    ledger = Ledger(metrics, registry, clock)
+    sent = SentFrames()
+    ledger.transport = sent  # type: ignore[assignment]
+    return Engine(config, backend, ledger, registry, metrics, clock), ledger, registry, metrics, sent

@@ -3,20 +3,17 @@ model's ``inference_delay_steps`` input, ``valid_until_ns``, and the reply's fie
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pytest
+from server_helpers import wired_engine
 
 from inferential._proto import inferential_pb2 as pb
 from inferential.config.schema import InferentialConfig
 from inferential.dispatch.local import LocalBackend
-from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest
 from inferential.server.chunking import DELAY_INPUT, predict_batch, reply_fields, valid_until_ns
-from inferential.server.engine import Engine
-from inferential.server.ledger import Ledger
-from inferential.server.registry import ClientRegistry
 from inferential.wire import Status
 
 MS = 1_000_000
@@ -77,27 +74,12 @@ def test_a_request_without_chunk_hints_gets_no_chunk_fields():
     assert reply_fields(request(rate=0.0), total_ms=12.0) is None
 
 
-class Sent:
-    def __init__(self) -> None:
-        self.frames: list[list[Any]] = []
-
-    def send(self, frames: list[Any]) -> Optional[str]:
-        self.frames.append(frames)
-        return None
-
-
 def test_engine_predicts_from_the_scheduler_estimate_and_the_reply_reports_both_delays():
     config = InferentialConfig.model_validate(
         {"scheduling": {"strategy": "edf", "deadline_margin_ms": 1.0, "action_max_age_ms": 500.0}}
     )
     now = [T0]
-    clock = lambda: now[0]  # noqa: E731
-    registry = ClientRegistry(config.clients, config.auth, 0.2, 5.0)
-    metrics = MetricsStore()
-    ledger = Ledger(metrics, registry, clock)
-    sent = Sent()
-    ledger.transport = sent  # type: ignore[assignment]
-    engine = Engine(config, LocalBackend(config.models, {}), ledger, registry, metrics, clock)
+    engine, ledger, _, metrics, sent = wired_engine(config, LocalBackend(config.models, {}), now)
     for size in (1, 2, 1, 2):  # a measured model: 10 ms + 5 ms per request
         engine.scheduler.record_service_time("policy", size, 10.0 + 5.0 * size)
     wall_ts = 1_700_000_000 * 10**9
@@ -128,11 +110,7 @@ def test_engine_predicts_from_the_scheduler_estimate_and_the_reply_reports_both_
 
 def test_error_replies_and_1x_style_requests_carry_no_chunk_fields():
     config = InferentialConfig()
-    registry = ClientRegistry(config.clients, config.auth, 0.2, 5.0)
-    metrics = MetricsStore()
-    ledger = Ledger(metrics, registry, lambda: T0)
-    sent = Sent()
-    ledger.transport = sent  # type: ignore[assignment]
+    _, ledger, _, metrics, sent = wired_engine(config, LocalBackend(config.models, {}), [T0])
     chunked, plain = request(step=3), request(rate=0.0)
     for r in (chunked, plain):
         ledger.pending[r.seq] = r

@@ -9,13 +9,12 @@ import threading
 from typing import Any, Callable, Optional
 
 import numpy as np
-from server_helpers import running_server
+from server_helpers import SentFrames, running_server, wired_engine
 
 from inferential import Connection
 from inferential.config.schema import InferentialConfig, SchedulingConfig
 from inferential.dispatch.base import Backend, Model, ModelInfo
 from inferential.dispatch.local import LocalBackend
-from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest, create_scheduler
 from inferential.server.engine import Engine
 from inferential.server.ledger import Ledger
@@ -62,28 +61,10 @@ class QueueingBackend(Backend):
         entry["done"]([{"actions": np.zeros(1, np.float32)} for _ in entry["batch"]], None)
 
 
-class Sent:
-    def __init__(self) -> None:
-        self.replies: list[list[Any]] = []
-
-    def send(self, frames: list[Any]) -> None:
-        self.replies.append(frames)
-        return None
-
-    def drain(self) -> None:
-        """Nothing to read: no socket."""
-
-
-def _engine(now: list[int]) -> tuple[Engine, Ledger, ClientRegistry, QueueingBackend, Sent]:
+def _engine(now: list[int]) -> tuple[Engine, Ledger, ClientRegistry, QueueingBackend, SentFrames]:
     config = InferentialConfig.model_validate({"scheduling": {"coalesce": False, "dispatch_ahead_ms": 2.0}})
-    clock = lambda: now[0]  # noqa: E731
-    registry = ClientRegistry(config.clients, config.auth, 0.2, 5.0)
-    metrics = MetricsStore()
-    ledger = Ledger(metrics, registry, clock)
-    sent = Sent()
-    ledger.transport = sent  # type: ignore[assignment]
     backend = QueueingBackend()
-    engine = Engine(config, backend, ledger, registry, metrics, clock)
+    engine, ledger, registry, _, sent = wired_engine(config, backend, now)
     return engine, ledger, registry, backend, sent
 
 
@@ -152,7 +133,7 @@ def test_the_next_batch_is_handed_ahead_and_taken_back_for_a_more_urgent_observa
         backend.finish(2)
         assert engine.inflight["m"] == 0 and not engine.ahead
         # Every request answered once, OK; the batch taken back sent nothing.
-        assert len(sent.replies) == 7
+        assert len(sent.frames) == 7
         assert not ledger.pending
 
     asyncio.run(scenario())
@@ -181,7 +162,7 @@ def test_a_batch_a_worker_has_started_is_not_taken_back():
         now[0] += 10 * MS
         engine.after_change()
         backend.finish(2)
-        assert len(sent.replies) == 6 and not ledger.pending
+        assert len(sent.frames) == 6 and not ledger.pending
 
     asyncio.run(scenario())
 
