@@ -287,6 +287,6 @@ def test_a_busy_server_hands_batches_ahead_and_answers_every_observation_once():
             t.join(60)
         assert not errors
         assert len(results) == 240 and all(r.status == Status.OK for r in results)
-        engine = server._engine
-        assert engine.dispatched_ahead > 0
-        assert engine.inflight["slow"] == 0 and not engine.ahead
+        status = server.status_threadsafe()
+        assert status["dispatch_ahead"]["handed"] > 0
+        assert status["models"]["slow"]["in_flight"] == 0 and not server._engine.ahead

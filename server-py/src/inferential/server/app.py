@@ -295,6 +295,9 @@ class Server:
                 for n, i in engine.models.items()
             },
             "pending": len(self._ledger.pending),
+            # Batches handed to a busy model ahead of time, and of those taken back to be
+            # formed again (scheduling.dispatch_ahead_ms).
+            "dispatch_ahead": {"handed": engine.dispatched_ahead, "taken_back": engine.revised},
             "scheduler": engine.scheduler.status(),
             "robots": len(self._registry.robots),
             "replies": dict(self._ledger.status_counts),
