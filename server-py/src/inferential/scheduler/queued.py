@@ -431,8 +431,7 @@ class QueuedScheduler(Scheduler):
         # dispatch ahead) starts when the executor is expected free: it is planned from then.
         at = now
         if ready:
-            first = min(ready, key=lambda m: self._free_at(m, now))
-            free = self._free_at(first, now)
+            free, first = min((self._free_at(m, now), m) for m in ready)
             if free > now:
                 # The executor frees when the running batch ends, booked at its mean run
                 # time: plan from its bad case (the model's planning margin), as for this
@@ -557,10 +556,9 @@ class QueuedScheduler(Scheduler):
         return self._free_at(model, now)
 
     def _margin_ns(self, model: str) -> int:
-        """The planning margin of the model's service-time estimate (ns)."""
-        planned = self.estimate_service_ms(model, 1)
-        mean = self.estimate_service_ms(model, 1, margin=False)
-        return 0 if planned is None or mean is None else int((planned - mean) * 1e6)
+        """The planning margin of the model's service-time estimate (ns; 0 before any)."""
+        service = self._service.get(model)
+        return 0 if service is None else int(service.margin_ms * 1e6)
 
     def _free_at(self, model: str, now: int) -> int:
         """When the model's executor is expected to take a new batch."""

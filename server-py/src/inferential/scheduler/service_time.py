@@ -52,6 +52,11 @@ class ServiceTimeModel:
         self._sxy += sign * x * y
         self._syy += sign * y * y
 
+    @property
+    def margin_ms(self) -> float:
+        """What ``estimate`` adds for planning: ``MARGIN_SIGMAS`` residual deviations."""
+        return self._margin
+
     def estimate(self, batch_size: int, *, margin: bool = True) -> Optional[float]:
         """Planning estimate of a batch's run time (ms); ``margin=False``: the fitted mean."""
         if not self._points:

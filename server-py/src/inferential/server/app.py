@@ -26,7 +26,7 @@ from inferential.metrics.store import MetricsStore
 from inferential.scheduler import Scheduler
 from inferential.server.admission import admit
 from inferential.server.curve import CurveKeys, user_id
-from inferential.server.engine import Engine
+from inferential.server.engine import Engine, apply_gil_switch_interval
 from inferential.server.ledger import Ledger
 from inferential.server.native_transport import NativeTransport, make_transport
 from inferential.server.protocol import (
@@ -210,9 +210,7 @@ class Server:
         gc.collect()
         gc.freeze()
         self._switch_before = sys.getswitchinterval()  # restored at stop (a reload may change it)
-        switch_ms = self.config.scheduling.gil_switch_interval_ms
-        if switch_ms is not None:
-            sys.setswitchinterval(switch_ms / 1000.0)
+        apply_gil_switch_interval(self.config.scheduling)
         # transport.native: the socket on a native I/O thread when the module is built.
         self._transport = make_transport(self.config.transport, self._curve)
         if isinstance(self._transport, NativeTransport):

@@ -30,6 +30,7 @@ from inferential.server.chunking import predict_batch, valid_until_ns
 from inferential.server.ledger import Ledger, request_labels
 from inferential.server.protocol import ReplyTiming
 from inferential.server.registry import ClientRegistry
+from inferential.server.transport import RouterTransport
 from inferential.wire import Status
 
 logger = logging.getLogger("inferential.server")
@@ -129,15 +130,23 @@ class LoopLoad:
         return True
 
     #: The longest the loop keeps a finished batch waiting however busy it is: the
-    #: transport yields after a slice of reading (SLICE_NS, 2 ms), then the batch's
-    #: callback runs, so a saturated loop delays it by about a slice, not by a queue
-    #: that grows without bound as the single-server formula would have it.
-    MAX_LAG_MS = 3.0
+    #: transport yields after a slice of reading (SLICE_NS), then the batch's callback
+    #: runs, so a saturated loop delays it by about a slice (plus a millisecond for the
+    #: burst's own end), not by a queue that grows without bound as the single-server
+    #: formula would have it.
+    MAX_LAG_MS = RouterTransport.SLICE_NS / 1e6 + 1.0
 
     @property
     def lag_ms(self) -> float:
         busy = min(self.busy, self.MAX_BUSY)
         return min(busy / (1.0 - busy) * self.obs_ms, self.MAX_LAG_MS)
+
+
+def apply_gil_switch_interval(cfg: SchedulingConfig) -> None:
+    """Set Python's GIL switch interval to ``cfg.gil_switch_interval_ms`` (None: leave it);
+    the server restores Python's own at stop."""
+    if cfg.gil_switch_interval_ms is not None:
+        sys.setswitchinterval(cfg.gil_switch_interval_ms / 1000.0)
 
 
 def _rank(r: InferenceRequest) -> tuple[int, float]:
@@ -147,12 +156,11 @@ def _rank(r: InferenceRequest) -> tuple[int, float]:
 class _Ahead:
     """A batch handed ahead to a backend that queues it, while it may be taken back."""
 
-    __slots__ = ("batch", "revoke", "start")
+    __slots__ = ("batch", "revoke")
 
-    def __init__(self, batch: list[InferenceRequest], revoke: Callable[[], bool], start: list[int]) -> None:
+    def __init__(self, batch: list[InferenceRequest], revoke: Callable[[], bool]) -> None:
         self.batch = batch
         self.revoke = revoke
-        self.start = start
 
 
 class Engine:
@@ -187,9 +195,10 @@ class Engine:
         self._next_sweep_ns = 0
         self._launching = False
         self._completed: deque[Completed] = deque()
-        # Per model, the start times of batches handed ahead and still waiting for a
-        # worker (dispatch_ahead_ms): each becomes "now" when a batch of its model ends.
-        self._waiting: dict[str, deque[list[int]]] = defaultdict(deque)
+        # Per model, the start time of the batch handed ahead and still waiting for a
+        # worker (dispatch_ahead_ms; at most one): it becomes "now" when a batch of its
+        # model ends.
+        self._waiting: dict[str, list[int]] = {}
         self._ahead_at: Optional[int] = None  # when the next batch may be handed ahead
         # Per model, the batch handed ahead that a worker may not have started yet, while
         # it can still be taken back and formed again (see note_arrival).
@@ -243,8 +252,7 @@ class Engine:
         self.scheduler = new
         self.config.scheduling = cfg
         self.ledger.withhold_late = withholds_late(cfg)
-        if cfg.gil_switch_interval_ms is not None:  # the server restores Python's own at stop
-            sys.setswitchinterval(cfg.gil_switch_interval_ms / 1000.0)
+        apply_gil_switch_interval(cfg)
         logger.info("scheduler is now %s (%d requests carried over)", cfg.strategy, len(queued))
         self.poke()
 
@@ -463,15 +471,8 @@ class Engine:
         del self.ahead[model]
         if not record.revoke():
             return  # a worker has it: it runs as formed
-        self.inflight[model] -= 1
-        self.batches_running -= 1
-        if self.batches_running == 0 and self.batches_idle is not None:
-            self.batches_idle.set()
-        waiting = self._waiting[model]
-        for i, start in enumerate(waiting):
-            if start is record.start:
-                del waiting[i]
-                break
+        self._release(model)
+        self._waiting.pop(model, None)
         self._ended_unrun(model, last=True)
         pending = self.ledger.pending
         back = [r for r in record.batch if r.seq in pending]
@@ -541,7 +542,7 @@ class Engine:
         # for ends (set by _finish_batch): the service-time model learns run times, not waits.
         start = [self.clock()]
         if ahead:
-            self._waiting[model].append(start)
+            self._waiting[model] = start
 
         def done(outcomes: Optional[list[Any]], error: Optional[BaseException]) -> None:
             self._finish_batch(model, batch, start[0], outcomes, error)
@@ -554,7 +555,7 @@ class Engine:
         if ahead:
             self.dispatched_ahead += 1
             if revoke is not None and hasattr(self.scheduler, "put_back"):
-                self.ahead[model] = _Ahead(batch, revoke, start)
+                self.ahead[model] = _Ahead(batch, revoke)
 
     def _predict(self, model: str, batch: list[InferenceRequest], ahead: bool = False) -> None:
         """Each request's delay, predicted now it is dispatched (server/chunking.py): the
@@ -576,13 +577,20 @@ class Engine:
             now = max(now, free_at(model, now) - int(service_ms * 1e6))
         predict_batch(batch, now, service_ms, self.config.scheduling.deadline_margin_ms)
 
+    def _release(self, model: str) -> None:
+        """A batch of ``model`` no longer holds an executor (it ended, or was taken back)."""
+        self.inflight[model] -= 1
+        self.batches_running -= 1
+        if self.batches_running == 0 and self.batches_idle is not None:
+            self.batches_idle.set()
+
     def _ended_unrun(self, model: str, last: bool = False) -> None:
         """Tell the scheduler a batch it handed out ended without a run time (failed, or
         every request answered before it ran, or ``last``: the batch handed ahead, taken
         back): its executor booking is over."""
         ended = getattr(self.scheduler, "batch_ended", None)
         if ended is not None:
-            ended(model, last=last) if last else ended(model)
+            ended(model, last=last)
 
     def _finish_batch(
         self,
@@ -592,16 +600,13 @@ class Engine:
         outcomes: Optional[list[Any]],
         error: Optional[BaseException],
     ) -> None:
-        self.inflight[model] -= 1
-        self.batches_running -= 1
-        if self.batches_running == 0 and self.batches_idle is not None:
-            self.batches_idle.set()
+        self._release(model)
         end = self.clock()
-        waiting = self._waiting.get(model)
-        if waiting:  # a worker is free: the oldest batch handed ahead started about now
-            started = waiting.popleft()
+        # A worker is free: it has taken the batch handed ahead (or this was it), which
+        # started about now.
+        started = self._waiting.pop(model, None)
+        if started is not None:
             started[0] = max(started[0], end)
-        # A worker is free: it has taken the batch handed ahead (or this was it).
         self.ahead.pop(model, None)
         infer_ms = (end - start) / 1e6
         if error is None and outcomes is None:
