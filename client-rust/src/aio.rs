@@ -267,7 +267,9 @@ impl AsyncModel {
                 .track(rid, self.model.model_id(), awaited, Instant::now());
             (rid, frames)
         };
-        let deadline = deadline_after(Duration::from_millis(u64::from(shared.send_timeout_ms)));
+        let deadline = deadline_after(Duration::from_millis(u64::from(
+            shared.options.send_timeout_ms,
+        )));
         loop {
             {
                 let mut state = shared.lock_open()?;

@@ -27,16 +27,13 @@ pub struct Connection {
 
 pub(crate) struct Shared {
     endpoint: String,
-    // The context and the options every DEALER of this connection is opened with: a
-    // connection libzmq ends for good is replaced by a new socket (see `State::link_lost`).
+    // The context and the options every DEALER of this connection is opened with (a
+    // connection libzmq ends for good is replaced by a new socket, see `State::link_lost`);
+    // the options also hold the envelope's fixed fields and the limits.
     ctx: zmq::Context,
-    options: ConnectionBuilder,
+    pub(crate) options: ConnectionBuilder,
+    // `options.client_id`, or the default one chosen when it was unset.
     client_id: String,
-    client_type: String,
-    auth_token: String,
-    single_payload_frame: bool,
-    pub(crate) send_timeout_ms: u32,
-    limits: Limits,
     state: Mutex<State>,
 }
 
@@ -270,11 +267,6 @@ impl Connection {
                 endpoint,
                 ctx,
                 client_id: options.client_id.clone().unwrap_or_else(default_client_id),
-                client_type: options.client_type.clone(),
-                auth_token: options.auth_token.clone(),
-                single_payload_frame: options.single_payload_frame,
-                send_timeout_ms: options.send_timeout_ms,
-                limits: options.limits,
                 state: Mutex::new(State {
                     socket: Some(socket),
                     monitor: Some(monitor),
@@ -289,10 +281,10 @@ impl Connection {
     /// A handle for observations to `model_id` and its replies: latency budget 50 ms,
     /// priority 1, no deadline. Handles for the same model share its replies.
     pub fn model(&self, model_id: &str) -> Result<Model> {
-        if model_id.is_empty() || model_id.len() > self.shared.limits.max_id_bytes {
+        if model_id.is_empty() || model_id.len() > self.shared.options.limits.max_id_bytes {
             return Err(Error::invalid(format!(
                 "model_id must be 1..={} bytes",
-                self.shared.limits.max_id_bytes
+                self.shared.options.limits.max_id_bytes
             )));
         }
         drop(self.shared.lock_open()?);
@@ -316,7 +308,7 @@ impl Connection {
         let rid = state.matcher.next_request_id();
         let params = EncodeParams {
             client_id: &shared.client_id,
-            client_type: &shared.client_type,
+            client_type: &shared.options.client_type,
             model_id: "",
             request_id: rid.0,
             timestamp_ns: now_ns(),
@@ -325,9 +317,9 @@ impl Connection {
             deadline_ns: None,
             actions_remaining: None,
             control_rate_hz: None,
-            auth_token: &shared.auth_token,
+            auth_token: &shared.options.auth_token,
             single_payload_frame: false,
-            limits: shared.limits,
+            limits: shared.options.limits,
         };
         let frames = encode_describe(&params)?;
         let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
@@ -421,7 +413,7 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Connection")
             .field("endpoint", &self.endpoint)
             .field("client_id", &self.client_id)
-            .field("client_type", &self.client_type)
+            .field("client_type", &self.options.client_type)
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
@@ -518,7 +510,7 @@ impl Shared {
             format!(
                 "no server at {} accepted the observation within {} ms \
                  (not connected, or not reading)",
-                self.endpoint, self.send_timeout_ms
+                self.endpoint, self.options.send_timeout_ms
             ),
         )
     }
@@ -714,7 +706,7 @@ impl Model {
     pub(crate) fn encode_params<'s>(&'s self, shared: &'s Shared) -> EncodeParams<'s> {
         EncodeParams {
             client_id: &shared.client_id,
-            client_type: &shared.client_type,
+            client_type: &shared.options.client_type,
             model_id: &self.model_id,
             request_id: 0,
             timestamp_ns: 0,
@@ -723,9 +715,9 @@ impl Model {
             deadline_ns: self.deadline_ns,
             actions_remaining: self.actions_remaining,
             control_rate_hz: self.control_rate_hz,
-            auth_token: &shared.auth_token,
-            single_payload_frame: shared.single_payload_frame,
-            limits: shared.limits,
+            auth_token: &shared.options.auth_token,
+            single_payload_frame: shared.options.single_payload_frame,
+            limits: shared.options.limits,
         }
     }
 
