@@ -67,7 +67,11 @@ def test_readme_server_quickstart_serves_a_serve_application(backend, capsys):
             time.sleep(0.1)
         server = namespace["server"]
         assert server.ready
-        with Connection(server=f"tcp://127.0.0.1:{port}", client_id="agent-01", client_type="sensor") as conn:
+        # The handshake can take over the default 1 s send timeout while the Ray cluster
+        # still loads the two cores (seen once in CI): the snippet under test is the server's.
+        with Connection(
+            server=f"tcp://127.0.0.1:{port}", client_id="agent-01", client_type="sensor", send_timeout_ms=10_000
+        ) as conn:
             model = conn.model("policy-v2", latency_budget_ms=30.0)
             result = model.request(timeout_ms=10_000, sensor_readings=np.zeros(7, np.float32))
         assert result.ok and result["actions"].shape == (7,)
