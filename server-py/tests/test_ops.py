@@ -110,7 +110,7 @@ def test_metrics_count_replies_by_model_and_status_and_parse_with_prometheus_cli
                 with pytest.raises(UnknownModel):
                     b.model("nope").request(timeout_ms=5000, x=ZEROS)
 
-                # The exporter is fed off the event loop: wait until it has seen all 11 replies.
+                # The last reply is counted just after it is sent: wait until all 11 are.
                 fams = eventually(
                     lambda: (
                         (f := scrape(http.url)) and sum(samples(f, "inferential_replies_total").values()) == 11 and f
@@ -160,6 +160,41 @@ def test_metrics_count_replies_by_model_and_status_and_parse_with_prometheus_cli
     assert value(fams, "inferential_pending_requests") == 0
     assert value(fams, "inferential_ready") == 1
     assert samples(fams, "inferential_scheduler_info") == {(("strategy", "edf"),): 1.0}  # the default
+
+
+def test_the_exporter_sums_points_as_recorded_exactly_from_any_thread_without_a_callback_thread():
+    """The exporter is a sink of the metrics store: nothing queued, no thread of its own,
+    each point counted once even when model workers record beside the event loop."""
+    server = Server(config=InferentialConfig(models=[ModelConfig(name="noop", target=TEST_MODELS["noop"])]))
+    exporter = PrometheusExporter(server)
+    try:
+
+        def record(n: int) -> None:
+            for _ in range(n):
+                server.metrics.record("e2e_latency_ms", 2.0, {"model": "noop", "client": "arm"})
+                server.metrics.increment("replies", {"model": "noop", "status": "OK"})
+
+        threads = [threading.Thread(target=record, args=(5_000,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        server.metrics.record("e2e_latency_ms", 1.0, {"model": "noop"})  # exactly on a bucket's bound
+        server.metrics.record("e2e_latency_ms", 9000.0, {"model": "noop"})  # past the last one
+        assert server.metrics._thread is None  # no callback thread was started for the exporter
+        fams = {f.name: f for f in text_string_to_metric_families(exporter.render().decode())}
+    finally:
+        exporter.close()
+    assert value(fams, "inferential_replies_total", model="noop", status="OK") == 20_000
+    assert value(fams, "inferential_server_latency_seconds_count", model="noop") == 20_002
+    assert value(fams, "inferential_server_latency_seconds_bucket", model="noop", le="0.001") == 1  # le: <= bound
+    assert value(fams, "inferential_server_latency_seconds_bucket", model="noop", le="0.002") == 20_001
+    assert value(fams, "inferential_server_latency_seconds_bucket", model="noop", le="5.0") == 20_001
+    assert value(fams, "inferential_server_latency_seconds_bucket", model="noop", le="+Inf") == 20_002
+    assert value(fams, "inferential_server_latency_seconds_sum", model="noop") == pytest.approx(20_000 * 0.002 + 9.001)
+    server.metrics.record("e2e_latency_ms", 2.0, {"model": "noop"})  # after close: not summed
+    fams = {f.name: f for f in text_string_to_metric_families(exporter.render().decode())}
+    assert value(fams, "inferential_server_latency_seconds_count", model="noop") == 20_002
 
 
 def test_grafana_dashboard_queries_only_exported_metrics_and_shows_each_of_them():

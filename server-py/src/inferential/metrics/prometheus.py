@@ -1,14 +1,24 @@
-"""Prometheus series for one server: histograms and counters fed by the metrics
-store's callback thread, and gauges read from the server's status at scrape time,
-so nothing here runs on the event loop's request path."""
+"""Prometheus series for one server: histograms and counters summed as points are
+recorded, and gauges read from the server's status at scrape time.
+
+The metrics store hands every point to the exporter's sink on the thread that records
+it (the event loop's, mostly): a bucket index found by bisection, two additions and a
+dict lookup under a lock of the exporter's own, a few microseconds. Series are built
+from those sums only when Prometheus scrapes. (Feeding ``prometheus_client``'s own
+metric objects per point, through a thread, cost the loop about 100 µs per reply:
+a third of its throughput with the no-op model.)
+"""
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable
+from bisect import bisect_left
+from typing import Any, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from inferential.server.status import model_replicas, queue_depths
 
@@ -68,6 +78,58 @@ _COUNTERS = {
 }
 
 
+class _Histogram:
+    """Bucket counts and sum per label values. Not locked: the exporter's lock is held."""
+
+    __slots__ = ("name", "doc", "labels", "bounds", "les", "series")
+
+    def __init__(self, name: str, doc: str, bounds: Sequence[float], labels: Sequence[str] = ("model",)) -> None:
+        self.name, self.doc, self.labels = name, doc, list(labels)
+        self.bounds = tuple(float(b) for b in bounds)
+        self.les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        self.series: dict[tuple[str, ...], list[float]] = {}  # counts per bucket (not cumulative), then the sum
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        counts = self.series.get(key)
+        if counts is None:
+            counts = self.series[key] = [0.0] * (len(self.bounds) + 2)
+        counts[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is >= value (le)
+        counts[-1] += value
+
+    def family(self, series: dict[tuple[str, ...], list[float]]) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, counts in sorted(series.items()):
+            total, buckets = 0.0, []
+            for le, n in zip(self.les, counts[:-1], strict=True):
+                total += n
+                buckets.append((le, total))
+            fam.add_metric(list(key), buckets, counts[-1])
+            if self.bounds[0] < 0:
+                # With negative buckets the family leaves out _sum (as OpenMetrics requires)
+                # and _count with it; the count is still a count.
+                fam.samples.append(Sample(self.name + "_count", dict(zip(self.labels, key, strict=True)), total))
+        return fam
+
+
+class _Counter:
+    """A value per label values. Not locked: the exporter's lock is held."""
+
+    __slots__ = ("name", "doc", "labels", "series")
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        self.name, self.doc, self.labels = name, doc, list(labels)
+        self.series: dict[tuple[str, ...], float] = {}
+
+    def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        self.series[key] = self.series.get(key, 0.0) + amount
+
+    def family(self, series: dict[tuple[str, ...], float]) -> CounterMetricFamily:
+        fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, total in sorted(series.items()):
+            fam.add_metric(list(key), total)
+        return fam
+
+
 class PrometheusExporter:
     """Prometheus series for one server, in a registry of their own."""
 
@@ -75,123 +137,129 @@ class PrometheusExporter:
         self.server = server
         self.slo_window_s = slo_window_s
         self.registry = CollectorRegistry()
-        self._hist = {
-            name: Histogram(prom, doc, ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-            for name, (prom, doc) in _HISTOGRAMS.items()
-        }
-        self._batch = Histogram(
-            "inferential_batch_size",
-            "Requests per batch sent to a model",
-            ["model"],
-            buckets=_BATCH_BUCKETS,
-            registry=self.registry,
-        )
-        self._payload = Histogram(
-            "inferential_payload_bytes",
-            "Tensor bytes per observation",
-            ["model"],
-            buckets=_BYTES_BUCKETS,
-            registry=self.registry,
-        )
+        self._lock = threading.Lock()
+        self._hist = {name: _Histogram(prom, doc, _LATENCY_BUCKETS) for name, (prom, doc) in _HISTOGRAMS.items()}
+        self._batch = _Histogram("inferential_batch_size", "Requests per batch sent to a model", _BATCH_BUCKETS)
+        self._payload = _Histogram("inferential_payload_bytes", "Tensor bytes per observation", _BYTES_BUCKETS)
         # One store metric (signed error) feeds both: the signed one shows a bias (buckets
-        # only: with negative buckets the client omits _sum, as OpenMetrics requires), the
+        # only: with negative buckets there is no _sum, as OpenMetrics requires), the
         # absolute one the size of the error in control steps.
-        self._delay_error = Histogram(
+        self._delay_error = _Histogram(
             "inferential_delay_prediction_error_steps",
             "Actual minus predicted delay of chunked replies (control steps; > 0: later than predicted)",
-            ["model"],
-            buckets=_SIGNED_STEP_BUCKETS,
-            registry=self.registry,
+            _SIGNED_STEP_BUCKETS,
         )
-        self._delay_abs_error = Histogram(
+        self._delay_abs_error = _Histogram(
             "inferential_delay_prediction_abs_error_steps",
             "Absolute error of the predicted delay of chunked replies, control steps",
-            ["model"],
-            buckets=_STEP_ERROR_BUCKETS,
-            registry=self.registry,
+            _STEP_ERROR_BUCKETS,
         )
-        self._counters = {
-            name: (Counter(prom, doc, list(labels), registry=self.registry), labels)
-            for name, (prom, doc, labels) in _COUNTERS.items()
-        }
-        self._slo_total = Counter(
+        self._counters = {name: _Counter(prom, doc, labels) for name, (prom, doc, labels) in _COUNTERS.items()}
+        self._slo_total = _Counter(
             "inferential_slo_requests",
             "Requests counted for the latency SLO (every reply but SUPERSEDED)",
-            ["client", "model"],
-            registry=self.registry,
+            ("client", "model"),
         )
-        self._slo_met = Counter(
-            "inferential_slo_met",
-            "Requests answered OK within their latency budget",
-            ["client", "model"],
-            registry=self.registry,
+        self._slo_met = _Counter(
+            "inferential_slo_met", "Requests answered OK within their latency budget", ("client", "model")
         )
+        self._histograms = [*self._hist.values(), self._batch, self._payload, self._delay_error, self._delay_abs_error]
+        self._all_counters = [*self._counters.values(), self._slo_total, self._slo_met]
         # Robots with a `client` label of their own, and the models each has series for:
         # client ids are self-declared, so their number is bounded (metrics.max_robot_series).
         self._robot_models: dict[str, set[str]] = {}
-        self._robots_lock = threading.Lock()
+        self.registry.register(_SummedCollector(self))
         self.registry.register(_LiveCollector(self))
-        server.on_metric(self._on_metric)
+        self._sink = server.metrics.add_sink(self._take)
+
+    def close(self) -> None:
+        """Stop summing the server's points (the series keep their values)."""
+        self.server.metrics.remove_sink(self._sink)
 
     def client_label(self, client: str) -> str:
         """``client`` when it has series of its own (known to the configuration, or among
         the first ``metrics.max_robot_series`` robots tracked), else ``_other``."""
+        with self._lock:
+            return self._client_label(client)
+
+    def _client_label(self, client: str) -> str:  # the lock is held
         if client in self._robot_models:
             return client
         config = self.server.config
-        with self._robots_lock:
-            if len(self._robot_models) < config.metrics.max_robot_series or config.clients.get(client) is not None:
-                self._robot_models.setdefault(client, set())
-                return client
+        if len(self._robot_models) < config.metrics.max_robot_series or config.clients.get(client) is not None:
+            self._robot_models[client] = set()
+            return client
         return OTHER_ROBOTS
 
     def forget_gone_robots(self) -> None:
         """Remove the series of robots no longer registered, freeing their places."""
         registered = set(list(self.server.registry.robots))
-        with self._robots_lock:
+        with self._lock:
             gone = [c for c in self._robot_models if c not in registered]
             for client in gone:
                 for model in self._robot_models.pop(client):
                     for counter in (self._slo_total, self._slo_met):
-                        try:
-                            counter.remove(client, model)
-                        except KeyError:
-                            pass
+                        counter.series.pop((client, model), None)
 
-    def _on_metric(self, name: str, value: float, labels: dict) -> None:
-        hist = self._hist.get(name)
-        if hist is not None:
-            hist.labels(model=labels.get("model", "")).observe(value / 1000.0)
-            return
-        if name == "batch_size":
-            self._batch.labels(model=labels.get("model", "")).observe(value)
-        elif name == "delay_prediction_error_steps":
-            model = labels.get("model", "")
-            self._delay_error.labels(model=model).observe(value)
-            self._delay_abs_error.labels(model=model).observe(abs(value))
-        elif name == "payload_size_bytes":
-            self._payload.labels(model=labels.get("model", "")).observe(value)
-        elif name == "slo_met":
-            client, model = self.client_label(labels.get("client", "")), labels.get("model", "")
-            if client != OTHER_ROBOTS:
-                with self._robots_lock:
-                    self._robot_models.setdefault(client, set()).add(model)
-            key = dict(client=client, model=model)
-            self._slo_total.labels(**key).inc()
-            if value:
-                self._slo_met.labels(**key).inc()
-        elif name == "observation_errors":
-            # The receive loop counts its own failures with a reason instead of a status.
-            status = labels.get("status") or labels.get("reason", "").upper() or "UNKNOWN"
-            self._counters[name][0].labels(status).inc(value)
-        elif name in self._counters:
-            counter, label_names = self._counters[name]
-            counter.labels(*[labels.get(n, "") for n in label_names]).inc(value)
+    def _take(self, name: str, value: float, labels: dict) -> None:
+        """The store's sink: add one point to the sums (any thread, a few microseconds)."""
+        with self._lock:
+            hist = self._hist.get(name)
+            if hist is not None:
+                hist.observe((labels.get("model", ""),), value / 1000.0)
+            elif name == "slo_met":
+                client, model = self._client_label(labels.get("client", "")), labels.get("model", "")
+                if client != OTHER_ROBOTS:
+                    self._robot_models[client].add(model)
+                key = (client, model)
+                self._slo_total.inc(key)
+                if value:
+                    self._slo_met.inc(key)
+            elif name == "batch_size":
+                self._batch.observe((labels.get("model", ""),), value)
+            elif name == "payload_size_bytes":
+                self._payload.observe((labels.get("model", ""),), value)
+            elif name == "delay_prediction_error_steps":
+                model_key = (labels.get("model", ""),)
+                self._delay_error.observe(model_key, value)
+                self._delay_abs_error.observe(model_key, abs(value))
+            elif name == "observation_errors":
+                # The receive loop counts its own failures with a reason instead of a status.
+                status = labels.get("status") or labels.get("reason", "").upper() or "UNKNOWN"
+                self._counters[name].inc((status,), value)
+            else:
+                counter = self._counters.get(name)
+                if counter is not None:
+                    counter.inc(tuple(labels.get(n, "") for n in counter.labels), value)
+
+    def _snapshot(self) -> tuple[list[Any], list[Any]]:
+        """Copies of every series, taken under the lock in one go (consistent with each other)."""
+        with self._lock:
+            hists = [{k: list(v) for k, v in h.series.items()} for h in self._histograms]
+            counters = [dict(c.series) for c in self._all_counters]
+        return hists, counters
 
     def render(self) -> bytes:
-        self.server.metrics.flush(0.5)
         self.forget_gone_robots()
         return generate_latest(self.registry)
+
+
+class _SummedCollector:
+    """The histograms and counters, built from the exporter's sums at scrape time."""
+
+    def __init__(self, exporter: PrometheusExporter) -> None:
+        self.exporter = exporter
+
+    def describe(self) -> Iterable[Any]:
+        ex = self.exporter
+        return [h.family({}) for h in ex._histograms] + [c.family({}) for c in ex._all_counters]
+
+    def collect(self) -> Iterable[Any]:
+        ex = self.exporter
+        hists, counters = ex._snapshot()
+        out: list[Any] = [h.family(s) for h, s in zip(ex._histograms, hists, strict=True)]
+        out += [c.family(s) for c, s in zip(ex._all_counters, counters, strict=True)]
+        return out
 
 
 class _LiveCollector:
@@ -254,7 +322,7 @@ class _LiveCollector:
         if sched.get("strategy"):
             strategy.add_metric([str(sched["strategy"])], 1.0)
         labelled: dict[tuple[str, str], list[float]] = {}
-        own = self.exporter._robot_models  # read only: places are given on the metrics thread
+        own = self.exporter._robot_models  # membership only: places are given under the exporter's lock
         for _, met, labels in server.metrics.points("slo_met", self.exporter.slo_window_s):
             client = labels.get("client", "")
             key = (client if client in own else OTHER_ROBOTS, labels.get("model", ""))

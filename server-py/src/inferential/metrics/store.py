@@ -1,7 +1,9 @@
-"""In-memory metrics: ring buffers of recent points, counters, and callbacks.
+"""In-memory metrics: ring buffers of recent points, counters, sinks and callbacks.
 
-Recording is a deque append and, when callbacks exist, a queue put: user
-callbacks (``@server.on_metric``) run on a separate thread, never on the event loop.
+Recording is a deque append, a call of each sink (the Prometheus exporter's
+aggregation: a few microseconds, on the recording thread) and, when callbacks exist,
+a queue put: user callbacks (``@server.on_metric``) run on a separate thread, never
+on the event loop.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class MetricsStore:
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
         self._counter_robots: set[str] = set()
         self._callbacks: list[Callback] = []
+        self._sinks: tuple[Callback, ...] = ()
         self._queue: "queue.SimpleQueue[tuple[str, float, dict] | None]" = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
@@ -74,6 +77,8 @@ class MetricsStore:
     def record(self, name: str, value: float, labels: Optional[dict] = None) -> None:
         labels = labels or {}
         self._series[name].append((self._clock(), float(value), labels))
+        for sink in self._sinks:
+            sink(name, value, labels)
         if self._callbacks:
             self._queue.put((name, float(value), labels))
 
@@ -92,7 +97,20 @@ class MetricsStore:
         counters[key] += amount
         self.record(name, amount, labels)
 
-    # -- callbacks --------------------------------------------------------------
+    # -- sinks and callbacks ------------------------------------------------------
+
+    def add_sink(self, sink: Callback) -> Callback:
+        """Call ``sink(name, value, labels)`` with every point, at once, on the thread
+        that records it (the event loop's, or a model worker's). For aggregation that
+        costs about what the append does (the Prometheus exporter's): a sink must be
+        quick, thread-safe and must not raise. Anything slower is a callback."""
+        with self._lock:
+            self._sinks = (*self._sinks, sink)
+        return sink
+
+    def remove_sink(self, sink: Callback) -> None:
+        with self._lock:
+            self._sinks = tuple(s for s in self._sinks if s is not sink)
 
     def on_metric(self, callback: Callback) -> Callback:
         with self._lock:

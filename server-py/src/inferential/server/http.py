@@ -76,6 +76,7 @@ class HttpEndpoint:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.exporter.close()
 
 
 def start_http(server: Any) -> Optional[HttpEndpoint]:
