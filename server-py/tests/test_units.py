@@ -217,3 +217,30 @@ def test_models_can_refuse_inline_execution():
         await backend.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_sleep_stand_in_takes_its_stated_time_on_average_whatever_sleep_oversleeps(monkeypatch):
+    """On a fake clock whose sleep always oversleeps by 0.4 ms, the calls converge on the
+    stated time instead of 0.4 ms over it."""
+    from inferential.models import testing
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds + 0.0004
+
+    def perf_counter() -> float:
+        return now[0]
+
+    monkeypatch.setattr(testing.time, "sleep", sleep)
+    monkeypatch.setattr(testing.time, "perf_counter", perf_counter)
+    model = testing.Sleep(base_ms=0.0, per_item_ms=1.5)
+    took = []
+    for _ in range(200):
+        start = now[0]
+        outputs = model.execute([{}] * 4)
+        took.append((now[0] - start) * 1e3)
+    assert len(outputs) == 4
+    assert took[0] == pytest.approx(6.4, abs=0.01)  # the first call has nothing to correct with
+    assert sum(took[-50:]) / 50 == pytest.approx(6.0, abs=0.01)
+    assert model._correction_s == pytest.approx(0.0004, abs=0.00001)
