@@ -28,9 +28,12 @@ from inferential._envelope import encode_observation, parse_reply
 from inferential._proto import inferential_pb2 as pb
 from inferential.wire import DEFAULT_LIMITS
 
+from _fleet import without_gc_pauses
+
 JOINTS = np.linspace(-1, 1, 7, dtype=np.float32)
 
 
+@without_gc_pauses
 def run_closed_loop(
     endpoint: str,
     robots: int,

@@ -25,12 +25,14 @@ no request id).
 
 from __future__ import annotations
 
+import functools
+import gc
 import heapq
 import random
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import numpy as np
 import zmq
@@ -142,6 +144,31 @@ class FleetRun:
         return [s for per_robot in self.records for s in per_robot]
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def without_gc_pauses(run: _F) -> _F:
+    """Run a load generator with Python's cyclic garbage collector collected before and
+    off during the run. Its full collections with a run's records in memory paused the
+    fleet for 20-25 ms (measured: every robot's reply read that much late at once, about
+    0.1 % of replies), which the fleet counted as the server's latency: most of the late
+    replies of a 20-robot fleet. Reference counting still frees what the run lets go of."""
+
+    @functools.wraps(run)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        enabled = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return wrapped  # type: ignore[return-value]
+
+
+@without_gc_pauses
 def run_fleet(
     endpoint: str,
     robots: list[RobotSpec],
