@@ -302,3 +302,82 @@ def test_withheld_results_are_exported_to_prometheus_per_model():
     families = {f.name: f for f in text_string_to_metric_families(exporter.render().decode())}
     [sample] = [s for s in families["inferential_late_results_withheld"].samples if s.name.endswith("_total")]
     assert sample.labels == {"model": "noop"} and sample.value == 3
+
+
+def _first_miss_reference(sched: Any, plan: list[InferenceRequest], model: str, start: int) -> Optional[int]:
+    """The plan checked request by request from the first batch: what admission decides,
+    written the plain way (the scheduler skips batches whose earliest deadline meets
+    their last reply, and resumes after a removal)."""
+    limit, before, first = sched.max_batch_size(model), 0.0, 0
+    while first < len(plan):
+        chunk = plan[first : first + limit]
+        size, head = len(chunk), chunk[0]
+        if any(r.priority > head.priority for r in chunk):
+            while size > 1 and start + before + sched._cost_ns(model, size) + sched.server_ns(1) > head.deadline_ns:
+                size -= 1
+        cost = sched._cost_ns(model, size)
+        done = start + before + cost + sched._lag_ns
+        for offset in range(size):
+            if plan[first + offset].deadline_ns < done + (offset + 1) * sched._reply_ns:
+                return first + offset
+        first += size
+        before += cost / sched._concurrency.get(model, 1)
+    return None
+
+
+def test_admission_plans_exactly_as_checking_every_request_of_every_batch(build, clock, make):
+    """Random queues (deadlines, priorities, chunks, server costs): the first miss is the one
+    the plain check finds, from the first batch and resumed at the first batch whose window reached a removal,
+    and admission sheds exactly the requests the plain plan-and-remove loop would."""
+    import random
+
+    rng = random.Random(7)
+    for trial in range(300):
+        sched = build("edf", admission="reject", max_batch_size=rng.choice([1, 4, 8]))
+        sched.record_service_time("m", 1, rng.uniform(0.5, 3.0))
+        sched.record_service_time("m", 8, rng.uniform(3.0, 12.0))
+        sched.set_server_costs(lag_ms=rng.uniform(0, 2), reply_ms=rng.uniform(0, 0.3))
+        plan = [
+            make(
+                f"r{i}",
+                deadline_ms=rng.uniform(1, 60),
+                priority=rng.choice([0, 1, 1, 2]),
+                control_rate_hz=50.0 if rng.random() < 0.1 else 0.0,
+            )
+            for i in range(rng.randrange(1, 60))
+        ]
+        plan.sort(key=lambda r: (r.deadline_ns, r.seq))
+        start = clock.now + int(rng.uniform(0, 5) * MS)
+        marks: list[tuple[int, float]] = []
+        expected = _first_miss_reference(sched, plan, "m", start)
+        assert sched._first_miss(plan, "m", start, marks=marks) == expected, trial
+        if expected is None or len(plan) < 2:
+            continue
+        gone = rng.randrange(expected + 1)  # admission removes a request at or before the miss
+        rest = plan[:gone] + plan[gone + 1 :]
+        # Resumed at the first batch whose window (the model's limit from its start) reached the removed one.
+        resume = next(m for m in marks if m[0] + sched.max_batch_size("m") > gone)
+        assert sched._first_miss(rest, "m", start, *resume) == _first_miss_reference(sched, rest, "m", start), trial
+
+    # Whole admissions: a queue submitted one by one sheds what the plain loop would.
+    for trial in range(100):
+        sched = build("edf", admission="reject", max_batch_size=8)
+        sched.record_service_time("m", 1, 1.0)
+        sched.record_service_time("m", 8, 4.0)
+        sched.set_server_costs(lag_ms=rng.uniform(0, 1), reply_ms=rng.uniform(0, 0.2))
+        for i in range(40):
+            req = make(f"r{i}", deadline_ms=rng.uniform(2, 40), priority=rng.choice([0, 1]))
+            queued = [r for r in sched._normal.get("m", {}).values() if r.deadline_ns is not None]
+            plan = sorted(queued + [req], key=lambda r: (r.deadline_ns, r.seq))
+            expected_out = []
+            while (miss := _first_miss_reference(sched, plan, "m", sched._free_at("m", clock.now))) is not None:
+                victim = max(plan[: miss + 1], key=lambda r: (r.priority, r.seq))
+                plan.remove(victim)
+                expected_out.append(victim)
+            if not queued and req in expected_out:
+                expected_out.remove(req)  # nothing queued: it goes through as the probe (see _admission)
+            before = len(sched.sheds)
+            sched.submit(req)
+            assert [s[0] for s in sched.sheds[before:]] == [v for v in expected_out if v is not req] + (
+                [req] if req in expected_out else []
+            ), (trial, i)

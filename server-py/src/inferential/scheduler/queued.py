@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 import time
 import weakref
 from collections import Counter, deque
@@ -93,6 +94,11 @@ PROBE_NS = 1_000_000_000
 FORGET_BUSY_NS = 5_000_000_000
 
 View = Mapping[str, Mapping[int, InferenceRequest]]
+
+# Admission's plan order (earliest deadline, then arrival) and which request of a missed
+# prefix gives way (the least important: largest priority number, then the latest).
+_PLAN_ORDER = operator.attrgetter("deadline_ns", "seq")
+_GIVES_WAY = operator.attrgetter("priority", "seq")
 """Per model, its queued requests by ``seq``. Only models with something to serve."""
 
 
@@ -324,21 +330,37 @@ class QueuedScheduler(Scheduler):
             # the model unusable for this robot, so it runs, after work that can be on time.
             return True
         ahead = [r for r in self._normal.get(model, {}).values() if r.deadline_ns is not None]
-        plan = sorted(ahead + [request], key=lambda r: (r.deadline_ns, r.seq))
+        plan = ahead + [request]
+        plan.sort(key=_PLAN_ORDER)
         start = self._free_at(model, now)
         out: list[InferenceRequest] = []
+        # Where each batch of the last pass began (index, executor time before it). A batch
+        # is formed from the ``limit`` requests from where it begins (a priority among them
+        # can cut it), so when a request leaves the plan, the batches whose window ended
+        # before it are unchanged (same members, same start) and the next pass resumes at
+        # the first batch whose window reached it, instead of at the first batch. Each pass
+        # is O(batches) unless a batch can miss (see _first_miss).
+        limit = self.max_batch_size(model)
+        marks: list[tuple[int, float]] = []
+        first, before = 0, 0.0
         while True:
-            miss = self._first_miss(plan, model, start)
+            miss = self._first_miss(plan, model, start, first, before, marks)
             if miss is None:
                 break
             if plan[miss].chunked:
                 # A late chunk still helps: it runs, late, and pushes nobody out to be on time.
-                plan.pop(miss)
-                continue
-            judged = [r for r in plan[: miss + 1] if not r.chunked]
-            victim = max(judged, key=lambda r: (r.priority, r.seq))
-            plan.remove(victim)
-            out.append(victim)
+                gone_at = miss
+                del plan[miss]
+            else:
+                victim = max((r for r in plan[: miss + 1] if not r.chunked), key=_GIVES_WAY)
+                gone_at = plan.index(victim)  # identity: requests compare by identity
+                del plan[gone_at]
+                out.append(victim)
+            keep = len(marks)
+            while keep and marks[keep - 1][0] + limit > gone_at:
+                keep -= 1
+            first, before = marks[keep]  # the pass that found the miss reached gone_at's batch
+            del marks[keep:]
         for victim in out:
             if victim is request:
                 continue
@@ -365,28 +387,52 @@ class QueuedScheduler(Scheduler):
             return True
         return False
 
-    def _first_miss(self, plan: list[InferenceRequest], model: str, start: int) -> Optional[int]:
+    def _first_miss(
+        self,
+        plan: list[InferenceRequest],
+        model: str,
+        start: int,
+        first: int = 0,
+        before: float = 0.0,
+        marks: Optional[list[tuple[int, float]]] = None,
+    ) -> Optional[int]:
         """Index of the first request in ``plan`` that finishes after its deadline
         when ``plan`` runs in order from ``start`` in full batches (the model's
         limit), except that a batch led by a request that outranks others in it
-        is cut so that request makes it, as ``edf`` does."""
+        is cut so that request makes it, as ``edf`` does.
+
+        ``first``/``before``: begin at the batch that starts at index ``first`` with
+        ``before`` of executor time used by the batches ahead of it; ``marks`` gets
+        each batch's ``(first, before)`` as the pass reaches it."""
         limit = self.max_batch_size(model)
         concurrency = self._concurrency.get(model, 1)
-        before = 0.0  # executor time used by earlier batches, spread over the concurrent slots
-        first = 0
-        while first < len(plan):
+        lag, reply = self._lag_ns, self._reply_ns
+        costs: dict[int, float] = {}  # the estimate per batch size, asked once per pass
+        count = len(plan)
+        while first < count:
+            if marks is not None:
+                marks.append((first, before))
             chunk = plan[first : first + limit]
             size = len(chunk)
             head = chunk[0]
-            if any(r.priority > head.priority for r in chunk):
-                while size > 1 and start + before + self._cost_ns(model, size) + self.server_ns(1) > head.deadline_ns:  # type: ignore
-                    size -= 1
-            cost_ns = self._cost_ns(model, size)
-            done = start + before + cost_ns + self._lag_ns
-            for offset in range(size):
-                # Replies go out one after another: the last of a batch is answered last.
-                if plan[first + offset].deadline_ns < done + (offset + 1) * self._reply_ns:  # type: ignore[operator]
-                    return first + offset
+            head_priority, head_deadline = head.priority, head.deadline_ns
+            assert head_deadline is not None  # admission plans only requests with a deadline
+            for r in chunk:
+                if r.priority > head_priority:
+                    while size > 1 and start + before + self._cost_ns(model, size) + self.server_ns(1) > head_deadline:
+                        size -= 1
+                    break
+            cost_ns = costs.get(size)
+            if cost_ns is None:
+                cost_ns = costs[size] = self._cost_ns(model, size)
+            done = start + before + cost_ns + lag
+            # Replies go out one after another: the last of a batch is answered last. The
+            # plan is in deadline order, so the head's is the batch's earliest: when it
+            # meets the batch's last reply, every member meets its own.
+            if head_deadline < done + size * reply:
+                for offset in range(size):
+                    if plan[first + offset].deadline_ns < done + (offset + 1) * reply:  # type: ignore[operator]
+                        return first + offset
             first += size
             before += cost_ns / concurrency
         return None
