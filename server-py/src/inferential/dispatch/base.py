@@ -28,12 +28,13 @@ the same name sent by the robot.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import dataclasses
 import importlib
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -116,7 +117,8 @@ def normalize_outcome(raw: Any) -> Outcome:
     """
     if isinstance(raw, BaseException):
         return raw
-    if isinstance(raw, Mapping):
+    # collections.abc, not typing: isinstance against a typing alias runs Python code per call.
+    if type(raw) is dict or isinstance(raw, collections.abc.Mapping):
         out: dict[str, Any] = {}
         for k, v in raw.items():
             if not isinstance(k, str):
@@ -133,7 +135,10 @@ def normalize_outcome(raw: Any) -> Outcome:
 
 def check_outcomes(outcomes: Any, batch_len: int) -> list[Outcome]:
     """Validate a model's return value against the batch contract."""
-    if not isinstance(outcomes, Sequence) or isinstance(outcomes, (str, bytes, Mapping)):
+    if type(outcomes) is not list and (
+        not isinstance(outcomes, collections.abc.Sequence)
+        or isinstance(outcomes, (str, bytes, collections.abc.Mapping))
+    ):
         if isinstance(outcomes, np.ndarray) and len(outcomes) == batch_len:
             outcomes = list(outcomes)
         else:

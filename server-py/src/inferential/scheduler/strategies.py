@@ -256,6 +256,8 @@ class EdfScheduler(QueuedScheduler):
         """Cut the batch until the better-priority work that will be waiting when
         it ends (queued now, or due to arrive by the robots' cadence) still meets
         its deadlines when run right after it."""
+        if size <= 1:
+            return size  # nothing to cut (the robots' expected arrivals are tidied on the next real batch)
         model = candidates[0].model_id
         for key, (due, interval, _, _) in list(self._expected.items()):
             if due + interval < now_ns:  # a whole interval overdue: it stopped or slowed down
