@@ -666,6 +666,50 @@ def test_with_reject_a_newcomer_under_a_taken_identity_is_never_read_and_a_later
     assert [(r.request_id, r.status) for r in got] == [(1, pb.OK)] and moved == 1 and handovers == 0
 
 
+def test_a_reconnect_on_the_descriptor_number_of_the_old_connection_is_counted_before_the_monitor_says_so():
+    """A robot that reconnects can get the descriptor number its old connection had, and its
+    first message can reach the loop before the watch thread has read the monitor events
+    that end the old connection: the peer address tells the two apart."""
+    import socket
+
+    from inferential.server.connections import ConnectionWatch
+
+    class Frame:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def get(self, option: int) -> int:
+            assert option == zmq.SRCFD
+            return self.fd
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    events: list[str] = []
+    watch = ConnectionWatch(router, count=events.append, max_message_bytes=1 << 20)  # never started
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        robot1 = socket.create_connection(listener.getsockname())
+        served1, _ = listener.accept()
+        fd = served1.fileno()
+        watch.note_identity(b"arm-2", Frame(fd))
+        watch.note_identity(b"arm-2", Frame(fd))  # the same connection again: nothing to count
+        assert events == []
+        served1.close()
+        robot1.close()
+        robot2 = socket.create_connection(listener.getsockname())
+        served2, _ = listener.accept()
+        assert served2.fileno() == fd  # the lowest free descriptor: the old one
+        watch.note_identity(b"arm-2", Frame(fd))
+        assert events == ["identity_moved"]
+        served2.close()
+        robot2.close()
+    finally:
+        listener.close()
+        watch.stop()
+        router.close(linger=0)
+        ctx.term()
+
+
 # --- frames over the size limit, the connection cap --------------------------------
 
 

@@ -290,11 +290,16 @@ class ConnectionWatch:
             return
         generation = self._generation.get(fd, 0)
         known = self._identities.get(identity)
+        peer = _peer_of(fd)
         if known is not None:
             self._identities.move_to_end(identity)
-            if known[0] == fd and known[1] == generation:
+            # Same descriptor, same generation and same peer: the same connection. The peer
+            # is compared too because the generation comes from monitor events the watch
+            # thread may not have read yet: a robot that reconnects can get the descriptor
+            # number its old connection had, and its first message can come before the
+            # events that say so.
+            if known[0] == fd and known[1] == generation and known[2] == peer:
                 return
-        peer = _peer_of(fd)
         self._identities[identity] = (fd, generation, peer)
         if len(self._identities) > self.MAX_IDENTITIES:
             self._identities.popitem(last=False)
