@@ -76,11 +76,12 @@ class MetricsStore:
 
     def record(self, name: str, value: float, labels: Optional[dict] = None) -> None:
         labels = labels or {}
-        self._series[name].append((self._clock(), float(value), labels))
+        value = float(value)
+        self._series[name].append((self._clock(), value, labels))
         for sink in self._sinks:
             sink(name, value, labels)
         if self._callbacks:
-            self._queue.put((name, float(value), labels))
+            self._queue.put((name, value, labels))
 
     def increment(self, name: str, labels: Optional[dict] = None, amount: float = 1.0) -> None:
         key = (name, tuple(sorted((labels or {}).items())))

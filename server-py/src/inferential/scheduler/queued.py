@@ -94,12 +94,12 @@ PROBE_NS = 1_000_000_000
 FORGET_BUSY_NS = 5_000_000_000
 
 View = Mapping[str, Mapping[int, InferenceRequest]]
+"""Per model, its queued requests by ``seq``. Only models with something to serve."""
 
 # Admission's plan order (earliest deadline, then arrival) and which request of a missed
 # prefix gives way (the least important: largest priority number, then the latest).
 _PLAN_ORDER = operator.attrgetter("deadline_ns", "seq")
 _GIVES_WAY = operator.attrgetter("priority", "seq")
-"""Per model, its queued requests by ``seq``. Only models with something to serve."""
 
 
 def arrival_order(request: InferenceRequest) -> tuple[int, int]:
@@ -408,6 +408,13 @@ class QueuedScheduler(Scheduler):
         concurrency = self._concurrency.get(model, 1)
         lag, reply = self._lag_ns, self._reply_ns
         costs: dict[int, float] = {}  # the estimate per batch size, asked once per pass
+
+        def cost(size: int) -> float:
+            known = costs.get(size)
+            if known is None:
+                known = costs[size] = self._cost_ns(model, size)
+            return known
+
         count = len(plan)
         while first < count:
             if marks is not None:
@@ -419,12 +426,11 @@ class QueuedScheduler(Scheduler):
             assert head_deadline is not None  # admission plans only requests with a deadline
             for r in chunk:
                 if r.priority > head_priority:
-                    while size > 1 and start + before + self._cost_ns(model, size) + self.server_ns(1) > head_deadline:
+                    answer_one = self.server_ns(1)
+                    while size > 1 and start + before + cost(size) + answer_one > head_deadline:
                         size -= 1
                     break
-            cost_ns = costs.get(size)
-            if cost_ns is None:
-                cost_ns = costs[size] = self._cost_ns(model, size)
+            cost_ns = cost(size)
             done = start + before + cost_ns + lag
             # Replies go out one after another: the last of a batch is answered last. The
             # plan is in deadline order, so the head's is the batch's earliest: when it
