@@ -10,6 +10,9 @@ PUBLISHED_VERSION := 1.4.0
 APT_PACKAGES :=
 # Test targets that `make test` runs after the Python tests; each mk/*.mk fragment adds its own.
 TEST_TARGETS :=
+# Every pytest run of `make test`: a test that hangs fails after this long with every
+# thread's stack printed, instead of holding CI until its deadline (pytest-timeout).
+PYTEST_FLAGS := --timeout=180
 PROTO := proto/inferential.proto
 PY_GEN := client-py/src/inferential/_proto
 
@@ -63,7 +66,7 @@ include $(sort $(wildcard mk/*.mk))
 test: setup proto-check lint test-py check-wheels $(TEST_TARGETS)
 
 test-py: $(VENV)/.stamp
-	$(PY) -m pytest client-py/tests server-py/tests -q
+	$(PY) -m pytest client-py/tests server-py/tests -q $(PYTEST_FLAGS)
 
 # ruff (lint and format check) and mypy on both Python packages; config in each pyproject.toml.
 PY_PACKAGES := client-py server-py

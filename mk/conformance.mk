@@ -11,6 +11,6 @@ space := $(empty) $(empty)
 conformance: $(VENV)/.stamp
 	@for t in $(CONFORMANCE_TESTEES); do $(MAKE) --no-print-directory $$t || exit 1; done
 	CONFORMANCE_LANGS=$(subst $(space),$(comma),$(strip $(CONFORMANCE_LANGS))) \
-	  $(PY) -m pytest conformance/runner -q -p no:cacheprovider $(CONFORMANCE_ARGS)
+	  $(PY) -m pytest conformance/runner -q -p no:cacheprovider $(PYTEST_FLAGS) $(CONFORMANCE_ARGS)
 
 TEST_TARGETS += conformance

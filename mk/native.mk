@@ -28,4 +28,4 @@ $(NATIVE_STAMP): $(VENV)/.stamp $(NATIVE_SOURCES)
 # server-py/tests/conftest.py defaults INFERENTIAL_TRANSPORT to python).
 TEST_TARGETS += test-py-native
 test-py-native: $(NATIVE_STAMP)
-	INFERENTIAL_TRANSPORT=native $(PY) -m pytest $(NATIVE_TESTS) -q -p no:cacheprovider
+	INFERENTIAL_TRANSPORT=native $(PY) -m pytest $(NATIVE_TESTS) -q -p no:cacheprovider $(PYTEST_FLAGS)

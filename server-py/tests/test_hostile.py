@@ -205,8 +205,10 @@ def test_a_hung_model_is_answered_model_error_written_off_and_reported_not_ready
             try:
                 start = time.monotonic()
                 peer.send("r1", model="hang")
-                (reply,) = peer.replies(5.0)
+                replies = peer.replies(5.0)
                 took = time.monotonic() - start
+                assert len(replies) == 1, (replies, took, server.status_threadsafe())
+                (reply,) = replies
                 health = server.status_threadsafe()["backend"]["models"]["hang"]
                 ready, why = readiness(server)
             finally:
@@ -335,8 +337,10 @@ def _spray(peer: Peer, start: int, count: int) -> None:
         peer.send(f"robot-{i}", model="noop" if i % 2 else f"no-such-model-{i}")
         if i % 200 == 199:
             got = 0
-            while got < 200:
+            end = time.monotonic() + 30
+            while got < 200 and time.monotonic() < end:
                 got += len(peer.replies(5.0))
+            assert got == 200, f"{got} of 200 replies to observations {i - 199}-{i}"
 
 
 def test_distinct_client_and_model_ids_leave_metrics_and_state_flat():

@@ -95,3 +95,57 @@ def test_robot_pings_still_answered_and_silent_robot_dropped() -> None:
         d.close()
         t.close()
         ctx.term()
+
+
+_HANGUP_DURING_CLOSE = textwrap.dedent(
+    """
+    import threading, time, zmq
+    from inferential.config.schema import TransportConfig
+    from inferential.server.transport import RouterTransport
+
+    ctx = zmq.Context()  # shared with a socket opened after the server closes
+    t = RouterTransport(TransportConfig(bind="tcp://127.0.0.1:0"), context=ctx)
+    endpoint = t.bind()  # never attached: the scenario reads the socket itself
+    robot_ctx = zmq.Context()
+    robot = robot_ctx.socket(zmq.DEALER)
+    robot.setsockopt(zmq.LINGER, 0)
+    robot.setsockopt(zmq.RCVHWM, 1)  # reads nothing and buffers little:
+    robot.setsockopt(zmq.RCVBUF, 4096)  # the replies below wait in the server's session
+    robot.connect(endpoint)
+    robot.send(b"hello")
+    identity = t._sock.recv_multipart()[0]
+    for _ in range(200):
+        t._sock.send_multipart([identity, b"", b"x" * 1_000_000])
+    time.sleep(0.05)
+    threading.Timer(0.05, robot.close).start()  # the robot hangs up during the server's linger
+    t.close()
+    time.sleep(0.3)
+    other = ctx.socket(zmq.ROUTER)
+    other.setsockopt(zmq.LINGER, 0)
+    other.bind("tcp://127.0.0.1:0")
+    probe = robot_ctx.socket(zmq.DEALER)
+    probe.setsockopt(zmq.LINGER, 0)
+    probe.setsockopt(zmq.IMMEDIATE, 1)
+    probe.setsockopt(zmq.SNDTIMEO, 5000)
+    probe.connect(other.getsockopt_string(zmq.LAST_ENDPOINT))
+    try:
+        probe.send(b"ping")
+        served = bool(other.poll(5000))
+    except zmq.Again:
+        served = False
+    print("served" if served else "wedged", flush=True)
+    probe.close(); other.close(); ctx.term(); robot_ctx.term()
+    """
+)
+
+
+def test_a_robot_hanging_up_while_the_server_closes_leaves_its_zmq_context_working() -> None:
+    """libzmq sends monitor events blocking, on the context's I/O thread: one sent after the
+    connection watch's reader closed stalled that thread for good, and with it every socket
+    of the context (in the test suite, every later server on the shared context: their
+    robots never connected). The server now stops the monitor before anything closes."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _HANGUP_DURING_CLOSE], capture_output=True, text=True, timeout=60
+    )  # fmt: skip
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
+    assert "served" in proc.stdout, proc.stdout

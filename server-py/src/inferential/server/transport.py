@@ -78,11 +78,11 @@ class RouterTransport:
         self, config: TransportConfig, context: Optional[zmq.Context] = None, curve: Optional[CurveKeys] = None
     ) -> None:
         self.config = config
-        # A ZAP handler (CURVE keys, the connection cap) is one per context: a server with
-        # one gets a context of its own.
-        zap = curve is not None or config.max_connections is not None
-        self._own_ctx = context is None and zap
-        self._ctx = context or (zmq.Context() if zap else zmq.Context.instance())
+        # Without one given, a server gets a context of its own: its I/O thread serves its
+        # robots alone, whatever else the process does with ZMQ, and a ZAP handler (CURVE
+        # keys, the connection cap), one per context, is its own.
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
         self._curve = curve
         self._watch: Optional[ConnectionWatch] = None
         #: called with each connection event's name (connections.EVENTS, refusals, handovers)
@@ -268,6 +268,14 @@ class RouterTransport:
                 if timed is not None and getattr(self._loop, "_selector", None) is timed:
                     self._loop._selector = timed.inner  # type: ignore[attr-defined,union-attr]
                 self._selector = None
+            # The monitor goes first, while the watch still reads it: libzmq sends monitor
+            # events blocking, on the I/O thread, so an event (a robot hanging up during the
+            # linger below) sent after the watch's reader closed would stall that thread, and
+            # every socket of the context with it, for good.
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
             self._sock.close(linger=200)  # let replies already queued go out
             self._sock = None
         if self._watch is not None:
