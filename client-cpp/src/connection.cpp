@@ -23,12 +23,21 @@ struct ConnectionState {
   Matcher matcher;
   bool closed = false;
 
+  // Closes the DEALER and its monitor's reader, the monitor stopped first: libzmq sends
+  // monitor events blocking, on the context's I/O thread, so an event sent after the reader
+  // closed (the link dropping while the DEALER closes) would stall that thread for good,
+  // and the context's close below with it.
+  void release_sockets() {
+    if (socket) zmq_socket_monitor(static_cast<void*>(socket), nullptr, 0);
+    monitor.close();
+    socket.close();
+  }
+
   void close_locked() noexcept {
     if (closed) return;
     closed = true;
     try {
-      monitor.close();
-      socket.close();
+      release_sockets();
       context.close();
     } catch (...) {
       // Closing can only fail on a socket already gone; nothing left to release.
@@ -198,8 +207,7 @@ bool link_lost(detail::ConnectionState& s) {
 // sent are lost: their requests time out as they would have.
 void recover(detail::ConnectionState& s) {
   if (!link_lost(s)) return;
-  s.monitor.close();
-  s.socket.close();
+  s.release_sockets();
   ++s.generation;
   open_socket(s);
   s.matcher.socket_reset();

@@ -48,6 +48,24 @@ pub(crate) struct State {
     pub(crate) matcher: Matcher,
 }
 
+impl State {
+    /// Closes the DEALER and its monitor's reader, the monitor stopped first
+    /// ([`crate::liveness::stop_monitor`]). Idempotent.
+    fn release_sockets(&mut self) {
+        if let Some(socket) = self.socket.as_mut() {
+            crate::liveness::stop_monitor(socket);
+        }
+        self.monitor = None;
+        self.socket = None;
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.release_sockets();
+    }
+}
+
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
@@ -397,8 +415,7 @@ impl Connection {
     /// call on this connection or its models fails with `closed`.
     pub fn close(&self) {
         let mut state = self.shared.lock();
-        state.monitor = None;
-        state.socket = None;
+        state.release_sockets();
     }
 
     /// Whether [`Connection::close`] was called.
@@ -488,8 +505,7 @@ impl Shared {
             return Ok(());
         }
         let generation = state.generation.wrapping_add(1);
-        state.monitor = None;
-        state.socket = None;
+        state.release_sockets();
         let (socket, monitor) = open_socket(&self.ctx, &self.options, &self.endpoint, generation)
             .map_err(|e| {
             Error::new(

@@ -29,7 +29,7 @@
     clippy::indexing_slicing
 )]
 // Only `aio` (registering a descriptor with tokio) and `liveness` (ZMQ_TCP_MAXRT, which
-// the zmq crate has no setter for) have unsafe code.
+// the zmq crate has no setter for, and stopping a monitor) have unsafe code.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(

@@ -10,7 +10,8 @@
 //! that stops answering is dropped, and reconnection starts, within about
 //! `heartbeat_ivl_ms + heartbeat_timeout_ms`.
 
-// The one other place with `unsafe`: ZMQ_TCP_MAXRT, which the zmq crate has no setter for.
+// The one other place with `unsafe`: ZMQ_TCP_MAXRT, which the zmq crate has no setter for,
+// and stopping a monitor (the crate's `monitor` takes no null endpoint).
 #![allow(unsafe_code)]
 
 use std::os::raw::{c_int, c_void};
@@ -66,6 +67,17 @@ pub(crate) fn tcp_maxrt(socket: &mut zmq::Socket) -> zmq::Result<i32> {
         return Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }));
     }
     Ok(value)
+}
+
+/// Stops the socket's monitor (zmq_socket_monitor with no endpoint) before its reader
+/// closes. libzmq sends monitor events blocking, on the context's I/O thread: an event
+/// sent after the reader is gone (the link dropping while the DEALER closes) would stall
+/// that thread for good, and the context's termination, so the connection's drop, with it.
+pub(crate) fn stop_monitor(socket: &mut zmq::Socket) {
+    // SAFETY: the socket pointer is live for the call (we hold the Socket mutably); a null
+    // endpoint is libzmq's documented way to stop monitoring. An error (a context already
+    // terminated) leaves nothing to stop.
+    let _ = unsafe { zmq_sys::zmq_socket_monitor(socket.as_mut_ptr(), std::ptr::null(), 0) };
 }
 
 fn set_int(socket: &mut zmq::Socket, option: c_int, value: c_int) -> zmq::Result<()> {
