@@ -23,7 +23,7 @@ test-cpp: $(VENV)/.stamp
 	cmake -S $(CPP_SRC) -B $(CPP_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DINFERENTIAL_BUILD_TESTS=ON -DINFERENTIAL_BUILD_EXAMPLES=ON >/dev/null
 	$(CPP_NINJA) -C $(CPP_BUILD)
-	cd $(CPP_BUILD) && $(CPP_ENV) ctest --output-on-failure
+	cd $(CPP_BUILD) && $(CPP_ENV) ctest --output-on-failure --timeout 300
 
 # The same suites with AddressSanitizer and UndefinedBehaviorSanitizer; any report fails.
 test-cpp-asan: $(VENV)/.stamp
@@ -33,7 +33,7 @@ test-cpp-asan: $(VENV)/.stamp
 	  -DINFERENTIAL_BUILD_TESTS=ON -DINFERENTIAL_BUILD_EXAMPLES=OFF -DINFERENTIAL_TEST_INSTALL=OFF >/dev/null
 	$(CPP_NINJA) -C $(CPP_ASAN_BUILD)
 	cd $(CPP_ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  $(CPP_ENV) ctest --output-on-failure
+	  $(CPP_ENV) ctest --output-on-failure --timeout 300
 
 # libFuzzer on the reply decoder and matcher (clang, ASan + UBSan), bounded to FUZZ_SECONDS.
 # Prints the runs made; a crash leaves its input in $(CPP_FUZZ_BUILD)/ and fails.

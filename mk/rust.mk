@@ -16,14 +16,15 @@ TEST_TARGETS += test-rust
 proto-check: proto-check-rust
 
 # fmt, clippy (warnings are errors) and every test, the integration tests against the real
-# Python server (INFERENTIAL_PYTHON, default .venv/bin/python).
+# Python server (INFERENTIAL_PYTHON, default .venv/bin/python); a hung test run is killed
+# after 15 minutes (the suites take seconds).
 test-rust: $(VENV)/.stamp
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy -p inferential --all-targets -- -D warnings
 	$(CARGO) clippy -p inferential --all-targets --all-features -- -D warnings
-	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) INFERENTIAL_EXPECT_CURVE=0 $(CARGO) test -p inferential --all-features
+	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) INFERENTIAL_EXPECT_CURVE=0 timeout 900 $(CARGO) test -p inferential --all-features
 	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) INFERENTIAL_EXPECT_CURVE=1 CARGO_TARGET_DIR=$(CURDIR)/target/system-libzmq \
-	  $(CARGO) test -p inferential --test curve $(RUST_SYSTEM_LIBZMQ)
+	  timeout 900 $(CARGO) test -p inferential --test curve $(RUST_SYSTEM_LIBZMQ)
 
 # Regenerate the committed prost code from proto/ (prost-build runs protoc).
 proto-rust:

@@ -11,7 +11,7 @@ soak: $(VENV)/.stamp
 
 # The same, about a minute in all (two runs of 25 s, fewer robots): in make test.
 soak-quick: $(VENV)/.stamp
-	$(PY) server-py/tools/soak.py --robots 40 --hz 20 --seconds 25 $(SOAK_ARGS)
+	timeout 300 $(PY) server-py/tools/soak.py --robots 40 --hz 20 --seconds 25 $(SOAK_ARGS)
 
 # Hypothesis on decode_request: FUZZ_EXAMPLES per generator (three), then runs and escapes.
 FUZZ_EXAMPLES ?= 20000
