@@ -1,6 +1,8 @@
 # The Rust client crate (client-rust/), its conformance testee and its fuzz target.
 # Cargo runs niced on two jobs: the machine's cores are shared.
 CARGO := CARGO_BUILD_JOBS=2 nice cargo
+# The test runs: killed after 15 minutes if something hangs (they take seconds).
+CARGO_TIMED := CARGO_BUILD_JOBS=2 nice timeout 900 cargo
 RUST_GEN := client-rust/src/generated
 # CURVE: the zmq crate's bundled libzmq is built without libsodium, so it has no CURVE (the
 # crate then refuses CURVE keys with `unsupported`). Overriding zmq-sys's build script
@@ -22,9 +24,9 @@ test-rust: $(VENV)/.stamp
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy -p inferential --all-targets -- -D warnings
 	$(CARGO) clippy -p inferential --all-targets --all-features -- -D warnings
-	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) INFERENTIAL_EXPECT_CURVE=0 timeout 900 $(CARGO) test -p inferential --all-features
+	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) INFERENTIAL_EXPECT_CURVE=0 $(CARGO_TIMED) test -p inferential --all-features
 	INFERENTIAL_PYTHON=$(CURDIR)/$(PY) INFERENTIAL_EXPECT_CURVE=1 CARGO_TARGET_DIR=$(CURDIR)/target/system-libzmq \
-	  timeout 900 $(CARGO) test -p inferential --test curve $(RUST_SYSTEM_LIBZMQ)
+	  $(CARGO_TIMED) test -p inferential --test curve $(RUST_SYSTEM_LIBZMQ)
 
 # Regenerate the committed prost code from proto/ (prost-build runs protoc).
 proto-rust:
