@@ -616,7 +616,8 @@ def test_the_two_connections_one_identity_policy_is_explicit_counted_and_seen_by
                     time.sleep(0.3)
                     second.send("arm-1")
                     got_second = second.replies(1.0)
-                    first_cut = _ended(first.sock, monitor, 2.0)
+                    # Handover: it ends at once (10 s: a loaded machine's bound); reject: never.
+                    first_cut = _ended(first.sock, monitor, 10.0 if policy == "handover" else 2.0)
                     first.send("arm-1")
                     got_first = first.replies(2.0)
                     counts = dict(_connection_counts(server))
@@ -707,6 +708,47 @@ def test_a_reconnect_on_the_descriptor_number_of_the_old_connection_is_counted_b
         assert events == ["identity_moved"]
         served2.close()
         robot2.close()
+    finally:
+        listener.close()
+        watch.stop()
+        router.close(linger=0)
+        ctx.term()
+
+
+def test_a_connection_whose_accept_event_is_read_after_its_first_message_is_still_one_connection():
+    """On a loaded machine the watch thread can read a connection's ACCEPTED event after the
+    loop has handled its first message: that must not make the robot look like it moved,
+    nor hide a real handover to a second connection."""
+    import socket
+
+    from inferential.server.connections import ConnectionWatch
+
+    class Frame:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def get(self, option: int) -> int:
+            assert option == zmq.SRCFD
+            return self.fd
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    events: list[str] = []
+    watch = ConnectionWatch(router, count=events.append, max_message_bytes=1 << 20)  # never started
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        robot1 = socket.create_connection(listener.getsockname())
+        served1, _ = listener.accept()
+        watch.note_identity(b"arm-3", Frame(served1.fileno()))
+        watch._generation[served1.fileno()] = 1  # the watch thread reads the accept only now
+        watch.note_identity(b"arm-3", Frame(served1.fileno()))
+        assert events == []
+        robot2 = socket.create_connection(listener.getsockname())  # the first is still open
+        served2, _ = listener.accept()
+        watch.note_identity(b"arm-3", Frame(served2.fileno()))
+        assert events == ["identity_handover"]
+        for s in (served1, robot1, served2, robot2):
+            s.close()
     finally:
         listener.close()
         watch.stop()

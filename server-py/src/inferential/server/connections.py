@@ -293,21 +293,23 @@ class ConnectionWatch:
         peer = _peer_of(fd)
         if known is not None:
             self._identities.move_to_end(identity)
-            # Same descriptor, same generation and same peer: the same connection. The peer
-            # is compared too because the generation comes from monitor events the watch
-            # thread may not have read yet: a robot that reconnects can get the descriptor
-            # number its old connection had, and its first message can come before the
-            # events that say so.
-            if known[0] == fd and known[1] == generation and known[2] == peer:
+            # Same descriptor and same TCP peer: the same connection (a robot that reconnects
+            # can get its old descriptor number, never its old peer address while that is
+            # open). The generation, which comes from monitor events the watch thread may
+            # not have read yet, decides only where there is no peer address (not TCP).
+            if known[0] == fd and known[2] == peer and (peer is not None or known[1] == generation):
                 return
         self._identities[identity] = (fd, generation, peer)
         if len(self._identities) > self.MAX_IDENTITIES:
             self._identities.popitem(last=False)
         if known is None:
             return
-        old_fd, old_generation, old_peer = known
-        alive = old_fd != fd and self._generation.get(old_fd, 0) == old_generation
-        if not alive or old_peer is None or _peer_of(old_fd) != old_peer:
+        old_fd, _, old_peer = known
+        # The old connection is still open when its descriptor still has its peer. (Not its
+        # generation: the monitor event of the old connection's own accept may be read after
+        # its first message, which would make a live connection look ended.)
+        alive = old_fd != fd and old_peer is not None and _peer_of(old_fd) == old_peer
+        if not alive:
             # The old connection is gone (its descriptor closed or reused): a robot that
             # reconnected, or, with duplicate_identity "reject", a newcomer libzmq kept
             # waiting until the first connection ended.
