@@ -6,9 +6,11 @@ must reach (for most: no good request fails).
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pytest
@@ -671,89 +673,76 @@ def test_with_reject_a_newcomer_under_a_taken_identity_is_never_read_and_a_later
     assert [(r.request_id, r.status) for r in got] == [(1, pb.OK)] and moved == 1 and handovers == 0
 
 
-def test_a_reconnect_on_the_descriptor_number_of_the_old_connection_is_counted_before_the_monitor_says_so():
-    """A robot that reconnects can get the descriptor number its old connection had, and its
-    first message can reach the loop before the watch thread has read the monitor events
-    that end the old connection: the peer address tells the two apart."""
-    import socket
+class _SrcFdFrame:
+    """A received frame as the connection watch reads it: only its source descriptor."""
 
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def get(self, option: int) -> int:
+        assert option == zmq.SRCFD
+        return self.fd
+
+
+@contextlib.contextmanager
+def _unstarted_watch() -> Iterator[tuple[Any, list[str], socket.socket]]:
+    """A connection watch whose thread never runs (the test plays the monitor events), the
+    events it counts, and a plain TCP listener whose accepted descriptors it is shown."""
     from inferential.server.connections import ConnectionWatch
-
-    class Frame:
-        def __init__(self, fd: int) -> None:
-            self.fd = fd
-
-        def get(self, option: int) -> int:
-            assert option == zmq.SRCFD
-            return self.fd
 
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     events: list[str] = []
-    watch = ConnectionWatch(router, count=events.append, max_message_bytes=1 << 20)  # never started
+    watch = ConnectionWatch(router, count=events.append, max_message_bytes=1 << 20)
     listener = socket.create_server(("127.0.0.1", 0))
     try:
+        yield watch, events, listener
+    finally:
+        listener.close()
+        watch.stop()
+        router.close(linger=0)
+        ctx.term()
+
+
+def test_a_reconnect_on_the_descriptor_number_of_the_old_connection_is_counted_before_the_monitor_says_so():
+    """A robot that reconnects can get the descriptor number its old connection had, and its
+    first message can reach the loop before the watch thread has read the monitor events
+    that end the old connection: the peer address tells the two apart."""
+    with _unstarted_watch() as (watch, events, listener):
         robot1 = socket.create_connection(listener.getsockname())
         served1, _ = listener.accept()
         fd = served1.fileno()
-        watch.note_identity(b"arm-2", Frame(fd))
-        watch.note_identity(b"arm-2", Frame(fd))  # the same connection again: nothing to count
+        watch.note_identity(b"arm-2", _SrcFdFrame(fd))
+        watch.note_identity(b"arm-2", _SrcFdFrame(fd))  # the same connection again: nothing to count
         assert events == []
         served1.close()
         robot1.close()
         robot2 = socket.create_connection(listener.getsockname())
         served2, _ = listener.accept()
         assert served2.fileno() == fd  # the lowest free descriptor: the old one
-        watch.note_identity(b"arm-2", Frame(fd))
+        watch.note_identity(b"arm-2", _SrcFdFrame(fd))
         assert events == ["identity_moved"]
         served2.close()
         robot2.close()
-    finally:
-        listener.close()
-        watch.stop()
-        router.close(linger=0)
-        ctx.term()
 
 
 def test_a_connection_whose_accept_event_is_read_after_its_first_message_is_still_one_connection():
     """On a loaded machine the watch thread can read a connection's ACCEPTED event after the
     loop has handled its first message: that must not make the robot look like it moved,
     nor hide a real handover to a second connection."""
-    import socket
-
-    from inferential.server.connections import ConnectionWatch
-
-    class Frame:
-        def __init__(self, fd: int) -> None:
-            self.fd = fd
-
-        def get(self, option: int) -> int:
-            assert option == zmq.SRCFD
-            return self.fd
-
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    events: list[str] = []
-    watch = ConnectionWatch(router, count=events.append, max_message_bytes=1 << 20)  # never started
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
+    with _unstarted_watch() as (watch, events, listener):
         robot1 = socket.create_connection(listener.getsockname())
         served1, _ = listener.accept()
-        watch.note_identity(b"arm-3", Frame(served1.fileno()))
+        watch.note_identity(b"arm-3", _SrcFdFrame(served1.fileno()))
         watch._generation[served1.fileno()] = 1  # the watch thread reads the accept only now
-        watch.note_identity(b"arm-3", Frame(served1.fileno()))
+        watch.note_identity(b"arm-3", _SrcFdFrame(served1.fileno()))
         assert events == []
         robot2 = socket.create_connection(listener.getsockname())  # the first is still open
         served2, _ = listener.accept()
-        watch.note_identity(b"arm-3", Frame(served2.fileno()))
+        watch.note_identity(b"arm-3", _SrcFdFrame(served2.fileno()))
         assert events == ["identity_handover"]
         for s in (served1, robot1, served2, robot2):
             s.close()
-    finally:
-        listener.close()
-        watch.stop()
-        router.close(linger=0)
-        ctx.term()
 
 
 # --- frames over the size limit, the connection cap --------------------------------
