@@ -14,6 +14,7 @@ use prost::Message as _;
 use crate::pb;
 use crate::wire::dtype::DType;
 use crate::wire::limits::Limits;
+use crate::wire::status::Status;
 use crate::PROTOCOL_VERSION;
 
 /// Why [`check_observation`] did not accept the frames (for logs and tests; the reply's
@@ -56,14 +57,83 @@ pub struct TensorSpan {
     pub count: usize,
 }
 
-/// An accepted observation: the place of each tensor. (The envelope's fields are the
-/// server's to read with its own protobuf runtime: this check only vouches for them.)
+/// An accepted observation: the place of each tensor, and the envelope fields a server
+/// reads before it decides to serve it ([`ObservationHead`]). (The rest of the envelope is
+/// the server's to read with its own protobuf runtime: this check only vouches for it.)
 #[derive(Debug, Clone)]
 pub struct CheckedObservation {
     /// One span per descriptor, in descriptor order.
     pub tensors: Vec<TensorSpan>,
     /// Bytes in all payload frames.
     pub payload_bytes: usize,
+    /// Who sent it, for what, and how long it may take.
+    pub head: ObservationHead,
+}
+
+/// The fields of an accepted observation's envelope that decide whether and how fast it
+/// must be served, and that a refusal echoes ([`encode_refusal`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservationHead {
+    /// `client.id`.
+    pub client_id: String,
+    /// `model_id` (never empty in an accepted observation).
+    pub model_id: String,
+    /// `request_id` (0 for 1.x senders).
+    pub request_id: u64,
+    /// `protocol_version` (0 for 1.x senders).
+    pub protocol_version: u32,
+    /// `timestamp_ns`, the robot's clock.
+    pub timestamp_ns: u64,
+    /// `latency_budget_ms` (0: the server's default).
+    pub latency_budget_ms: f32,
+    /// `deadline_ns` (0: none).
+    pub deadline_ns: u64,
+    /// Whether `actions_remaining` is set.
+    pub has_actions_remaining: bool,
+    /// `control_rate_hz` (0: unknown).
+    pub control_rate_hz: f32,
+    /// `priority` (0 = highest).
+    pub priority: u32,
+    /// `auth_token`.
+    pub auth_token: String,
+}
+
+/// A refusal of the observation `head` describes: the reply's envelope (a `ModelResponse`
+/// with `status`, `error` and no tensors) and how many payload frames follow it, each
+/// empty. A 1.x peer (`protocol_version` < 2) cannot read the status field: it also gets
+/// status and error in metadata and exactly one (empty) payload frame, as every 1.x reply
+/// has. `now_ns` is the server's wall clock (Unix epoch ns).
+pub fn encode_refusal(
+    head: &ObservationHead,
+    status: Status,
+    error: &str,
+    response_id: &str,
+    now_ns: u64,
+) -> (Vec<u8>, usize) {
+    let mut resp = pb::ModelResponse {
+        client: Some(pb::Client {
+            id: head.client_id.clone(),
+            ..Default::default()
+        }),
+        response_id: response_id.to_owned(),
+        timestamp_ns: now_ns,
+        model_id: head.model_id.clone(),
+        request_id: head.request_id,
+        status: status.code(),
+        error: error.to_owned(),
+        protocol_version: PROTOCOL_VERSION,
+        retryable: status.table_retryable().unwrap_or(false),
+        observation_timestamp_ns: head.timestamp_ns,
+        ..Default::default()
+    };
+    let payload_frames = if head.protocol_version < 2 {
+        resp.metadata.insert("status".to_owned(), status.name());
+        resp.metadata.insert("error".to_owned(), error.to_owned());
+        1
+    } else {
+        0
+    };
+    (resp.encode_to_vec(), payload_frames)
 }
 
 fn text_ok(text: &str, max: usize, required: bool) -> bool {
@@ -135,9 +205,23 @@ pub fn check_observation(frames: &[&[u8]], limits: &Limits) -> Result<CheckedObs
     // A describe key beside a model id is an ordinary metadata entry: the reference
     // decoder answers such a message as a request, and so does this check.
     let tensors = map_tensors(&envelope, payload, limits)?;
+    let head = ObservationHead {
+        client_id: client_id.to_owned(),
+        model_id: envelope.model_id.clone(),
+        request_id: envelope.request_id,
+        protocol_version: envelope.protocol_version,
+        timestamp_ns: envelope.timestamp_ns,
+        latency_budget_ms: envelope.latency_budget_ms,
+        deadline_ns: envelope.deadline_ns,
+        has_actions_remaining: envelope.actions_remaining.is_some(),
+        control_rate_hz: envelope.control_rate_hz,
+        priority: envelope.priority,
+        auth_token: envelope.auth_token.clone(),
+    };
     Ok(CheckedObservation {
         tensors,
         payload_bytes,
+        head,
     })
 }
 
@@ -292,6 +376,52 @@ mod tests {
             };
             assert_eq!(&frame[span.offset..span.offset + len], expected);
         }
+    }
+
+    #[test]
+    fn the_head_carries_the_envelope_fields_a_refusal_echoes() {
+        let data = [1u8; 4];
+        let obs = Observation::new().tensor("x", &data, &[4]);
+        let frames = frames_of(&obs);
+        let head = check(&frames).unwrap().head;
+        assert_eq!(head.client_id, "r1");
+        assert_eq!(head.model_id, "m");
+        assert_eq!(head.request_id, 1);
+        assert_eq!(head.protocol_version, PROTOCOL_VERSION);
+        assert_eq!(head.timestamp_ns, 1);
+
+        let (envelope, payload_frames) =
+            encode_refusal(&head, Status::DeadlineUnmeetable, "too late", "s-n1", 42);
+        assert_eq!(payload_frames, 0);
+        let resp = pb::ModelResponse::decode(envelope.as_slice()).unwrap();
+        assert_eq!(resp.status, Status::DeadlineUnmeetable.code());
+        assert_eq!(resp.error, "too late");
+        assert_eq!(resp.request_id, 1);
+        assert_eq!(resp.model_id, "m");
+        assert_eq!(resp.client.unwrap().id, "r1");
+        assert_eq!(resp.response_id, "s-n1");
+        assert_eq!(resp.timestamp_ns, 42);
+        assert_eq!(resp.observation_timestamp_ns, 1);
+        assert!(resp.retryable);
+        assert!(resp.metadata.is_empty() && resp.tensors.is_empty());
+
+        // A 1.x peer reads the status from metadata and always gets one payload frame.
+        let old = ObservationHead {
+            protocol_version: 0,
+            ..head
+        };
+        let (envelope, payload_frames) = encode_refusal(&old, Status::Expired, "stale", "s-n2", 43);
+        assert_eq!(payload_frames, 1);
+        let resp = pb::ModelResponse::decode(envelope.as_slice()).unwrap();
+        assert_eq!(
+            resp.metadata.get("status").map(String::as_str),
+            Some("EXPIRED")
+        );
+        assert_eq!(
+            resp.metadata.get("error").map(String::as_str),
+            Some("stale")
+        );
+        assert_eq!(resp.protocol_version, PROTOCOL_VERSION);
     }
 
     #[test]
