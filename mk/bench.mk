@@ -10,3 +10,11 @@ bench-scale: setup
 
 bench-scale-quick: setup
 	$(PY) bench/scale.py --quick $(SCALE_ARGS)
+
+# Overload by the server's own CPU (issue 16 §1): 100 robots x 50 Hz against two native
+# servers that differ only in transport.native_shedding, taking turns; goodput within budget,
+# sheds, late OK and silent losses of each, and the ratio (~4 min; bench/results/shedding.json).
+SHEDDING_ARGS ?=
+.PHONY: bench-shedding
+bench-shedding: setup
+	$(PY) bench/shedding.py $(SHEDDING_ARGS)

@@ -16,12 +16,18 @@
 //! anything the check refuses arrives as its raw frames, for the Python decoder to word the
 //! rejection, so every refusal keeps its status and text.
 //!
+//! With a shedding policy (`set_shedding`, server-py's `transport.native_shedding`), `take`
+//! also refuses what can no longer be answered in time, by admission's own rules and the
+//! costs the loop states before each burst (`ShedPolicy`), and answers it itself with the
+//! crate's `encode_refusal`: an overloaded loop no longer spends a request's worth of
+//! Python on each refusal. While the loop is behind, the newest messages go first.
+//!
 //! Sends come from the event loop's thread and go straight to the socket under a mutex the
 //! I/O thread also takes to receive, so a send still reports at once whether ZMQ took the
 //! reply (ROUTER_MANDATORY: peer gone; SNDHWM: peer not reading). Nothing here panics on
 //! network bytes; a panic in the check is caught and the message handed over raw.
 use std::cell::UnsafeCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -30,8 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
-use inferential::wire::server::{check_observation, TensorSpan};
-use inferential::Limits;
+use inferential::wire::server::{check_observation, encode_refusal, ObservationHead, TensorSpan};
+use inferential::{Limits, Status};
 use pyo3::exceptions::{PyBufferError, PyOSError, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -317,14 +323,23 @@ impl Frame {
     }
 }
 
+/// What the check found in an accepted observation.
+struct Checked {
+    spans: Vec<TensorSpan>,
+    payload_bytes: usize,
+    head: ObservationHead,
+}
+
 /// A received message, checked.
 struct Received {
     parts: Vec<Msg>,
     /// When the receive queue was last found empty before this message was read: it
     /// arrived after that, so this bounds how long it has waited for the server.
     ref_ns: u64,
+    /// When the I/O thread read it: it has waited at least since then.
+    recv_ns: u64,
     /// None: refused by the check (the loop's decoder words why).
-    checked: Option<(Vec<TensorSpan>, usize)>,
+    checked: Option<Checked>,
 }
 
 /// The socket pointer, used only under `Shared::sock`.
@@ -401,12 +416,16 @@ fn recv_message(sock: *mut c_void) -> Recv {
     Recv::Message(parts)
 }
 
-fn check(parts: &[Msg], limits: &Limits) -> Option<(Vec<TensorSpan>, usize)> {
+fn check(parts: &[Msg], limits: &Limits) -> Option<Checked> {
     let frames: Vec<&[u8]> = parts.iter().skip(1).map(Msg::bytes).collect();
     catch_unwind(AssertUnwindSafe(|| check_observation(&frames, limits)))
         .ok()?
         .ok()
-        .map(|c| (c.tensors, c.payload_bytes))
+        .map(|c| Checked {
+            spans: c.tensors,
+            payload_bytes: c.payload_bytes,
+            head: c.head,
+        })
 }
 
 fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
@@ -445,12 +464,14 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
             }
         };
         if let Some((parts, ref_ns)) = received {
+            let recv_ns = monotonic_ns();
             let checked = check(&parts, &shared.limits);
             let mut queue = lock(&shared.queue);
             let was_empty = queue.is_empty();
             queue.push_back(Received {
                 parts,
                 ref_ns,
+                recv_ns,
                 checked,
             });
             if was_empty {
@@ -481,12 +502,268 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
     }
 }
 
+/// How Python names a known robot: (budget ms, token), each None when not configured.
+type KnownEntry = (Option<f64>, Option<String>, Option<u32>);
+
+/// How Python states a model's costs: (base ms, ahead ms, per item ms), see `ModelCost`.
+type CostEntry = (f64, f64, f64);
+
+/// A robot the configuration names: its budget, token and pinned priority, when set.
+struct KnownRobot {
+    budget_ms: Option<f64>,
+    token: Option<String>,
+    pinned_priority: Option<u32>,
+}
+
+/// What serving one more request of a model takes, as the event loop last estimated it.
+struct ModelCost {
+    /// Once taken, at the least (it went first): the model's run time alone, the loop's
+    /// own time and the reply's way back.
+    base_ns: u64,
+    /// The work queued ahead of a request taken now (its plan's backlog); grows by
+    /// `per_item_ns` with each request handed over until the loop states it again.
+    ahead_ns: u64,
+    per_item_ns: u64,
+}
+
+fn ms_to_ns(ms: f64) -> u64 {
+    (ms.clamp(0.0, 1e9) * 1e6) as u64
+}
+
+fn costs_of(margins: HashMap<String, CostEntry>) -> HashMap<String, ModelCost> {
+    margins
+        .into_iter()
+        .map(|(m, (base, ahead, per_item))| {
+            let cost = ModelCost {
+                base_ns: ms_to_ns(base),
+                ahead_ns: ms_to_ns(ahead),
+                per_item_ns: ms_to_ns(per_item),
+            };
+            (m, cost)
+        })
+        .collect()
+}
+
+/// What the event loop lets `take` answer without it: an observation that has already
+/// waited in this module's queue longer than it can afford is refused here, at a few
+/// microseconds, instead of costing the loop a full request's worth of Python to refuse
+/// the same way (the rule of server-py's `admission.admit`, applied to the wait this module
+/// measured itself). Whatever the policy cannot decide exactly as the loop would (an
+/// unserved model, a robot the access rules may refuse, a CURVE key bound to another id,
+/// an absolute deadline, a chunk request) goes to the loop as before.
+struct ShedPolicy {
+    /// The served models, each with the time serving one of its requests still needs
+    /// once taken (the model's run time, the server's own and the reply's way), ns.
+    costs: HashMap<String, ModelCost>,
+    /// Requests of a priority below this (more urgent than the default) may be queued
+    /// ahead of others by the plan: only the certain rule (base cost) refuses them.
+    urgent_below: u32,
+    default_budget_ms: f64,
+    ttl_ms: f64,
+    known: HashMap<String, KnownRobot>,
+    accept_unknown: bool,
+    default_token: Option<String>,
+    curve: bool,
+    response_prefix: String,
+    /// Past this wait of the oldest message, `take` hands the newest over first.
+    lifo_after_ns: u64,
+}
+
+/// Constant-time comparison of two tokens (their lengths aside).
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl ShedPolicy {
+    /// `item` is handed to the loop: it is work ahead of the next request of its model.
+    fn queued(&mut self, item: &Received) {
+        let model = item.checked.as_ref().map(|c| c.head.model_id.as_str());
+        if let Some(cost) = model.and_then(|m| self.costs.get_mut(m)) {
+            cost.ahead_ns = cost.ahead_ns.saturating_add(cost.per_item_ns);
+        }
+    }
+
+    /// The refusal for `item` taken at `now_ns`, or None: the loop handles it.
+    fn verdict(&self, item: &Received, now_ns: u64) -> Option<(Status, String)> {
+        let checked = item.checked.as_ref()?;
+        let head = &checked.head;
+        let cost = self.costs.get(&head.model_id)?;
+        // A chunk request is never refused for lateness; an absolute deadline or an
+        // action queue is the scheduler's to weigh.
+        if head.control_rate_hz > 0.0 || head.deadline_ns != 0 || head.has_actions_remaining {
+            return None;
+        }
+        let known = self.known.get(&head.client_id);
+        if known.is_none() && !self.accept_unknown {
+            return None;
+        }
+        let expected = known
+            .and_then(|k| k.token.as_deref())
+            .or(self.default_token.as_deref());
+        if expected.is_some_and(|t| !same_token(t, &head.auth_token)) {
+            return None;
+        }
+        if self.curve {
+            let speaker = item.parts.get(2).and_then(|m| m.property(c"User-Id"));
+            if speaker.as_deref() != Some(head.client_id.as_str()) {
+                return None;
+            }
+        }
+        let budget_ms = if head.latency_budget_ms > 0.0 {
+            head.latency_budget_ms as f64
+        } else {
+            known
+                .and_then(|k| k.budget_ms)
+                .unwrap_or(self.default_budget_ms)
+        };
+        let waited_ns = now_ns.saturating_sub(item.recv_ns);
+        let waited_ms = waited_ns as f64 / 1e6;
+        if waited_ms > self.ttl_ms {
+            let why = format!(
+                "waited {waited_ms:.0} ms before the server could read it, TTL is {:.0} ms",
+                self.ttl_ms
+            );
+            return Some((Status::Expired, why));
+        }
+        let budget_ns = ms_to_ns(budget_ms);
+        if waited_ns.saturating_add(cost.base_ns) > budget_ns {
+            let why = format!(
+                "waited {waited_ms:.0} ms before the server could read it and serving it \
+                 takes about {:.0} ms more, budget is {budget_ms:.0} ms",
+                cost.base_ns as f64 / 1e6
+            );
+            return Some((Status::DeadlineUnmeetable, why));
+        }
+        let priority = known
+            .and_then(|k| k.pinned_priority)
+            .unwrap_or(head.priority);
+        let ahead_ns = cost.ahead_ns.saturating_add(cost.base_ns);
+        if priority >= self.urgent_below && waited_ns.saturating_add(ahead_ns) > budget_ns {
+            let why = format!(
+                "cannot finish before its deadline given the work queued ahead (waited \
+                 {waited_ms:.0} ms before the server could read it, about {:.0} ms more to \
+                 serve it, budget is {budget_ms:.0} ms)",
+                ahead_ns as f64 / 1e6
+            );
+            return Some((Status::DeadlineUnmeetable, why));
+        }
+        None
+    }
+}
+
+/// Refusals sent by `take`, for the loop's metrics.
+#[derive(Default)]
+struct ShedCounts {
+    /// (model, status code) -> replies sent.
+    replies: HashMap<(String, i32), u64>,
+    /// (model, why not) -> replies ZMQ did not take.
+    undeliverable: HashMap<(String, &'static str), u64>,
+    /// Identities whose peer was gone.
+    gone: Vec<Vec<u8>>,
+}
+
 /// The ROUTER socket at `socket` (a pyzmq socket's `.underlying`, bound), served by an
 /// I/O thread until `close()`. Python must not use the socket meanwhile.
 #[pyclass(module = "inferential_native")]
 struct Router {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    policy: Mutex<Option<ShedPolicy>>,
+    counts: Mutex<ShedCounts>,
+    refused: AtomicU64,
+}
+
+/// Why ZMQ did not take a message, in the words of the Python transport.
+fn send_failure(err: c_int) -> Option<&'static str> {
+    match err {
+        libc::EHOSTUNREACH => Some("peer disconnected"),
+        libc::EAGAIN => Some("peer is not reading (send queue full)"),
+        _ => None,
+    }
+}
+
+/// Sends the frames as one message without waiting (the caller holds the socket's lock).
+fn send_parts(sock: *mut c_void, frames: &[&[u8]]) -> Result<(), c_int> {
+    let last = frames.len().saturating_sub(1);
+    for (i, data) in frames.iter().enumerate() {
+        let flags = if i < last {
+            ZMQ_DONTWAIT | ZMQ_SNDMORE
+        } else {
+            ZMQ_DONTWAIT
+        };
+        // SAFETY: a live socket (the caller holds its lock); libzmq copies `data`.
+        let rc = unsafe { (api().send)(sock, data.as_ptr() as *const c_void, data.len(), flags) };
+        if rc < 0 {
+            // SAFETY: plain call.
+            return Err(unsafe { (api().errno)() });
+        }
+    }
+    Ok(())
+}
+
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Router {
+    /// Answers the refusals `take` decided, and counts them.
+    fn refuse(&self, refusals: Vec<(Received, Status, String)>) {
+        if refusals.is_empty() {
+            return;
+        }
+        let prefix = lock(&self.policy)
+            .as_ref()
+            .map(|p| p.response_prefix.clone())
+            .unwrap_or_default();
+        let now = realtime_ns();
+        let mut counts = lock(&self.counts);
+        let guard = lock(&self.shared.sock);
+        let mut wake = false;
+        for (item, status, why) in refusals {
+            let Some(checked) = item.checked.as_ref() else {
+                continue;
+            };
+            let head = &checked.head;
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            let (envelope, empty_frames) =
+                encode_refusal(head, status, &why, &format!("{prefix}{n:x}"), now);
+            let identity = item.parts.first().map(Msg::bytes).unwrap_or(&[]);
+            let mut frames: Vec<&[u8]> = vec![identity, &[], &envelope];
+            frames.extend(std::iter::repeat_n(&[][..], empty_frames));
+            let sent = match guard.as_ref() {
+                Some(sock) => send_parts(sock.0, &frames),
+                None => Err(libc::ENOTSOCK),
+            };
+            *counts
+                .replies
+                .entry((head.model_id.clone(), status.code()))
+                .or_default() += 1;
+            if let Err(err) = sent {
+                let reason = send_failure(err).unwrap_or("send failed");
+                *counts
+                    .undeliverable
+                    .entry((head.model_id.clone(), reason))
+                    .or_default() += 1;
+                if err == libc::EHOSTUNREACH && counts.gone.len() < 4096 {
+                    counts.gone.push(identity.to_vec());
+                }
+            }
+        }
+        if let Some(sock) = guard.as_ref() {
+            wake = socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
+        }
+        drop(guard);
+        if wake {
+            self.shared.wake.signal();
+        }
+    }
 }
 
 type SpanTuple<'a, 'py> = (&'a str, i32, Bound<'py, PyTuple>, i64, usize, usize);
@@ -548,6 +825,9 @@ impl Router {
         Ok(Router {
             shared,
             thread: Mutex::new(Some(thread)),
+            policy: Mutex::new(None),
+            counts: Mutex::new(ShedCounts::default()),
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -567,29 +847,82 @@ impl Router {
     /// bytes, the others Frames), each tensor `(key, dtype code, shape, frame index or -1,
     /// offset, count)`; one the check refused is `(None, frames, ref_ns)` with every
     /// frame, identity first.
+    ///
+    /// With a shedding policy set (`set_shedding`), observations that have waited in the
+    /// queue longer than they can afford are answered here instead (counted for
+    /// `take_refusals`) and not handed over.
     fn take<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyList>> {
+        let mut refusals: Vec<(Received, Status, String)> = Vec::new();
         let taken: Vec<Received> = {
+            let mut policy = lock(&self.policy);
             let mut queue = lock(&self.shared.queue);
-            let n = max.min(queue.len());
-            let taken: Vec<Received> = queue.drain(..n).collect();
+            let now = monotonic_ns();
+            let mut removed = false;
+            if let Some(p) = policy.as_ref() {
+                // Everything already too late goes, wherever it is in the queue.
+                let before = queue.len();
+                let mut keep = VecDeque::with_capacity(before);
+                for item in queue.drain(..) {
+                    match p.verdict(&item, now) {
+                        Some((status, why)) => refusals.push((item, status, why)),
+                        None => keep.push_back(item),
+                    }
+                }
+                *queue = keep;
+                removed = queue.len() != before;
+            }
+            // Oldest first, unless the oldest has waited past `lifo_after_ns`: then the loop
+            // is behind, and the newest are handed over first (adaptive LIFO). What arrived
+            // last can still be answered in time; what waits longer meanwhile is refused
+            // once it cannot, instead of everything handed over being nearly late.
+            let behind = policy.as_ref().is_some_and(|p| {
+                queue
+                    .front()
+                    .is_some_and(|oldest| now.saturating_sub(oldest.recv_ns) > p.lifo_after_ns)
+            });
+            let mut taken: Vec<Received> = Vec::with_capacity(max.min(queue.len()));
+            while taken.len() < max {
+                let next = if behind {
+                    queue.pop_back()
+                } else {
+                    queue.pop_front()
+                };
+                let Some(item) = next else { break };
+                removed = true;
+                if let Some(p) = policy.as_mut() {
+                    // Judged again: each request handed over is work queued ahead of the next.
+                    if let Some((status, why)) = p.verdict(&item, now) {
+                        refusals.push((item, status, why));
+                        continue;
+                    }
+                    p.queued(&item);
+                }
+                taken.push(item);
+            }
             if queue.is_empty() {
                 self.shared.ready.clear();
             }
-            if n > 0 {
+            if removed {
                 self.shared.room.notify_one();
             }
             taken
         };
+        self.refuse(refusals);
         let out = PyList::empty(py);
         for item in taken {
             let Received {
                 parts,
                 ref_ns,
                 checked,
+                ..
             } = item;
             // An accepted message has an identity, a delimiter and an envelope.
             match checked.filter(|_| parts.len() >= 3) {
-                Some((spans, payload_bytes)) => {
+                Some(Checked {
+                    spans,
+                    payload_bytes,
+                    ..
+                }) => {
                     let mut parts = parts.into_iter();
                     let identity = PyBytes::new(py, parts.next().unwrap_or_else(Msg::new).bytes());
                     let _delimiter = parts.next();
@@ -612,6 +945,98 @@ impl Router {
             }
         }
         Ok(out)
+    }
+
+    /// Lets `take` refuse what can no longer be answered in time (see `ShedPolicy`), or
+    /// stops it (`costs` None). `costs`: served model -> (base ms, ahead ms, per item ms),
+    /// see `ModelCost`; `known`: robot id -> (budget ms, token, pinned priority), each None
+    /// when not configured; `urgent_below`: requests of a lower priority number face only
+    /// the base cost. Past `lifo_after_ms` of wait of the oldest message, `take` hands the
+    /// newest over first. Replies get response ids `response_prefix` + a hex counter.
+    #[pyo3(signature = (costs, default_budget_ms=50.0, ttl_ms=5000.0, known=None, accept_unknown=true, default_token=None, curve=false, response_prefix="n-".to_string(), lifo_after_ms=5.0, urgent_below=1))]
+    #[allow(clippy::too_many_arguments)]
+    fn set_shedding(
+        &self,
+        costs: Option<HashMap<String, CostEntry>>,
+        default_budget_ms: f64,
+        ttl_ms: f64,
+        known: Option<HashMap<String, KnownEntry>>,
+        accept_unknown: bool,
+        default_token: Option<String>,
+        curve: bool,
+        response_prefix: String,
+        lifo_after_ms: f64,
+        urgent_below: u32,
+    ) {
+        let policy = costs.map(|costs| ShedPolicy {
+            costs: costs_of(costs),
+            urgent_below,
+            default_budget_ms,
+            ttl_ms,
+            known: known
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, (budget_ms, token, pinned_priority))| {
+                    let robot = KnownRobot {
+                        budget_ms,
+                        token,
+                        pinned_priority,
+                    };
+                    (id, robot)
+                })
+                .collect(),
+            accept_unknown,
+            default_token,
+            curve,
+            response_prefix,
+            lifo_after_ns: ms_to_ns(lifo_after_ms),
+        });
+        *lock(&self.policy) = policy;
+    }
+
+    /// New model costs for the shedding policy, if one is set (the event loop states them
+    /// after each burst: the work queued ahead starts again from its plan).
+    fn set_costs(&self, costs: HashMap<String, CostEntry>) {
+        if let Some(p) = lock(&self.policy).as_mut() {
+            p.costs = costs_of(costs);
+        }
+    }
+
+    /// The refusals `take` sent since the last call: `(replies, undeliverable, gone)` with
+    /// `replies` `[(model, status code, count)]`, `undeliverable` `[(model, reason,
+    /// count)]` and `gone` the identities whose peer had disconnected.
+    #[allow(clippy::type_complexity)]
+    fn take_refusals(
+        &self,
+        py: Python<'_>,
+    ) -> (
+        Vec<(String, i32, u64)>,
+        Vec<(String, &'static str, u64)>,
+        Vec<Py<PyBytes>>,
+    ) {
+        let counts = std::mem::take(&mut *lock(&self.counts));
+        let replies = counts
+            .replies
+            .into_iter()
+            .map(|((m, s), n)| (m, s, n))
+            .collect();
+        let undeliverable = counts
+            .undeliverable
+            .into_iter()
+            .map(|((m, r), n)| (m, r, n))
+            .collect();
+        let gone = counts
+            .gone
+            .iter()
+            .map(|g| PyBytes::new(py, g).unbind())
+            .collect();
+        (replies, undeliverable, gone)
+    }
+
+    /// Observations refused by `take` since the start.
+    #[getter]
+    fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Sends `[identity, b"", envelope, *payload]` (any buffer objects) without waiting:

@@ -331,3 +331,202 @@ def test_back_to_back_requests_never_stall() -> None:
             conn.close()
         assert server._transport.rechecked == 0
     assert answered == 1000
+
+
+def _obs(client: str, model: str = "m", request_id: int = 1, version: int = 2, **fields) -> list[bytes]:
+    """The frames a DEALER sends for one small observation (after the routing identity)."""
+    obs = pb.Observation(
+        model_id=model, request_id=request_id, protocol_version=version, timestamp_ns=time.time_ns(), **fields
+    )
+    obs.client.id = client
+    payload = pack_tensors([("x", np.zeros(4, np.float32))], obs.tensors.add)
+    return [b"", obs.SerializeToString(), *payload]
+
+
+def _replies(dealer: zmq.Socket, n: int) -> list[list[bytes]]:
+    out = []
+    while len(out) < n and dealer.poll(3000):
+        out.append(dealer.recv_multipart())
+    return out
+
+
+def test_the_module_refuses_what_waited_past_its_budget_before_the_loop_sees_it() -> None:
+    """With a shedding policy, an observation that waited in the module's queue longer than
+    its budget less the margin is answered DEADLINE_UNMEETABLE (past the TTL: EXPIRED) by the
+    module and never reaches the loop; everything the policy cannot decide as admission would
+    (a robot's configured budget, an unserved model, a chunk request, an absolute deadline,
+    a missing token) still does, and so does a fresh observation."""
+    import asyncio
+
+    t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
+    endpoint = t.bind()
+    t.set_shedding(
+        {"m": (2.0, 0.0, 0.0)},
+        default_budget_ms=50.0,
+        ttl_ms=10_000.0,
+        known={"patient": (10_000.0, None, None), "locked": (None, "secret", None)},
+        response_prefix="test-n",
+    )
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(endpoint)
+    handed: list[str] = []
+    counted: list[tuple] = []
+    t.on_request = lambda identity, decoded, speaker: handed.append(decoded.obs.client.id)
+    t.on_refusals = lambda replies, undeliverable, gone: counted.append((replies, undeliverable, gone))
+    loop = asyncio.new_event_loop()
+    try:
+        dealer.send_multipart(_obs("budget", request_id=11, latency_budget_ms=20.0))
+        dealer.send_multipart(_obs("default", request_id=12))  # the server's default budget (50 ms)
+        dealer.send_multipart(_obs("v1", request_id=0, version=0))
+        dealer.send_multipart(_obs("patient", request_id=14))  # its configured budget: 10 s
+        dealer.send_multipart(_obs("other-model", model="n", request_id=15))
+        dealer.send_multipart(_obs("chunks", request_id=16, control_rate_hz=50.0))
+        dealer.send_multipart(_obs("deadline", request_id=17, deadline_ns=1))
+        dealer.send_multipart(_obs("locked", request_id=18))  # no token: the loop words UNAUTHENTICATED
+        time.sleep(0.2)  # the loop is not running: everything waits 200 ms
+        t.attach(loop, lambda frames: handed.append("raw"), lambda: None)
+        loop.run_until_complete(asyncio.sleep(0.1))
+        refused = _replies(dealer, 3)
+        assert sorted(handed) == ["chunks", "deadline", "locked", "other-model", "patient"]
+
+        by_id = {}
+        for frames in refused:
+            reply = pb.ModelResponse.FromString(frames[1])
+            by_id[reply.client.id] = (reply, frames)
+        assert sorted(by_id) == ["budget", "default", "v1"]
+        for reply, _frames in by_id.values():
+            assert reply.status == pb.DEADLINE_UNMEETABLE and reply.retryable
+            assert "before the server could read it and serving it takes" in reply.error and reply.model_id == "m"
+            assert reply.response_id.startswith("test-n")
+            assert 0 < reply.observation_timestamp_ns <= reply.timestamp_ns
+        assert "budget is 20 ms" in by_id["budget"][0].error and by_id["budget"][0].request_id == 11
+        assert "budget is 50 ms" in by_id["default"][0].error and by_id["default"][0].request_id == 12
+        v1, v1_frames = by_id["v1"]
+        assert v1.metadata["status"] == "DEADLINE_UNMEETABLE" and v1.metadata["error"] == v1.error
+        assert v1_frames[2:] == [b""]  # a 1.x reply always has its one payload frame
+        assert len(by_id["budget"][1]) == 2  # v2: delimiter and envelope only
+
+        assert t._router.refused == 3
+        assert counted == [([("m", pb.DEADLINE_UNMEETABLE, 3)], [], [])]
+
+        # A fresh observation is handed over; past the TTL the refusal is EXPIRED.
+        dealer.send_multipart(_obs("budget", request_id=21, latency_budget_ms=20.0))
+        end = time.monotonic() + 5
+        while "budget" not in handed and time.monotonic() < end:
+            loop.run_until_complete(asyncio.sleep(0.02))
+        assert "budget" in handed
+        t.set_shedding({"m": (0.0, 0.0, 0.0)}, ttl_ms=100.0, known={"patient": (10_000.0, None, None)})
+        dealer.send_multipart(_obs("patient", request_id=22))
+        time.sleep(0.2)  # the loop is not running between run_until_complete calls
+        loop.run_until_complete(asyncio.sleep(0.1))
+        [expired] = _replies(dealer, 1)
+        reply = pb.ModelResponse.FromString(expired[1])
+        assert reply.status == pb.EXPIRED and "TTL is 100 ms" in reply.error and reply.request_id == 22
+
+        # Without a policy, nothing is refused by the module.
+        t.set_shedding(None)
+        handed.clear()
+        dealer.send_multipart(_obs("budget", request_id=23, latency_budget_ms=20.0))
+        time.sleep(0.2)
+        loop.run_until_complete(asyncio.sleep(0.1))
+        assert handed == ["budget"] and t._router.refused == 4
+    finally:
+        t.close()
+        loop.close()
+        dealer.close()
+        ctx.term()
+
+
+def test_a_server_whose_loop_stalls_refuses_the_backlog_natively_and_counts_it() -> None:
+    """A real server (default configuration) whose event loop is held up for 300 ms: the
+    observations that arrived meanwhile with a 20 ms budget are each answered exactly once,
+    DEADLINE_UNMEETABLE, by the module (the loop never decodes them), and the server counts
+    them as it counts its own refusals (metrics, status counts); the next observation after
+    the stall is served OK. When the server stops, the module refuses nothing any more."""
+    with running_server(transport={"bind": "tcp://127.0.0.1:0", "native": "on"}) as (server, endpoint):
+        transport = server._transport
+        assert isinstance(transport, NativeTransport)
+        ctx = zmq.Context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(endpoint)
+        try:
+            dealer.send_multipart(_obs("r1", model="noop", request_id=1, latency_budget_ms=1000.0))
+            [first] = _replies(dealer, 1)
+            assert pb.ModelResponse.FromString(first[1]).status == pb.OK
+            before = server.metrics.counter("observation_errors", {"status": "DEADLINE_UNMEETABLE"})
+            loop = server._loop
+            assert loop is not None
+            loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop stalls (a GC pause, a hog)
+            time.sleep(0.05)
+            n = 20
+            for i in range(n):
+                dealer.send_multipart(_obs("r1", model="noop", request_id=100 + i, latency_budget_ms=20.0))
+            replies = [pb.ModelResponse.FromString(f[1]) for f in _replies(dealer, n + 1)]
+            assert sorted(r.request_id for r in replies) == list(range(100, 100 + n))  # one each, no more
+            assert {r.status for r in replies} == {pb.DEADLINE_UNMEETABLE}
+            assert all("serving it takes about" in r.error for r in replies)  # the module's wording
+            assert transport._router.refused == n
+            assert server.metrics.counter("observation_errors", {"status": "DEADLINE_UNMEETABLE"}) == before + n
+            assert server.metrics.counter("replies", {"model": "noop", "status": "DEADLINE_UNMEETABLE"}) >= n
+            assert server._ledger.status_counts["DEADLINE_UNMEETABLE"] >= n
+            assert server.metrics.counter("native_refusals", {"status": "DEADLINE_UNMEETABLE"}) == n
+
+            dealer.send_multipart(_obs("r1", model="noop", request_id=200, latency_budget_ms=1000.0))
+            [after] = _replies(dealer, 1)
+            assert pb.ModelResponse.FromString(after[1]).status == pb.OK
+        finally:
+            dealer.close()
+            ctx.term()
+
+
+def test_the_work_queued_ahead_refuses_the_excess_and_a_loop_behind_takes_the_newest_first() -> None:
+    """Each observation handed to the loop adds its model's per-item cost to the work queued
+    ahead of the next one; one that would then finish past its budget is refused by the
+    module (a robot more urgent than the default priority faces only the base cost). While
+    the oldest waiting message is older than ``lifo_after_ms`` the newest go first."""
+    import asyncio
+
+    def run(lifo_after_ms: float, urgent: bool = False) -> tuple[list[int], dict[int, str]]:
+        t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
+        endpoint = t.bind()
+        # base 1 ms, nothing queued yet, each request handed over adds 80 ms; budgets 200 ms
+        t.set_shedding({"m": (1.0, 0.0, 80.0)}, lifo_after_ms=lifo_after_ms, urgent_below=1)
+        ctx = zmq.Context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(endpoint)
+        handed: list[int] = []
+        t.on_request = lambda identity, decoded, speaker: handed.append(decoded.obs.request_id)
+        loop = asyncio.new_event_loop()
+        try:
+            for i in range(1, 5):
+                dealer.send_multipart(_obs("r", request_id=i, latency_budget_ms=200.0, priority=0 if urgent else 1))
+            time.sleep(0.05)  # all four wait together, 50 ms
+            t.attach(loop, lambda frames: None, lambda: None)
+            loop.run_until_complete(asyncio.sleep(0.1))
+            refused = {}
+            for frames in _replies(dealer, 4 - len(handed)):
+                reply = pb.ModelResponse.FromString(frames[1])
+                refused[reply.request_id] = reply.error
+            return handed, refused
+        finally:
+            t.close()
+            loop.close()
+            dealer.close()
+            ctx.term()
+
+    # Oldest first: 50 + 1 and 50 + 81 ms fit in 200, the third would need 50 + 161.
+    handed, refused = run(lifo_after_ms=10_000.0)
+    assert handed == [1, 2] and sorted(refused) == [3, 4]
+    assert all(
+        why.startswith("cannot finish before its deadline given the work queued ahead") for why in refused.values()
+    )
+    # The oldest waited 50 ms > 5 ms: the newest go first, the oldest are refused.
+    handed, refused = run(lifo_after_ms=5.0)
+    assert handed == [4, 3] and sorted(refused) == [1, 2]
+    # Priority 0 (more urgent than the default 1): only the base cost applies, all are handed over.
+    handed, refused = run(lifo_after_ms=10_000.0, urgent=True)
+    assert handed == [1, 2, 3, 4] and refused == {}

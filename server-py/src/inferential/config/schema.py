@@ -42,6 +42,12 @@ class TransportConfig(_Section):
     # The socket on a native I/O thread (inferential_native, server-native/): "auto" uses it
     # when the module is built, "on" requires it, "off" keeps the pure-Python transport.
     native: Literal["auto", "on", "off"] = "auto"
+    # On the native transport, with scheduling.admission "reject": observations that have
+    # already waited in the module's queue longer than their budget allows (less the time
+    # serving them still takes) are refused DEADLINE_UNMEETABLE (past request_ttl_ms: EXPIRED)
+    # by the module, at a few microseconds each, instead of by the event loop at a whole
+    # request's cost: an overloaded server keeps its CPU for what it can answer in time.
+    native_shedding: bool = True
 
     @field_validator("native", mode="before")
     @classmethod

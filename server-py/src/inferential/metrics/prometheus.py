@@ -72,6 +72,12 @@ _COUNTERS = {
         "Results ready after their deadline, answered DEADLINE_UNMEETABLE instead of a late OK (scheduling.late_results)",
         ("model",),
     ),
+    "native_refusals": (
+        "inferential_native_refusals",
+        "Observations the native transport refused itself, before the event loop, as too late to serve "
+        "(transport.native_shedding); also counted in inferential_rejected_observations",
+        ("status",),
+    ),
     "dispatch_errors": ("inferential_dispatch_errors", "Batches whose backend call failed as a whole", ("model",)),
     "dispatch_retries": ("inferential_dispatch_retries", "Requests re-queued after a failed batch", ("model",)),
     "config_reloads": ("inferential_config_reloads", "Configuration reloads (SIGHUP), by result", ("result",)),

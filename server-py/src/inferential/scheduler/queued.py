@@ -630,6 +630,21 @@ class QueuedScheduler(Scheduler):
         # More batches than slots (one handed ahead): the slot it waits for frees last.
         return max(now, heapq.nsmallest(len(busy) - concurrency + 1, busy)[-1])
 
+    def ahead_ms(self, model: str, now: int) -> tuple[float, float]:
+        """The plan's work ahead of a request of ``model`` queued now behind everything else
+        (the executor's booking, then the queued requests in full batches, with the server's
+        own time per batch), and what each further request adds, both in ms; (0, 0) before
+        the model is measured. O(1): it is asked after every burst."""
+        limit = self.max_batch_size(model)
+        full_batch_ms = self.estimate_service_ms(model, limit, margin=False)
+        if full_batch_ms is None:
+            return 0.0, 0.0
+        concurrency = self._concurrency.get(model, 1)
+        batch_ns = full_batch_ms * 1e6 / concurrency + self.server_ns(limit)
+        queued = len(self._normal.get(model, ())) + len(self._late.get(model, ()))
+        ahead_ns = self._free_at(model, now) - now + (queued // limit) * batch_ns
+        return max(0.0, ahead_ns) / 1e6, batch_ns / limit / 1e6
+
     def _backlog_ms(self, model: str, now: int) -> int:
         """When the work ahead on ``model`` should have cleared, in whole ms from now
         (0: not measured yet). O(1): sheds are frequent exactly when the queue is long."""

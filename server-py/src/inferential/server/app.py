@@ -36,6 +36,7 @@ from inferential.server.protocol import (
     decode_request,
     describe_reply,
     encode_reply,
+    response_id_prefix,
     server_name,
 )
 from inferential.server.ratelimit import DROP, RateLimiter
@@ -159,7 +160,12 @@ class Server:
         if policy is not None:
             data["policy"] = policy
         new_config = SchedulingConfig.model_validate(data)
-        self._call_in_loop(self._engine.swap_scheduler, new_config)
+
+        def swap() -> None:
+            self._engine.swap_scheduler(new_config)
+            self._push_shedding()  # admission may have changed
+
+        self._call_in_loop(swap)
 
     def reconfigure(self, config: InferentialConfig) -> None:
         """Apply a new configuration's scheduling, client and auth sections live."""
@@ -174,6 +180,7 @@ class Server:
                 logger.warning("auth.curve_secret_key changed: it takes effect at the next start")
             if config.scheduling != self.config.scheduling:
                 self._engine.swap_scheduler(config.scheduling)
+            self._push_shedding()
 
         self._call_in_loop(apply)
 
@@ -215,10 +222,13 @@ class Server:
         self._transport = make_transport(self.config.transport, self._curve)
         if isinstance(self._transport, NativeTransport):
             self._transport.on_request = self._on_request
+            self._transport.on_refusals = self._ledger.count_refused
+            self._transport.costs = self._engine.shed_costs
         # What libzmq does to connections unseen (drops, refusals, handovers), counted.
         self._transport.count = lambda event: self.metrics.increment("connection_events", {"event": event})
         self._transport.bind()
         self._ledger.transport = self._transport
+        self._push_shedding()
         self._transport.attach(self._loop, self._on_frames, self._engine.after_change)
         self._spawn(self._engine.run())
         self._warn_if_exposed()
@@ -233,6 +243,7 @@ class Server:
                 await self._stopped.wait()
             return
         self._stopping = self._engine.stopping = self._ledger.stopping = True
+        self._push_shedding()  # from here every observation is answered SHUTTING_DOWN
         engine, ledger = self._engine, self._ledger
         logger.info("shutting down: %d requests pending", len(ledger.pending))
         for req in engine.drain_scheduler() + engine.held():
@@ -264,6 +275,35 @@ class Server:
         assert self._stopped is not None
         self._stopped.set()
         logger.info("stopped")
+
+    def _push_shedding(self) -> None:
+        """Hand the native transport what admission decides by, so that it refuses itself
+        what has already waited too long (``NativeTransport.set_shedding``): while
+        ``admission`` is ``reject``, without a rate limit (its drops come first), unless
+        ``transport.native_shedding`` is off, and until the server stops. Called on start, reconfiguration and a scheduler switch."""
+        transport = self._transport
+        if not isinstance(transport, NativeTransport):
+            return
+        sched = self.config.scheduling
+        off = not self.config.transport.native_shedding or sched.admission != "reject" or self._rate is not None
+        if self._stopping or off:
+            transport.set_shedding(None)
+            return
+        registry = self._registry
+        clients = registry.clients
+        transport.set_shedding(
+            self._engine.shed_costs(),
+            default_budget_ms=clients.defaults.latency_budget_ms,
+            ttl_ms=sched.request_ttl_ms,
+            known={
+                k.id: (k.latency_budget_ms, k.auth_token, k.priority if k.pin_priority else None) for k in clients.known
+            },
+            urgent_below=clients.defaults.priority,
+            accept_unknown=clients.accept_unknown,
+            default_token=registry.auth.token,
+            curve=self._curve is not None,
+            response_prefix=response_id_prefix("n"),
+        )
 
     def _warn_if_exposed(self) -> None:
         """A server reachable beyond this host with no way to tell robots apart says so."""

@@ -183,6 +183,28 @@ class Ledger:
         )
         self.send(frames, identity, label_model, rej.status)
 
+    def count_refused(
+        self,
+        replies: list[tuple[str, int, int]],
+        undeliverable: list[tuple[str, str, int]],
+        gone: list[bytes],
+    ) -> None:
+        """Count refusals the native transport answered itself (``take_refusals``): each
+        is what :meth:`reject` would have counted for it, one observation and one reply."""
+        metrics = self._metrics
+        for model_id, status, count in replies:
+            name = status_name(status)
+            self.status_counts[name] += count
+            metrics.increment("observation_errors", {"status": name}, count)
+            metrics.increment("native_refusals", {"status": name}, count)
+            labels = self._reply_labels.get((model_id, status))
+            if labels is None:
+                labels = self._reply_labels[(model_id, status)] = {"model": model_id, "status": name}
+            metrics.increment("replies", labels, count)
+        for model_id, reason, count in undeliverable:
+            metrics.increment("replies_undeliverable", {"model": model_id, "reason": reason}, count)
+        self.gone.extend(gone)
+
     def send(self, frames: list[Any], identity: bytes, model_id: str, status: int, client_id: str = "") -> None:
         transport = self.transport
         assert transport is not None

@@ -115,6 +115,13 @@ class NativeTransport(RouterTransport):
         #: checked observations handed to the Python decoder after all (this protobuf runtime
         #: refused an envelope the Rust check took): 0 in normal operation
         self.rechecked = 0
+        #: called with the refusals the module answered itself (see set_shedding), after a burst
+        self.on_refusals: Optional[Callable[[list, list, list], None]] = None
+        #: the engine's current costs per model (Engine.shed_costs), stated to the module
+        #: before each burst is taken while a shedding policy is set
+        self.costs: Optional[Callable[[], dict]] = None
+        self._shedding = False
+        self._refused_seen = 0
 
     def bind(self) -> str:
         endpoint = super().bind()  # every socket option, CURVE and the watch: the Python transport's
@@ -151,8 +158,11 @@ class NativeTransport(RouterTransport):
             return
         self._draining = True
         try:
+            if self._shedding and self.costs is not None:
+                router.set_costs(self.costs())  # the plan as it is now: what it has queued
             items = router.take(self.TAKE)
             if not items:
+                self._count_refusals(router)  # take may have answered everything waiting
                 return
             on_message, on_request = self._on_message, self.on_request
             watch = getattr(self, "_watch", None)  # the connection watch, when the transport has one
@@ -168,9 +178,32 @@ class NativeTransport(RouterTransport):
                 if not items:
                     break
                 taken += len(items)
+            self._count_refusals(router)
             self._on_burst_end()  # type: ignore[misc]
         finally:
             self._draining = False
+
+    def _count_refusals(self, router: Any) -> None:
+        refused = router.refused
+        if refused != self._refused_seen:
+            self._refused_seen = refused
+            replies, undeliverable, gone = router.take_refusals()
+            if self.on_refusals is not None:
+                self.on_refusals(replies, undeliverable, gone)
+
+    def set_shedding(self, costs: Optional[dict[str, tuple[float, float, float]]], **policy: Any) -> None:
+        """Let the module refuse, as it takes them off its queue, observations that can no
+        longer be answered in time: they have already waited longer than their budget less
+        what serving them still takes (``costs``: per served model, ``Engine.shed_costs``).
+        Each costs it a few microseconds instead of a request's worth of the event loop, so
+        an overloaded server spends its CPU on what it can answer in time rather than on
+        refusing the rest. ``policy``: what admission decides by (``default_budget_ms``,
+        ``ttl_ms``, ``known``: id -> (budget ms, token, pinned priority), ``accept_unknown``,
+        ``default_token``, ``curve``, ``urgent_below``) and ``response_prefix``,
+        ``lifo_after_ms``. None: every observation goes to the loop."""
+        if self._router is not None:
+            self._router.set_shedding(costs, **policy)
+            self._shedding = costs is not None
 
     def _handle(self, item: tuple, on_message: Any, on_request: Any, watch: Any, curve: bool) -> None:
         """One item the module took off the socket: a checked observation, or frames the

@@ -257,6 +257,12 @@ _boot = os.urandom(4).hex()
 _reply_counter = itertools.count(1)
 
 
+def response_id_prefix(source: str) -> str:
+    """The start of the response ids another part of this process gives its replies
+    (``source`` tells them apart from :func:`encode_reply`'s): ids stay server-unique."""
+    return f"{_boot}-{source}"
+
+
 # The 1.x-era name of the server's timing record: the proto's ServerTiming is one Python
 # class, inferential.Timing, on both sides. Kept while the server's engine still uses it.
 ReplyTiming = Timing
