@@ -24,8 +24,10 @@ $(NATIVE_STAMP): $(VENV)/.stamp $(NATIVE_SOURCES)
 	$(PY) -c "import inferential_native"
 	touch $@
 
-# Every server test on the native transport (make test-py runs them on the Python one:
-# server-py/tests/conftest.py defaults INFERENTIAL_TRANSPORT to python).
+# The module's clippy (warnings are errors), then every server test on the native transport
+# (make test-py runs them on the Python one: server-py/tests/conftest.py defaults
+# INFERENTIAL_TRANSPORT to python).
 TEST_TARGETS += test-py-native
 test-py-native: $(NATIVE_STAMP)
+	PYO3_PYTHON=$(CURDIR)/$(PY) CARGO_TARGET_DIR=$(CURDIR)/target/native $(CARGO) clippy -q -p inferential-native $(RUST_SYSTEM_LIBZMQ) -- -D warnings
 	INFERENTIAL_TRANSPORT=native $(PY) -m pytest $(NATIVE_TESTS) -q -p no:cacheprovider $(PYTEST_FLAGS)

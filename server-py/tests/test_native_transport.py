@@ -11,6 +11,7 @@ Skipped when the module is not built (``make setup-native``).
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -440,7 +441,7 @@ def test_the_module_refuses_what_waited_past_its_budget_before_the_loop_sees_it(
 
 
 def test_a_server_whose_loop_stalls_refuses_the_backlog_natively_and_counts_it() -> None:
-    """A real server (default configuration) whose event loop is held up for 300 ms: the
+    """A real server (default configuration) whose event loop is held up for 100 ms: the
     observations that arrived meanwhile with a 20 ms budget are each answered exactly once,
     DEADLINE_UNMEETABLE, by the module (the loop never decodes them), and the server counts
     them as it counts its own refusals (metrics, status counts); the next observation after
@@ -459,11 +460,19 @@ def test_a_server_whose_loop_stalls_refuses_the_backlog_natively_and_counts_it()
             before = server.metrics.counter("observation_errors", {"status": "DEADLINE_UNMEETABLE"})
             loop = server._loop
             assert loop is not None
-            loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop stalls (a GC pause, a hog)
-            time.sleep(0.05)
+            blocked, release = threading.Event(), threading.Event()
+
+            def stall() -> None:  # the loop stalls (a GC pause, a hog) until released
+                blocked.set()
+                release.wait(10)
+
+            loop.call_soon_threadsafe(stall)
+            assert blocked.wait(10)
             n = 20
             for i in range(n):
                 dealer.send_multipart(_obs("r1", model="noop", request_id=100 + i, latency_budget_ms=20.0))
+            time.sleep(0.1)  # every one waits 100 ms in the module's queue
+            release.set()
             replies = [pb.ModelResponse.FromString(f[1]) for f in _replies(dealer, n + 1)]
             assert sorted(r.request_id for r in replies) == list(range(100, 100 + n))  # one each, no more
             assert {r.status for r in replies} == {pb.DEADLINE_UNMEETABLE}

@@ -127,6 +127,26 @@ def test_reject_newest_refuses_the_incoming_and_reports_queue_full(build, make, 
     assert [r.client_id for r in s.next_batch()] == ["a", "b"]
 
 
+def test_the_work_ahead_of_a_new_request_is_the_executor_booking_plus_the_queued_full_batches(build, make, clock):
+    """What the native transport refuses by (Engine.shed_costs): ahead_ms, the plan's work
+    queued before a request taken now, and what each further request adds."""
+    s = build("fifo", max_queue_size=100)
+    s.set_model_limits("m", max_batch_size=2)
+    assert s.ahead_ms("m", clock()) == (0.0, 0.0)  # nothing measured yet
+    for size, ms in ((1, 6.0), (2, 10.0), (1, 6.0), (2, 10.0)):
+        s.record_service_time("m", size, ms)  # a full batch of 2 takes 10 ms
+    s.set_server_costs(0.0, 0.5)  # the loop answers each reply in 0.5 ms
+    assert s.ahead_ms("m", clock()) == (0.0, 5.5)  # idle; each request adds (10 + 2 x 0.5) / 2
+    for client in ("a", "b", "c", "d", "e"):
+        s.submit(make(client))
+    # Five queued: two full batches ahead (the fifth shares the next one), 11 ms each.
+    assert s.ahead_ms("m", clock()) == (22.0, 5.5)
+    assert len(s.next_batch()) == 2  # running, expected to end in 10 ms; three queued
+    clock.advance_ms(4)
+    ahead, _ = s.ahead_ms("m", clock())
+    assert ahead == pytest.approx(6.0 + 11.0)
+
+
 def test_queue_full_carries_the_time_the_backlog_needs_once_the_model_is_measured(build, make, clock):
     s = build("fifo", max_queue_size=4, overflow_policy="reject_newest")
     s.set_model_limits("m", max_batch_size=2)
