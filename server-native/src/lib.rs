@@ -1063,10 +1063,9 @@ impl Router {
             match send_frame(sock.0, &frame, flags) {
                 Ok(()) => {}
                 Err(Failure::Zmq(err)) => {
-                    result = match err {
-                        libc::EHOSTUNREACH => Ok(Some("peer disconnected")),
-                        libc::EAGAIN => Ok(Some("peer is not reading (send queue full)")),
-                        e => Err(PyOSError::new_err(format!("zmq_send: errno {e}"))),
+                    result = match send_failure(err) {
+                        Some(why) => Ok(Some(why)),
+                        None => Err(PyOSError::new_err(format!("zmq_send: errno {err}"))),
                     };
                     break;
                 }
