@@ -412,8 +412,9 @@ def test_the_module_refuses_what_waited_past_its_budget_before_the_loop_sees_it(
         assert t._router.refused == 3
         assert counted == [([("m", pb.DEADLINE_UNMEETABLE, 3)], [], [])]
 
-        # A fresh observation is handed over; past the TTL the refusal is EXPIRED.
-        dealer.send_multipart(_obs("budget", request_id=21, latency_budget_ms=20.0))
+        # A fresh observation is handed over (a budget a loaded machine cannot exhaust in the
+        # moment the loop takes to read it); past the TTL the refusal is EXPIRED.
+        dealer.send_multipart(_obs("budget", request_id=21, latency_budget_ms=2000.0))
         end = time.monotonic() + 5
         while "budget" not in handed and time.monotonic() < end:
             loop.run_until_complete(asyncio.sleep(0.02))
@@ -501,8 +502,8 @@ def test_the_work_queued_ahead_refuses_the_excess_and_a_loop_behind_takes_the_ne
     def run(lifo_after_ms: float, urgent: bool = False) -> tuple[list[int], dict[int, str]]:
         t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
         endpoint = t.bind()
-        # base 1 ms, nothing queued yet, each request handed over adds 80 ms; budgets 200 ms
-        t.set_shedding({"m": (1.0, 0.0, 80.0)}, lifo_after_ms=lifo_after_ms, urgent_below=1)
+        # base 1 ms, nothing queued yet, each request handed over adds 600 ms; budgets 1 s
+        t.set_shedding({"m": (1.0, 0.0, 600.0)}, lifo_after_ms=lifo_after_ms, urgent_below=1)
         ctx = zmq.Context()
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
@@ -512,8 +513,8 @@ def test_the_work_queued_ahead_refuses_the_excess_and_a_loop_behind_takes_the_ne
         loop = asyncio.new_event_loop()
         try:
             for i in range(1, 5):
-                dealer.send_multipart(_obs("r", request_id=i, latency_budget_ms=200.0, priority=0 if urgent else 1))
-            time.sleep(0.05)  # all four wait together, 50 ms
+                dealer.send_multipart(_obs("r", request_id=i, latency_budget_ms=1000.0, priority=0 if urgent else 1))
+            time.sleep(0.05)  # all four wait together, 50 ms (up to 399 ms would do)
             t.attach(loop, lambda frames: None, lambda: None)
             loop.run_until_complete(asyncio.sleep(0.1))
             refused = {}
@@ -527,7 +528,7 @@ def test_the_work_queued_ahead_refuses_the_excess_and_a_loop_behind_takes_the_ne
             dealer.close()
             ctx.term()
 
-    # Oldest first: 50 + 1 and 50 + 81 ms fit in 200, the third would need 50 + 161.
+    # Oldest first: 50 + 1 and 50 + 601 ms fit in 1,000, the third would need 50 + 1,201.
     handed, refused = run(lifo_after_ms=10_000.0)
     assert handed == [1, 2] and sorted(refused) == [3, 4]
     assert all(
