@@ -56,6 +56,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--robots", type=int, default=100)
     ap.add_argument("--image", choices=("small", "150kb"), default="small")
+    ap.add_argument("--v1", action="store_true", help="1.x robots: no budget sent (the server's default, 50 ms, applies)")
     ap.add_argument("--out", default=str(RESULTS / "shedding.json"))
     args = ap.parse_args()
     image = IMAGE if args.image == "150kb" else SMALL_IMAGE
@@ -76,7 +77,9 @@ def main() -> int:
                     for i in range(args.robots)
                 ]
                 cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-                run = run_fleet(endpoint, robots, args.seconds, warmup_s=1.0, grace_s=6.0, image=image, model="sleep1")
+                run = run_fleet(
+                    endpoint, robots, args.seconds, warmup_s=1.0, grace_s=6.0, image=image, model="sleep1", v1_robots=args.v1
+                )
                 cpu = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
                 s = summarize(run)
                 row = {
@@ -116,7 +119,8 @@ def main() -> int:
         }
     on, off = summary["shedding on"], summary["shedding off"]
     ratio = on["goodput_per_s"] / off["goodput_per_s"] if off["goodput_per_s"] else float("inf")
-    print(f"\n{args.robots} robots x 50 Hz, {image.nbytes + 28:,}-byte observations, 20 ms budget, 1 ms model "
+    print(f"\n{args.robots} {'1.x ' if args.v1 else ''}robots x 50 Hz, {image.nbytes + 28:,}-byte observations, "
+          f"20 ms budget{' (judged; not sent)' if args.v1 else ''}, 1 ms model "
           f"(medians of {args.rounds} rounds x {args.seconds:.0f} s):")
     for name in VARIANTS:
         x = summary[name]
