@@ -121,6 +121,7 @@ class NativeTransport(RouterTransport):
         #: before each burst is taken while a shedding policy is set
         self.costs: Optional[Callable[[], dict]] = None
         self._shedding = False
+        self._costs_at = 0
         self._refused_seen = 0
 
     def bind(self) -> str:
@@ -150,6 +151,9 @@ class NativeTransport(RouterTransport):
 
     #: messages taken from the module at a time, between checks of the drain's time slice
     TAKE = 32
+    #: the engine's costs are stated to the module at most this often (a few µs each time;
+    #: a drain per request would pay them per request)
+    COSTS_EVERY_NS = 1_000_000
 
     def drain(self) -> None:
         """Hand up to BURST waiting messages (or SLICE_NS worth) over, then call ``on_burst_end``."""
@@ -159,7 +163,12 @@ class NativeTransport(RouterTransport):
         self._draining = True
         try:
             if self._shedding and self.costs is not None:
-                router.set_costs(self.costs())  # the plan as it is now: what it has queued
+                now = _monotonic_ns()
+                if now - self._costs_at >= self.COSTS_EVERY_NS:
+                    # The plan as it is now: what it has queued. In between, the module adds
+                    # each request it hands over to the work ahead itself.
+                    self._costs_at = now
+                    router.set_costs(self.costs())
             items = router.take(self.TAKE)
             if not items:
                 self._count_refusals(router)  # take may have answered everything waiting
