@@ -20,7 +20,7 @@
 //! also refuses what can no longer be answered in time, by admission's own rules and the
 //! costs the loop states before each burst (`ShedPolicy`), and answers it itself with the
 //! crate's `encode_refusal`: an overloaded loop no longer spends a request's worth of
-//! Python on each refusal. While the loop is behind, the newest messages go first.
+//! Python on each refusal.
 //!
 //! Sends come from the event loop's thread and go straight to the socket under a mutex the
 //! I/O thread also takes to receive, so a send still reports at once whether ZMQ took the
@@ -558,15 +558,12 @@ struct ShedPolicy {
     /// Requests of a priority below this (more urgent than the default) may be queued
     /// ahead of others by the plan: only the certain rule (base cost) refuses them.
     urgent_below: u32,
-    default_budget_ms: f64,
     ttl_ms: f64,
     known: HashMap<String, KnownRobot>,
     accept_unknown: bool,
     default_token: Option<String>,
     curve: bool,
     response_prefix: String,
-    /// Past this wait of the oldest message, `take` hands the newest over first.
-    lifo_after_ns: u64,
 }
 
 /// Constant-time comparison of two tokens (their lengths aside).
@@ -613,12 +610,12 @@ impl ShedPolicy {
                 return None;
             }
         }
+        // A robot that states no budget (a 1.x robot) has its deadline tightened to its
+        // cadence by the scheduler, which this module does not know: the loop judges it.
         let budget_ms = if head.latency_budget_ms > 0.0 {
             head.latency_budget_ms as f64
         } else {
-            known
-                .and_then(|k| k.budget_ms)
-                .unwrap_or(self.default_budget_ms)
+            known.and_then(|k| k.budget_ms)?
         };
         let waited_ns = now_ns.saturating_sub(item.recv_ns);
         let waited_ms = waited_ns as f64 / 1e6;
@@ -871,23 +868,12 @@ impl Router {
                 *queue = keep;
                 removed = queue.len() != before;
             }
-            // Oldest first, unless the oldest has waited past `lifo_after_ns`: then the loop
-            // is behind, and the newest are handed over first (adaptive LIFO). What arrived
-            // last can still be answered in time; what waits longer meanwhile is refused
-            // once it cannot, instead of everything handed over being nearly late.
-            let behind = policy.as_ref().is_some_and(|p| {
-                queue
-                    .front()
-                    .is_some_and(|oldest| now.saturating_sub(oldest.recv_ns) > p.lifo_after_ns)
-            });
+            // Oldest first. (Handing the newest over first while the loop is behind gave
+            // v2 robots a little more goodput but made more of the loop's answers to 1.x
+            // robots late: docs/performance.md.)
             let mut taken: Vec<Received> = Vec::with_capacity(max.min(queue.len()));
             while taken.len() < max {
-                let next = if behind {
-                    queue.pop_back()
-                } else {
-                    queue.pop_front()
-                };
-                let Some(item) = next else { break };
+                let Some(item) = queue.pop_front() else { break };
                 removed = true;
                 if let Some(p) = policy.as_mut() {
                     // Judged again: each request handed over is work queued ahead of the next.
@@ -951,27 +937,23 @@ impl Router {
     /// stops it (`costs` None). `costs`: served model -> (base ms, ahead ms, per item ms),
     /// see `ModelCost`; `known`: robot id -> (budget ms, token, pinned priority), each None
     /// when not configured; `urgent_below`: requests of a lower priority number face only
-    /// the base cost. Past `lifo_after_ms` of wait of the oldest message, `take` hands the
-    /// newest over first. Replies get response ids `response_prefix` + a hex counter.
-    #[pyo3(signature = (costs, default_budget_ms=50.0, ttl_ms=5000.0, known=None, accept_unknown=true, default_token=None, curve=false, response_prefix="n-".to_string(), lifo_after_ms=5.0, urgent_below=1))]
+    /// the base cost. Replies get response ids `response_prefix` + a hex counter.
+    #[pyo3(signature = (costs, ttl_ms=5000.0, known=None, accept_unknown=true, default_token=None, curve=false, response_prefix="n-".to_string(), urgent_below=1))]
     #[allow(clippy::too_many_arguments)]
     fn set_shedding(
         &self,
         costs: Option<HashMap<String, CostEntry>>,
-        default_budget_ms: f64,
         ttl_ms: f64,
         known: Option<HashMap<String, KnownEntry>>,
         accept_unknown: bool,
         default_token: Option<String>,
         curve: bool,
         response_prefix: String,
-        lifo_after_ms: f64,
         urgent_below: u32,
     ) {
         let policy = costs.map(|costs| ShedPolicy {
             costs: costs_of(costs),
             urgent_below,
-            default_budget_ms,
             ttl_ms,
             known: known
                 .unwrap_or_default()
@@ -989,7 +971,6 @@ impl Router {
             default_token,
             curve,
             response_prefix,
-            lifo_after_ns: ms_to_ns(lifo_after_ms),
         });
         *lock(&self.policy) = policy;
     }

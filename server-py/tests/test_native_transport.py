@@ -355,17 +355,21 @@ def test_the_module_refuses_what_waited_past_its_budget_before_the_loop_sees_it(
     """With a shedding policy, an observation that waited in the module's queue longer than
     its budget less the margin is answered DEADLINE_UNMEETABLE (past the TTL: EXPIRED) by the
     module and never reaches the loop; everything the policy cannot decide as admission would
-    (a robot's configured budget, an unserved model, a chunk request, an absolute deadline,
-    a missing token) still does, and so does a fresh observation."""
+    (no budget stated or configured, as from a 1.x robot: the scheduler tightens it to the
+    robot's cadence; an unserved model, a chunk request, an absolute deadline, a missing
+    token) still does, and so does a fresh observation. A robot's configured budget counts."""
     import asyncio
 
     t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
     endpoint = t.bind()
     t.set_shedding(
         {"m": (2.0, 0.0, 0.0)},
-        default_budget_ms=50.0,
         ttl_ms=10_000.0,
-        known={"patient": (10_000.0, None, None), "locked": (None, "secret", None)},
+        known={
+            "patient": (10_000.0, None, None),
+            "configured": (50.0, None, None),
+            "locked": (None, "secret", None),
+        },
         response_prefix="test-n",
     )
     ctx = zmq.Context()
@@ -379,8 +383,9 @@ def test_the_module_refuses_what_waited_past_its_budget_before_the_loop_sees_it(
     loop = asyncio.new_event_loop()
     try:
         dealer.send_multipart(_obs("budget", request_id=11, latency_budget_ms=20.0))
-        dealer.send_multipart(_obs("default", request_id=12))  # the server's default budget (50 ms)
-        dealer.send_multipart(_obs("v1", request_id=0, version=0))
+        dealer.send_multipart(_obs("configured", request_id=12))  # its configured budget: 50 ms
+        dealer.send_multipart(_obs("v1", request_id=0, version=0, latency_budget_ms=20.0))
+        dealer.send_multipart(_obs("unstated", request_id=19))  # no budget: the loop's to judge
         dealer.send_multipart(_obs("patient", request_id=14))  # its configured budget: 10 s
         dealer.send_multipart(_obs("other-model", model="n", request_id=15))
         dealer.send_multipart(_obs("chunks", request_id=16, control_rate_hz=50.0))
@@ -390,20 +395,20 @@ def test_the_module_refuses_what_waited_past_its_budget_before_the_loop_sees_it(
         t.attach(loop, lambda frames: handed.append("raw"), lambda: None)
         loop.run_until_complete(asyncio.sleep(0.1))
         refused = _replies(dealer, 3)
-        assert sorted(handed) == ["chunks", "deadline", "locked", "other-model", "patient"]
+        assert sorted(handed) == ["chunks", "deadline", "locked", "other-model", "patient", "unstated"]
 
         by_id = {}
         for frames in refused:
             reply = pb.ModelResponse.FromString(frames[1])
             by_id[reply.client.id] = (reply, frames)
-        assert sorted(by_id) == ["budget", "default", "v1"]
+        assert sorted(by_id) == ["budget", "configured", "v1"]
         for reply, _frames in by_id.values():
             assert reply.status == pb.DEADLINE_UNMEETABLE and reply.retryable
             assert "before the server could read it and serving it takes" in reply.error and reply.model_id == "m"
             assert reply.response_id.startswith("test-n")
             assert 0 < reply.observation_timestamp_ns <= reply.timestamp_ns
         assert "budget is 20 ms" in by_id["budget"][0].error and by_id["budget"][0].request_id == 11
-        assert "budget is 50 ms" in by_id["default"][0].error and by_id["default"][0].request_id == 12
+        assert "budget is 50 ms" in by_id["configured"][0].error and by_id["configured"][0].request_id == 12
         v1, v1_frames = by_id["v1"]
         assert v1.metadata["status"] == "DEADLINE_UNMEETABLE" and v1.metadata["error"] == v1.error
         assert v1_frames[2:] == [b""]  # a 1.x reply always has its one payload frame
@@ -492,18 +497,17 @@ def test_a_server_whose_loop_stalls_refuses_the_backlog_natively_and_counts_it()
             ctx.term()
 
 
-def test_the_work_queued_ahead_refuses_the_excess_and_a_loop_behind_takes_the_newest_first() -> None:
+def test_the_work_queued_ahead_refuses_the_excess_oldest_first() -> None:
     """Each observation handed to the loop adds its model's per-item cost to the work queued
     ahead of the next one; one that would then finish past its budget is refused by the
-    module (a robot more urgent than the default priority faces only the base cost). While
-    the oldest waiting message is older than ``lifo_after_ms`` the newest go first."""
+    module (a robot more urgent than the default priority faces only the base cost)."""
     import asyncio
 
-    def run(lifo_after_ms: float, urgent: bool = False) -> tuple[list[int], dict[int, str]]:
+    def run(urgent: bool = False) -> tuple[list[int], dict[int, str]]:
         t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
         endpoint = t.bind()
         # base 1 ms, nothing queued yet, each request handed over adds 600 ms; budgets 1 s
-        t.set_shedding({"m": (1.0, 0.0, 600.0)}, lifo_after_ms=lifo_after_ms, urgent_below=1)
+        t.set_shedding({"m": (1.0, 0.0, 600.0)}, urgent_below=1)
         ctx = zmq.Context()
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
@@ -529,14 +533,11 @@ def test_the_work_queued_ahead_refuses_the_excess_and_a_loop_behind_takes_the_ne
             ctx.term()
 
     # Oldest first: 50 + 1 and 50 + 601 ms fit in 1,000, the third would need 50 + 1,201.
-    handed, refused = run(lifo_after_ms=10_000.0)
+    handed, refused = run()
     assert handed == [1, 2] and sorted(refused) == [3, 4]
     assert all(
         why.startswith("cannot finish before its deadline given the work queued ahead") for why in refused.values()
     )
-    # The oldest waited 50 ms > 5 ms: the newest go first, the oldest are refused.
-    handed, refused = run(lifo_after_ms=5.0)
-    assert handed == [4, 3] and sorted(refused) == [1, 2]
     # Priority 0 (more urgent than the default 1): only the base cost applies, all are handed over.
-    handed, refused = run(lifo_after_ms=10_000.0, urgent=True)
+    handed, refused = run(urgent=True)
     assert handed == [1, 2, 3, 4] and refused == {}

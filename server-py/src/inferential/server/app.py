@@ -45,6 +45,10 @@ from inferential.server.transport import RouterTransport
 from inferential.wire import Limits, Status
 from inferential.wire.limits import buffer
 
+# The SDKs' default priority (docs/protocol.md): a robot more urgent than it may be put first
+# by the plan, so the native transport refuses it only for its own lateness.
+DEFAULT_PRIORITY = 1
+
 logger = logging.getLogger("inferential.server")
 
 _SHUTTING_DOWN = "server is shutting down"
@@ -293,12 +297,11 @@ class Server:
         clients = registry.clients
         transport.set_shedding(
             self._engine.shed_costs(),
-            default_budget_ms=clients.defaults.latency_budget_ms,
             ttl_ms=sched.request_ttl_ms,
             known={
                 k.id: (k.latency_budget_ms, k.auth_token, k.priority if k.pin_priority else None) for k in clients.known
             },
-            urgent_below=clients.defaults.priority,
+            urgent_below=DEFAULT_PRIORITY,
             accept_unknown=clients.accept_unknown,
             default_token=registry.auth.token,
             curve=self._curve is not None,

@@ -206,10 +206,12 @@ class NativeTransport(RouterTransport):
         what serving them still takes (``costs``: per served model, ``Engine.shed_costs``).
         Each costs it a few microseconds instead of a request's worth of the event loop, so
         an overloaded server spends its CPU on what it can answer in time rather than on
-        refusing the rest. ``policy``: what admission decides by (``default_budget_ms``,
-        ``ttl_ms``, ``known``: id -> (budget ms, token, pinned priority), ``accept_unknown``,
-        ``default_token``, ``curve``, ``urgent_below``) and ``response_prefix``,
-        ``lifo_after_ms``. None: every observation goes to the loop."""
+        refusing the rest. ``policy``: what admission decides by (``ttl_ms``, ``known``: id ->
+        (budget ms, token, pinned priority), ``accept_unknown``, ``default_token``, ``curve``,
+        ``urgent_below``) and ``response_prefix``. An observation that states no budget and
+        whose robot has none configured (a 1.x robot) always goes to the loop: the scheduler
+        tightens its deadline to the robot's cadence, which the module does not know. None:
+        every observation goes to the loop."""
         if self._router is not None:
             self._router.set_shedding(costs, **policy)
             self._shedding = costs is not None
