@@ -630,32 +630,39 @@ class QueuedScheduler(Scheduler):
         # More batches than slots (one handed ahead): the slot it waits for frees last.
         return max(now, heapq.nsmallest(len(busy) - concurrency + 1, busy)[-1])
 
+    def _queued_work(self, model: str, now: int) -> Optional[tuple[int, float, int, int]]:
+        """(batch limit, executor time of a full batch in ns, requests queued, ns until the
+        executor is free) for ``model``; None before it is measured. O(1)."""
+        limit = self.max_batch_size(model)
+        full_batch_ms = self.estimate_service_ms(model, limit, margin=False)
+        if full_batch_ms is None:
+            return None
+        full_batch_ns = full_batch_ms * 1e6 / self._concurrency.get(model, 1)
+        queued = len(self._normal.get(model, ())) + len(self._late.get(model, ()))
+        return limit, full_batch_ns, queued, self._free_at(model, now) - now
+
     def ahead_ms(self, model: str, now: int) -> tuple[float, float]:
         """The plan's work ahead of a request of ``model`` queued now behind everything else
         (the executor's booking, then the queued requests in full batches, with the server's
         own time per batch), and what each further request adds, both in ms; (0, 0) before
-        the model is measured. O(1): it is asked after every burst."""
-        limit = self.max_batch_size(model)
-        full_batch_ms = self.estimate_service_ms(model, limit, margin=False)
-        if full_batch_ms is None:
+        the model is measured. O(1): the native transport asks before its bursts."""
+        work = self._queued_work(model, now)
+        if work is None:
             return 0.0, 0.0
-        concurrency = self._concurrency.get(model, 1)
-        batch_ns = full_batch_ms * 1e6 / concurrency + self.server_ns(limit)
-        queued = len(self._normal.get(model, ())) + len(self._late.get(model, ()))
-        ahead_ns = self._free_at(model, now) - now + (queued // limit) * batch_ns
+        limit, full_batch_ns, queued, free_in_ns = work
+        batch_ns = full_batch_ns + self.server_ns(limit)
+        ahead_ns = free_in_ns + (queued // limit) * batch_ns
         return max(0.0, ahead_ns) / 1e6, batch_ns / limit / 1e6
 
     def _backlog_ms(self, model: str, now: int) -> int:
         """When the work ahead on ``model`` should have cleared, in whole ms from now
         (0: not measured yet). O(1): sheds are frequent exactly when the queue is long."""
-        limit = self.max_batch_size(model)
-        full_batch_ms = self.estimate_service_ms(model, limit, margin=False)
-        if full_batch_ms is None:
+        work = self._queued_work(model, now)
+        if work is None:
             return 0
-        queued = len(self._normal.get(model, ())) + len(self._late.get(model, ()))
+        limit, full_batch_ns, queued, free_in_ns = work
         batches = -(-queued // limit)
-        ahead_ns = self._free_at(model, now) - now + batches * full_batch_ms * 1e6 / self._concurrency.get(model, 1)
-        return max(1, math.ceil(ahead_ns / 1e6))
+        return max(1, math.ceil((free_in_ns + batches * full_batch_ns) / 1e6))
 
     # --- limits -------------------------------------------------------------------
 

@@ -193,14 +193,9 @@ class Ledger:
         is what :meth:`reject` would have counted for it, one observation and one reply."""
         metrics = self._metrics
         for model_id, status, count in replies:
-            name = status_name(status)
-            self.status_counts[name] += count
+            name = self._count_replies(model_id, status, count)
             metrics.increment("observation_errors", {"status": name}, count)
             metrics.increment("native_refusals", {"status": name}, count)
-            labels = self._reply_labels.get((model_id, status))
-            if labels is None:
-                labels = self._reply_labels[(model_id, status)] = {"model": model_id, "status": name}
-            metrics.increment("replies", labels, count)
         for model_id, reason, count in undeliverable:
             metrics.increment("replies_undeliverable", {"model": model_id, "reason": reason}, count)
         self.gone.extend(gone)
@@ -211,18 +206,23 @@ class Ledger:
         if self.stopping:
             self.replies_while_stopping += 1
         failure = transport.send(frames)
-        name = status_name(status)
-        self.status_counts[name] += 1
-        labels = self._reply_labels.get((model_id, status))
-        if labels is None:
-            labels = self._reply_labels[(model_id, status)] = {"model": model_id, "status": name}
-        self._metrics.increment("replies", labels)
+        name = self._count_replies(model_id, status, 1)
         if failure is None:
             return
         self._metrics.increment("replies_undeliverable", {"model": model_id, "reason": failure})
         logger.info("reply %s for %s undeliverable: %s", name, client_id or identity, failure)
         if failure == PEER_GONE:
             self.gone.append(identity)
+
+    def _count_replies(self, model_id: str, status: int, count: int) -> str:
+        """Count ``count`` replies of ``status`` for ``model_id``; the status's name."""
+        name = status_name(status)
+        self.status_counts[name] += count
+        labels = self._reply_labels.get((model_id, status))
+        if labels is None:
+            labels = self._reply_labels[(model_id, status)] = {"model": model_id, "status": name}
+        self._metrics.increment("replies", labels, count)
+        return name
 
     def take_gone(self) -> list[bytes]:
         """The identities reported gone since the last call."""
