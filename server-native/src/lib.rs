@@ -506,8 +506,9 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
 /// configured.
 type KnownEntry = (Option<f64>, Option<String>, Option<u32>);
 
-/// How Python states a model's costs: (base ms, ahead ms, per item ms), see `ModelCost`.
-type CostEntry = (f64, f64, f64);
+/// How Python states a model's costs: (base ms, ahead ms, per item ms, floor ms), see
+/// `ModelCost`.
+type CostEntry = (f64, f64, f64, f64);
 
 /// A robot the configuration names: its budget, token and pinned priority, when set.
 struct KnownRobot {
@@ -525,6 +526,10 @@ struct ModelCost {
     /// `per_item_ns` with each request handed over until the loop states it again.
     ahead_ns: u64,
     per_item_ns: u64,
+    /// The model's run time alone plus the reply's margin: a budget shorter than this is a
+    /// mismatch of configuration, not of load, and the loop runs such a request anyway
+    /// (after work that can be on time), so this module leaves it to the loop.
+    floor_ns: u64,
 }
 
 fn ms_to_ns(ms: f64) -> u64 {
@@ -534,11 +539,12 @@ fn ms_to_ns(ms: f64) -> u64 {
 fn costs_of(margins: HashMap<String, CostEntry>) -> HashMap<String, ModelCost> {
     margins
         .into_iter()
-        .map(|(m, (base, ahead, per_item))| {
+        .map(|(m, (base, ahead, per_item, floor))| {
             let cost = ModelCost {
                 base_ns: ms_to_ns(base),
                 ahead_ns: ms_to_ns(ahead),
                 per_item_ns: ms_to_ns(per_item),
+                floor_ns: ms_to_ns(floor),
             };
             (m, cost)
         })
@@ -550,9 +556,11 @@ fn costs_of(margins: HashMap<String, CostEntry>) -> HashMap<String, ModelCost> {
 /// the front of the queue), at a few
 /// microseconds, instead of costing the loop a full request's worth of Python to refuse
 /// the same way (the rule of server-py's `admission.admit`, applied to the wait this module
-/// measured itself). Whatever the policy cannot decide exactly as the loop would (no
-/// budget stated or configured, an unserved model, a robot the access rules may refuse, a CURVE key bound to another id,
-/// an absolute deadline, a chunk request) goes to the loop as before.
+/// measured itself). An observation that states no budget (a 1.x robot) is judged by the
+/// budget the scheduler gave its stream's last one (tightened to the robot's cadence), else
+/// by the server's default. Whatever the policy cannot decide as the loop would (an
+/// unserved model, a robot the access rules may refuse, a CURVE key bound to another id, an
+/// absolute deadline, a chunk request) goes to the loop as before.
 struct ShedPolicy {
     /// The served models, each with the time serving one of its requests still needs
     /// once taken (the model's run time, the server's own and the reply's way), ns.
@@ -566,6 +574,14 @@ struct ShedPolicy {
     default_token: Option<String>,
     curve: bool,
     response_prefix: String,
+    /// The budget of an observation that states none and whose robot has none configured
+    /// (a 1.x robot): the server's default (`clients.defaults.latency_budget_ms`), or the
+    /// one the loop stated for its stream (`streams`). None: such observations go to the loop.
+    default_budget_ms: Option<f64>,
+    /// Per connection (identity) and model: (robot id, budget ms) that the scheduler gave the
+    /// stream's last observation (tightened to the robot's cadence when it sends on its own
+    /// clock), as the loop states it (`set_stream_budget`).
+    streams: HashMap<Vec<u8>, HashMap<String, (String, f64)>>,
 }
 
 /// Constant-time comparison of two tokens (their lengths aside).
@@ -612,12 +628,22 @@ impl ShedPolicy {
                 return None;
             }
         }
-        // A robot that states no budget (a 1.x robot) has its deadline tightened to its
-        // cadence by the scheduler, which this module does not know: the loop judges it.
         let budget_ms = if head.latency_budget_ms > 0.0 {
             head.latency_budget_ms as f64
+        } else if let Some(ms) = known.and_then(|k| k.budget_ms) {
+            ms
         } else {
-            known.and_then(|k| k.budget_ms)?
+            // A robot that states no budget (a 1.x robot): the scheduler tightens its
+            // deadline to its cadence, as the loop stated it for this stream; before it
+            // has, the server's default budget.
+            let identity = item.parts.first().map(Msg::bytes).unwrap_or(&[]);
+            let stated = self
+                .streams
+                .get(identity)
+                .and_then(|models| models.get(&head.model_id))
+                .filter(|(client, _)| *client == head.client_id)
+                .map(|&(_, ms)| ms);
+            stated.or(self.default_budget_ms)?
         };
         let waited_ns = now_ns.saturating_sub(item.recv_ns);
         let waited_ms = waited_ns as f64 / 1e6;
@@ -629,6 +655,9 @@ impl ShedPolicy {
             return Some((Status::Expired, why));
         }
         let budget_ns = ms_to_ns(budget_ms);
+        if budget_ns < cost.floor_ns {
+            return None; // late even on an idle server: the loop runs it after the rest
+        }
         if waited_ns.saturating_add(cost.base_ns) > budget_ns {
             let why = format!(
                 "waited {waited_ms:.0} ms before the server could read it and serving it \
@@ -663,7 +692,15 @@ struct ShedCounts {
     undeliverable: HashMap<(String, &'static str), u64>,
     /// Identities whose peer was gone.
     gone: Vec<Vec<u8>>,
+    /// (robot id, identity, model, when read) of each refused observation that stated no
+    /// budget (at most `MAX_ARRIVALS`): the loop's cadence of such a robot, which its
+    /// deadline is tightened to, counts them as it counts those it sees.
+    arrivals: Vec<(String, Vec<u8>, String, u64)>,
 }
+
+/// Refused arrivals kept between two `take_arrivals` calls (the loop takes them after
+/// every `take`); beyond this they are not counted in the cadence.
+const MAX_ARRIVALS: usize = 65536;
 
 /// The ROUTER socket at `socket` (a pyzmq socket's `.underlying`, bound), served by an
 /// I/O thread until `close()`. Python must not use the socket meanwhile.
@@ -741,6 +778,15 @@ impl Router {
                 .replies
                 .entry((head.model_id.clone(), status.code()))
                 .or_default() += 1;
+            if head.latency_budget_ms <= 0.0 && counts.arrivals.len() < MAX_ARRIVALS {
+                let arrival = (
+                    head.client_id.clone(),
+                    identity.to_vec(),
+                    head.model_id.clone(),
+                    item.recv_ns,
+                );
+                counts.arrivals.push(arrival);
+            }
             if let Err(err) = sent {
                 let reason = send_failure(err).unwrap_or("send failed");
                 *counts
@@ -942,11 +988,14 @@ impl Router {
     }
 
     /// Lets `take` refuse what can no longer be answered in time (see `ShedPolicy`), or
-    /// stops it (`costs` None). `costs`: served model -> (base ms, ahead ms, per item ms),
+    /// stops it (`costs` None). `costs`: served model -> (base ms, ahead ms, per item ms, floor ms),
     /// see `ModelCost`; `known`: robot id -> (budget ms, token, pinned priority), each None
     /// when not configured; `urgent_below`: requests of a lower priority number face only
     /// the base cost. Replies get response ids `response_prefix` + a hex counter.
-    #[pyo3(signature = (costs, ttl_ms=5000.0, known=None, accept_unknown=true, default_token=None, curve=false, response_prefix="n-".to_string(), urgent_below=1))]
+    /// `default_budget_ms`: the budget of an observation that states none and whose robot
+    /// has none configured, until the loop states its stream's (`set_stream_budget`); None
+    /// leaves such observations to the loop. Stream budgets stated before are forgotten.
+    #[pyo3(signature = (costs, ttl_ms=5000.0, known=None, accept_unknown=true, default_token=None, curve=false, response_prefix="n-".to_string(), urgent_below=1, default_budget_ms=None))]
     #[allow(clippy::too_many_arguments)]
     fn set_shedding(
         &self,
@@ -958,6 +1007,7 @@ impl Router {
         curve: bool,
         response_prefix: String,
         urgent_below: u32,
+        default_budget_ms: Option<f64>,
     ) {
         let policy = costs.map(|costs| ShedPolicy {
             costs: costs_of(costs),
@@ -979,8 +1029,41 @@ impl Router {
             default_token,
             curve,
             response_prefix,
+            default_budget_ms: default_budget_ms.filter(|ms| *ms > 0.0),
+            streams: HashMap::new(),
         });
         *lock(&self.policy) = policy;
+    }
+
+    /// The budget, in ms, of the next observations of `model_id` from `client_id` on the
+    /// connection `identity` that state none themselves (see `set_shedding`), or None to
+    /// forget the stream (they fall back to the default budget). Ignored while no policy
+    /// is set.
+    fn set_stream_budget(
+        &self,
+        client_id: String,
+        identity: Vec<u8>,
+        model_id: String,
+        budget_ms: Option<f64>,
+    ) {
+        let mut policy = lock(&self.policy);
+        let Some(p) = policy.as_mut() else { return };
+        match budget_ms.filter(|ms| ms.is_finite() && *ms > 0.0) {
+            Some(ms) => {
+                p.streams
+                    .entry(identity)
+                    .or_default()
+                    .insert(model_id, (client_id, ms));
+            }
+            None => {
+                if let Some(models) = p.streams.get_mut(&identity) {
+                    models.remove(&model_id);
+                    if models.is_empty() {
+                        p.streams.remove(&identity);
+                    }
+                }
+            }
+        }
     }
 
     /// New model costs for the shedding policy, if one is set (the event loop states them
@@ -1004,7 +1087,13 @@ impl Router {
         Vec<(String, &'static str, u64)>,
         Vec<Py<PyBytes>>,
     ) {
-        let counts = std::mem::take(&mut *lock(&self.counts));
+        let counts = {
+            let mut counts = lock(&self.counts);
+            let arrivals = std::mem::take(&mut counts.arrivals);
+            let taken = std::mem::take(&mut *counts);
+            counts.arrivals = arrivals; // taken by take_arrivals
+            taken
+        };
         let replies = counts
             .replies
             .into_iter()
@@ -1021,6 +1110,18 @@ impl Router {
             .map(|g| PyBytes::new(py, g).unbind())
             .collect();
         (replies, undeliverable, gone)
+    }
+
+    /// The refused observations that stated no budget since the last call, oldest first:
+    /// `[(robot id, identity, model, when read (monotonic ns))]`, for the loop's cadence.
+    fn take_arrivals(&self, py: Python<'_>) -> Vec<(String, Py<PyBytes>, String, u64)> {
+        let arrivals = std::mem::take(&mut lock(&self.counts).arrivals);
+        arrivals
+            .into_iter()
+            .map(|(client, identity, model, at)| {
+                (client, PyBytes::new(py, &identity).unbind(), model, at)
+            })
+            .collect()
     }
 
     /// Observations refused by `take` since the start.

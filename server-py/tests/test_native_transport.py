@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -355,15 +356,15 @@ def test_the_module_refuses_what_waited_past_its_budget_before_the_loop_sees_it(
     """With a shedding policy, an observation that waited in the module's queue longer than
     its budget less the margin is answered DEADLINE_UNMEETABLE (past the TTL: EXPIRED) by the
     module and never reaches the loop; everything the policy cannot decide as admission would
-    (no budget stated or configured, as from a 1.x robot: the scheduler tightens it to the
-    robot's cadence; an unserved model, a chunk request, an absolute deadline, a missing
-    token) still does, and so does a fresh observation. A robot's configured budget counts."""
+    (no budget stated or configured and no default budget given, as from a 1.x robot: the
+    next test; an unserved model, a chunk request, an absolute deadline, a missing token)
+    still does, and so does a fresh observation. A robot's configured budget counts."""
     import asyncio
 
     t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
     endpoint = t.bind()
     t.set_shedding(
-        {"m": (2.0, 0.0, 0.0)},
+        {"m": (2.0, 0.0, 0.0, 0.0)},
         ttl_ms=10_000.0,
         known={
             "patient": (10_000.0, None, None),
@@ -424,7 +425,7 @@ def test_the_module_refuses_what_waited_past_its_budget_before_the_loop_sees_it(
         while "budget" not in handed and time.monotonic() < end:
             loop.run_until_complete(asyncio.sleep(0.02))
         assert "budget" in handed
-        t.set_shedding({"m": (0.0, 0.0, 0.0)}, ttl_ms=100.0, known={"patient": (10_000.0, None, None)})
+        t.set_shedding({"m": (0.0, 0.0, 0.0, 0.0)}, ttl_ms=100.0, known={"patient": (10_000.0, None, None)})
         dealer.send_multipart(_obs("patient", request_id=22))
         time.sleep(0.2)  # the loop is not running between run_until_complete calls
         loop.run_until_complete(asyncio.sleep(0.1))
@@ -507,7 +508,7 @@ def test_the_work_queued_ahead_refuses_the_excess_oldest_first() -> None:
         t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
         endpoint = t.bind()
         # base 1 ms, nothing queued yet, each request handed over adds 600 ms; budgets 1 s
-        t.set_shedding({"m": (1.0, 0.0, 600.0)}, urgent_below=1)
+        t.set_shedding({"m": (1.0, 0.0, 600.0, 0.0)}, urgent_below=1)
         ctx = zmq.Context()
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
@@ -541,3 +542,149 @@ def test_the_work_queued_ahead_refuses_the_excess_oldest_first() -> None:
     # Priority 0 (more urgent than the default 1): only the base cost applies, all are handed over.
     handed, refused = run(urgent=True)
     assert handed == [1, 2, 3, 4] and refused == {}
+
+
+def test_observations_that_state_no_budget_are_judged_by_their_streams_budget() -> None:
+    """An observation that states no budget and whose robot has none configured (a 1.x
+    robot) is judged by the budget the loop stated for its stream (robot, connection,
+    model: the scheduler's, tightened to the robot's cadence), else by the server's default
+    budget. A budget shorter than the model's run time alone (the floor) is a mismatch of
+    configuration the loop runs anyway: the module leaves it to the loop."""
+    import asyncio
+
+    t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
+    endpoint = t.bind()
+    # base 2 ms; model "slow" runs 300 ms alone (its floor), so a 100 ms budget is the loop's
+    t.set_shedding({"m": (2.0, 0.0, 0.0, 1.0), "slow": (301.0, 0.0, 0.0, 300.0)}, default_budget_ms=1000.0)
+    ctx = zmq.Context()
+    dealers = {}
+    for name in ("cadenced", "fresh", "impostor"):
+        d = dealers[name] = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.setsockopt(zmq.ROUTING_ID, name.encode())  # as a 1.x robot's connection
+        d.connect(endpoint)
+    handed: list[str] = []
+    t.on_request = lambda identity, decoded, speaker: handed.append(f"{decoded.obs.client.id}/{decoded.obs.model_id}")
+    arrivals: list[tuple] = []
+    t.on_arrivals = arrivals.extend
+    loop = asyncio.new_event_loop()
+    try:
+        t.note_budget("cadenced", b"cadenced", "m", 50.0)  # as the loop does after admitting one
+        t.note_budget("cadenced", b"cadenced", "slow", 100.0)
+        t.note_budget("someone-else", b"impostor", "m", 50.0)  # another robot's id on that connection
+        dealers["cadenced"].send_multipart(_obs("cadenced", request_id=0, version=0))
+        dealers["cadenced"].send_multipart(_obs("cadenced", model="slow", request_id=0, version=0))
+        dealers["fresh"].send_multipart(_obs("fresh", request_id=0, version=0))  # the default: 1 s
+        dealers["impostor"].send_multipart(_obs("impostor", request_id=0, version=0))
+        time.sleep(0.2)  # the loop is not running: everything waits 200 ms
+        t.attach(loop, lambda frames: handed.append("raw"), lambda: None)
+        loop.run_until_complete(asyncio.sleep(0.1))
+        assert sorted(handed) == ["cadenced/slow", "fresh/m", "impostor/m"]
+        [refused] = _replies(dealers["cadenced"], 1)
+        reply = pb.ModelResponse.FromString(refused[1])
+        assert reply.status == pb.DEADLINE_UNMEETABLE and "budget is 50 ms" in reply.error
+        assert reply.metadata["status"] == "DEADLINE_UNMEETABLE" and refused[2:] == [b""]  # a 1.x reply
+        # The refused arrival is handed to the loop's cadence, with when it was read.
+        [(client, identity, model, read_ns)] = arrivals
+        assert (client, identity, model) == ("cadenced", b"cadenced", "m")
+        assert 0 < time.monotonic_ns() - read_ns < 10**9
+
+        # Forgotten (None), the stream is judged by the default again.
+        t.note_budget("cadenced", b"cadenced", "m", 50.0)  # unchanged: not stated again
+        t._router.set_stream_budget("cadenced", b"cadenced", "m", None)
+        t._budgets.clear()
+        handed.clear()
+        dealers["cadenced"].send_multipart(_obs("cadenced", request_id=0, version=0))
+        time.sleep(0.2)
+        loop.run_until_complete(asyncio.sleep(0.1))
+        assert handed == ["cadenced/m"]
+    finally:
+        t.close()
+        loop.close()
+        for d in dealers.values():
+            d.close()
+        ctx.term()
+
+
+def test_stream_budgets_are_stated_on_change_and_bounded() -> None:
+    """note_budget states a stream's budget to the module when it is new or has moved by
+    more than BUDGET_STEP, keeps at most MAX_STREAMS (the oldest stated is forgotten, in
+    the module too), and states nothing while no shedding policy is set."""
+
+    class Recorder:
+        def __init__(self, router: Any) -> None:
+            self.router = router
+            self.calls: list[tuple] = []
+
+        def set_stream_budget(self, *args: Any) -> None:
+            self.calls.append(args)
+            self.router.set_stream_budget(*args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.router, name)
+
+    t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
+    t.bind()
+    router = t._router
+    rec = Recorder(router)
+    t._router = rec
+    try:
+        t.note_budget("a", b"a", "m", 18.0)
+        assert rec.calls == []  # no policy: nothing to state
+        t.set_shedding({"m": (1.0, 0.0, 0.0, 0.0)}, default_budget_ms=50.0)
+        t.MAX_STREAMS = 2
+        t.note_budget("a", b"a", "m", 18.0)
+        t.note_budget("a", b"a", "m", 18.5)  # within 5 %: not stated again
+        t.note_budget("a", b"a", "m", 20.0)  # moved: stated
+        t.note_budget("b", b"b", "m", 18.0)
+        t.note_budget("c", b"c", "m", 18.0)  # a third: the oldest ("a") is forgotten
+        assert rec.calls == [
+            ("a", b"a", "m", 18.0),
+            ("a", b"a", "m", 20.0),
+            ("b", b"b", "m", 18.0),
+            ("c", b"c", "m", 18.0),
+            ("a", b"a", "m", None),
+        ]
+        assert list(t._budgets) == [("b", b"b", "m"), ("c", b"c", "m")]
+        t.set_shedding({"m": (1.0, 0.0, 0.0, 0.0)}, default_budget_ms=50.0)
+        assert not t._budgets  # a new policy starts with none stated
+    finally:
+        t._router = router
+        t.close()
+
+
+def test_the_server_states_the_budgets_it_gives_robots_that_state_none() -> None:
+    """A real server: for observations that state no budget (1.x robots), the budget the
+    scheduler gave each stream reaches the module. A robot that sends on its own clock
+    (every 10 ms, faster than the 15 ms model answers) gets its cadence less a tenth (9 ms);
+    one that waits for each reply keeps the default budget (50 ms)."""
+    configs = [{"name": "slow", "target": "inferential.models.testing:Sleep", "options": {"base_ms": 15.0}}]
+    with running_server(model_configs=configs, transport={"bind": "tcp://127.0.0.1:0", "native": "on"}) as (
+        server,
+        endpoint,
+    ):
+        transport = server._transport
+        assert isinstance(transport, NativeTransport)
+        ctx = zmq.Context()
+        socks = {}
+        for name in ("clocked", "waiting"):
+            d = socks[name] = ctx.socket(zmq.DEALER)
+            d.setsockopt(zmq.LINGER, 0)
+            d.setsockopt(zmq.ROUTING_ID, name.encode())
+            d.connect(endpoint)
+        try:
+            for _ in range(5):
+                socks["waiting"].send_multipart(_obs("waiting", model="slow", request_id=0, version=0))
+                assert _replies(socks["waiting"], 1)
+            for _ in range(20):
+                socks["clocked"].send_multipart(_obs("clocked", model="slow", request_id=0, version=0))
+                time.sleep(0.01)
+            assert len(_replies(socks["clocked"], 20)) == 20  # each answered (OK or shed)
+            budgets = dict(transport._budgets)
+            assert budgets[("waiting", b"waiting", "slow")] == pytest.approx(50.0, abs=0.01)
+            clocked = budgets[("clocked", b"clocked", "slow")]
+            assert 0.9 * 8.0 <= clocked <= 0.9 * 14.0, clocked  # 0.9 x its ~10 ms cadence
+        finally:
+            for d in socks.values():
+                d.close()
+            ctx.term()

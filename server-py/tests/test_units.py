@@ -47,6 +47,30 @@ def test_registry_pins_priority_and_detects_silence():
     assert reg.silent(500 * MS) == [] and reg.silent(1001 * MS) == ["weld"]
 
 
+def test_refused_arrivals_count_in_known_cadences_in_order():
+    """The native transport's refusals of robots that state no budget count in their
+    streams' cadences (else a robot whose observations are mostly refused looks slower
+    than it is); unknown robots and streams are skipped, and so is an arrival no later
+    than the last one counted."""
+    reg = ClientRegistry(ClientsConfig(), AuthConfig(), 0.5, 10.0)
+    reg.on_observation("arm", "", "m", b"id", 0)
+    reg.on_observation("arm", "", "m", b"id", 60 * MS)  # what the loop saw: every third
+    cadence = reg.robots["arm"].cadences[("m", b"id")]
+    assert cadence.ema_interval_ms == 60.0
+    reg.observe_refused(
+        [
+            ("arm", b"id", "m", 80 * MS),
+            ("arm", b"id", "m", 70 * MS),  # out of order: skipped
+            ("arm", b"id", "m", 100 * MS),
+            ("arm", b"other", "m", 100 * MS),  # another connection: no cadence yet
+            ("ghost", b"g", "m", 100 * MS),
+        ]
+    )
+    assert cadence.ema_interval_ms == pytest.approx(0.5 * 20 + 0.5 * (0.5 * 20 + 0.5 * 60))
+    assert cadence.last_arrival_ns == 100 * MS and reg.robots["arm"].last_seen_ns == 100 * MS
+    assert ("m", b"other") not in reg.robots["arm"].cadences and "ghost" not in reg.robots
+
+
 def test_metrics_store_stats_latest_labels_and_callbacks():
     now = [1000.0]
     store = MetricsStore(ring_buffer_size=100, clock=lambda: now[0])

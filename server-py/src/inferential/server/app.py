@@ -125,6 +125,8 @@ class Server:
         self._tasks: set[asyncio.Task] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stopping = False
+        #: NativeTransport.note_budget while the native transport sheds, else None
+        self._note_budget: Optional[Callable[[str, bytes, str, float], None]] = None
         self._stopped: Optional[asyncio.Event] = None
         self._switch_before: Optional[float] = None  # Python's GIL switch interval before start
         self._ready = threading.Event()
@@ -227,6 +229,7 @@ class Server:
         if isinstance(self._transport, NativeTransport):
             self._transport.on_request = self._on_request
             self._transport.on_refusals = self._ledger.count_refused
+            self._transport.on_arrivals = self._registry.observe_refused
             self._transport.costs = self._engine.shed_costs
         # What libzmq does to connections unseen (drops, refusals, handovers), counted.
         self._transport.count = lambda event: self.metrics.increment("connection_events", {"event": event})
@@ -291,10 +294,12 @@ class Server:
         sched = self.config.scheduling
         off = not self.config.transport.native_shedding or sched.admission != "reject" or self._rate is not None
         if self._stopping or off:
+            self._note_budget = None
             transport.set_shedding(None)
             return
         registry = self._registry
         clients = registry.clients
+        self._note_budget = transport.note_budget
         transport.set_shedding(
             self._engine.shed_costs(),
             ttl_ms=sched.request_ttl_ms,
@@ -306,6 +311,7 @@ class Server:
             default_token=registry.auth.token,
             curve=self._curve is not None,
             response_prefix=response_id_prefix("n"),
+            default_budget_ms=clients.defaults.latency_budget_ms,
         )
 
     def _warn_if_exposed(self) -> None:
@@ -503,3 +509,9 @@ class Server:
             engine.scheduler.submit(req)
         except Exception as err:  # only a custom scheduler raises; the built-ins shed instead
             engine.refused(req, err)
+        note = self._note_budget
+        if note is not None and not req.budget_stated and req.deadline_ns is not None:
+            # The budget the scheduler gave it (tightened to its cadence when it sends on its
+            # own clock), in the terms of the module's rule: the margin is in its costs.
+            budget_ms = (req.deadline_ns - req.arrival_ns) / 1e6 + self.config.scheduling.deadline_margin_ms
+            note(req.client_id, identity, req.model_id, budget_ms)

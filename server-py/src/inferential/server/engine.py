@@ -665,26 +665,29 @@ class Engine:
         if load.sample(observations) and self._server_costs is not None:
             self._server_costs(self._extra_lag_ms(), load.reply_ms)
 
-    def shed_costs(self) -> dict[str, tuple[float, float, float]]:
+    def shed_costs(self) -> dict[str, tuple[float, float, float, float]]:
         """Per served model, what a request taken off the socket now still needs, for the
         native transport's refusals (``NativeTransport.set_shedding``), in ms: ``base``, the
         least (the model's mean run time alone, 0 before it is measured, the loop's expected
         extra wait and reply time, and ``deadline_margin_ms`` for the way back); ``ahead``,
         the work the scheduler's plan has queued before it (0 for a scheduler without a
-        plan); ``per_item``, what each further request adds to that. An observation that
+        plan); ``per_item``, what each further request adds to that; ``floor``, the model's
+        run time alone plus the margin: a budget below it is late even on an idle server,
+        which admission runs anyway (deprioritized), so the module leaves it to the loop. An observation that
         has already waited longer than its budget less ``base`` (less ``base + ahead`` for
         one of default priority or lower) cannot be answered in time: the plan would refuse
         it too, after the loop had spent a request's worth of time on it."""
         sched = self.scheduler
         estimate = getattr(sched, "estimate_service_ms", None)
         ahead_of = getattr(sched, "ahead_ms", None)
-        server_ms = self._extra_lag_ms() + self.loop_load.reply_ms + self.config.scheduling.deadline_margin_ms
+        margin = self.config.scheduling.deadline_margin_ms
+        server_ms = self._extra_lag_ms() + self.loop_load.reply_ms + margin
         now = self.clock()
         costs = {}
         for model in self.models:
-            alone = estimate(model, 1, margin=False) if estimate is not None else None
+            alone = (estimate(model, 1, margin=False) if estimate is not None else None) or 0.0
             ahead, per_item = ahead_of(model, now) if ahead_of is not None else (0.0, 0.0)
-            costs[model] = ((alone or 0.0) + server_ms, ahead, per_item)
+            costs[model] = (alone + server_ms, ahead, per_item, alone + margin)
         return costs
 
     def _extra_lag_ms(self) -> float:

@@ -27,6 +27,7 @@ import functools
 import logging
 import os
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -117,10 +118,15 @@ class NativeTransport(RouterTransport):
         self.rechecked = 0
         #: called with the refusals the module answered itself (see set_shedding), after a burst
         self.on_refusals: Optional[Callable[[list, list, list], None]] = None
+        #: called with [(robot id, identity, model, when read)] of the refused observations
+        #: that stated no budget, before the observations taken with them are handled
+        self.on_arrivals: Optional[Callable[[list], None]] = None
         #: the engine's current costs per model (Engine.shed_costs), stated to the module
         #: before each burst is taken while a shedding policy is set
         self.costs: Optional[Callable[[], dict]] = None
         self._shedding = False
+        #: (robot id, connection, model) -> the budget last stated to the module (note_budget)
+        self._budgets: OrderedDict[tuple[str, bytes, str], float] = OrderedDict()
         self._costs_at = 0
         self._refused_seen = 0
 
@@ -170,8 +176,8 @@ class NativeTransport(RouterTransport):
                     self._costs_at = now
                     router.set_costs(self.costs())
             items = router.take(self.TAKE)
+            self._count_refusals(router)  # what take refused arrived before what it handed over
             if not items:
-                self._count_refusals(router)  # take may have answered everything waiting
                 return
             on_message, on_request = self._on_message, self.on_request
             watch = getattr(self, "_watch", None)  # the connection watch, when the transport has one
@@ -184,10 +190,10 @@ class NativeTransport(RouterTransport):
                 if taken >= self.BURST or _monotonic_ns() > until:
                     break  # the eventfd stays readable: the loop calls drain again
                 items = router.take(self.TAKE)
+                self._count_refusals(router)
                 if not items:
                     break
                 taken += len(items)
-            self._count_refusals(router)
             self._on_burst_end()  # type: ignore[misc]
         finally:
             self._draining = False
@@ -199,8 +205,11 @@ class NativeTransport(RouterTransport):
             replies, undeliverable, gone = router.take_refusals()
             if self.on_refusals is not None:
                 self.on_refusals(replies, undeliverable, gone)
+            arrivals = router.take_arrivals()
+            if arrivals and self.on_arrivals is not None:
+                self.on_arrivals(arrivals)
 
-    def set_shedding(self, costs: Optional[dict[str, tuple[float, float, float]]], **policy: Any) -> None:
+    def set_shedding(self, costs: Optional[dict[str, tuple[float, float, float, float]]], **policy: Any) -> None:
         """Let the module refuse, as it takes them off its queue, observations that can no
         longer be answered in time: they have already waited longer than their budget less
         what serving them still takes (``costs``: per served model, ``Engine.shed_costs``).
@@ -208,13 +217,40 @@ class NativeTransport(RouterTransport):
         an overloaded server spends its CPU on what it can answer in time rather than on
         refusing the rest. ``policy``: what admission decides by (``ttl_ms``, ``known``: id ->
         (budget ms, token, pinned priority), ``accept_unknown``, ``default_token``, ``curve``,
-        ``urgent_below``) and ``response_prefix``. An observation that states no budget and
-        whose robot has none configured (a 1.x robot) always goes to the loop: the scheduler
-        tightens its deadline to the robot's cadence, which the module does not know. None:
-        every observation goes to the loop."""
+        ``urgent_below``, ``default_budget_ms``) and ``response_prefix``. An observation
+        that states no budget and whose robot has none configured (a 1.x robot) is judged by
+        the budget the scheduler gave its stream's last observation (``note_budget``; the
+        scheduler tightens it to the robot's cadence), else by ``default_budget_ms``; without
+        that it goes to the loop. None: every observation goes to the loop."""
         if self._router is not None:
             self._router.set_shedding(costs, **policy)
             self._shedding = costs is not None
+            self._budgets.clear()  # the module forgot them with its previous policy
+
+    #: streams whose budget the module is told (the oldest told is forgotten first; its
+    #: next observation states it again)
+    MAX_STREAMS = 4096
+    #: a stream's budget is stated again when it moves by more than this fraction
+    BUDGET_STEP = 0.05
+
+    def note_budget(self, client_id: str, identity: bytes, model_id: str, budget_ms: float) -> None:
+        """The budget the scheduler gave an observation that stated none: the module judges
+        the stream's next ones by it (see ``set_shedding``). Stated to the module only when it
+        is new or has moved by more than ``BUDGET_STEP``, so a steady robot costs a dict
+        lookup per observation."""
+        router = self._router
+        if router is None or not self._shedding:
+            return
+        key = (client_id, identity, model_id)
+        budgets = self._budgets
+        before = budgets.get(key)
+        if before is not None and abs(budget_ms - before) <= self.BUDGET_STEP * before:
+            return
+        router.set_stream_budget(client_id, identity, model_id, budget_ms)
+        budgets[key] = budget_ms
+        if before is None and len(budgets) > self.MAX_STREAMS:
+            old, _ = budgets.popitem(last=False)
+            router.set_stream_budget(*old, None)
 
     def _handle(self, item: tuple, on_message: Any, on_request: Any, watch: Any, curve: bool) -> None:
         """One item the module took off the socket: a checked observation, or frames the

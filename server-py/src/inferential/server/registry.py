@@ -151,6 +151,25 @@ class ClientRegistry:
         expected, gap = cadence.observe(now_ns)
         return robot, is_new, expected, gap
 
+    def observe_refused(self, arrivals: list[tuple[str, bytes, str, int]]) -> None:
+        """Count in their streams' cadences the observations the native transport refused
+        itself (``(robot id, identity, model, when read)``, oldest first), as the loop counts
+        those it admits: a robot that states no budget has its deadline tightened to its
+        cadence, and under overload most of its observations never reach the loop, so
+        without them its rhythm would look two or three times slower than it is. Only
+        streams already known are counted, and only arrivals after the last one counted."""
+        robots = self.robots
+        for client_id, identity, model_id, at_ns in arrivals:
+            robot = robots.get(client_id)
+            if robot is None:
+                continue
+            cadence = robot.cadences.get((model_id, identity))
+            if cadence is None or (cadence.last_arrival_ns is not None and at_ns <= cadence.last_arrival_ns):
+                continue
+            cadence.observe(at_ns)
+            if at_ns > robot.last_seen_ns:
+                robot.last_seen_ns = at_ns
+
     def priority_for(self, client_id: str, sent: int, max_priority: int) -> int:
         """The priority a request runs at: the configured one when pinned, else the robot's."""
         known = self.clients.get(client_id)
