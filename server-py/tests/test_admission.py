@@ -77,6 +77,14 @@ def test_with_admission_reject_an_observation_that_waited_past_its_budget_is_unm
         WALL0 + int(waited_ms * MS),
     )
     assert isinstance(rej, Rejection) and rej.status == Status.DEADLINE_UNMEETABLE
+    # Refused, it still counts in the robot's cadence: one sent 100 ms after the first, read
+    # 25 ms later, arrived 100 ms after it.
+    sent = WALL0 + 100 * MS
+    late = _decoded(timestamp_ns=sent, budget_ms=waited_ms - 5)
+    rej = admit(late, b"id1", registry, MODELS, config.scheduling, 125 * MS, sent + int(waited_ms * MS))
+    assert isinstance(rej, Rejection) and rej.status == Status.DEADLINE_UNMEETABLE
+    cadence = registry.robots["r1"].cadences[("policy", b"id1")]
+    assert cadence.ema_interval_ms == 100.0 and cadence.last_arrival_ns == 100 * MS
     # The same wait for a chunk request (it states its control rate): a late chunk still ends
     # the robot's hold, so it is admitted (dated from when it arrived) rather than refused.
     chunk = _decoded(timestamp_ns=WALL0, budget_ms=waited_ms - 5)

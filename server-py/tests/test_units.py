@@ -25,6 +25,8 @@ def test_cadence_is_read_before_it_absorbs_the_arrival():
     before, gap = c.observe(120 * MS)  # a late arrival: 70 ms against a 50 ms rhythm
     assert before == 50.0 and gap == 70.0
     assert c.ema_interval_ms == pytest.approx(0.3 * 70 + 0.7 * 50)
+    assert c.observe(100 * MS) == (c.ema_interval_ms, None)  # dated before the last: no gap
+    assert c.last_arrival_ns == 120 * MS
 
 
 def test_registry_auth_and_unknown_clients():

@@ -3,7 +3,8 @@
 :func:`admit` is the server's receive step after decoding, with no I/O and no
 clock of its own (the caller passes both clock readings), so it is unit-tested on
 a fake clock. Its only side effect is the registry's: it records the robot's
-arrival (cadence, routing identity) once the observation is accepted.
+arrival (cadence, routing identity) once the robot may use the model, also when
+the observation is then refused for having waited too long.
 
 Checks, in order: access (UNAUTHENTICATED), the model is served (UNKNOWN_MODEL),
 and the time the observation already spent in socket buffers: past the TTL it is
@@ -56,6 +57,10 @@ def admit(
     # date them from when they arrived.
     waited_ns = registry.buffer_wait_ns(identity, wall_ns, obs.timestamp_ns, backlog_ns)
     waited_ms = waited_ns / 1e6
+    arrival = now_ns - waited_ns
+    # Counted in the robot's cadence even when refused below: a robot that states no budget
+    # has its deadline tightened to its cadence, which must not look slower under overload.
+    _, _, expected_ms, gap_ms = registry.on_observation(client_id, obs.client.type, obs.model_id, identity, arrival)
     if waited_ms > config.request_ttl_ms:
         why = f"waited {waited_ms:.0f} ms before the server could read it, TTL is {config.request_ttl_ms:.0f} ms"
         return Rejection(Status.EXPIRED, why, obs)
@@ -64,8 +69,6 @@ def admit(
     if config.admission == "reject" and waited_ms > budget_ms and not obs.control_rate_hz > 0:
         why = f"waited {waited_ms:.0f} ms before the server could read it, budget is {budget_ms:.0f} ms"
         return Rejection(Status.DEADLINE_UNMEETABLE, why, obs)
-    arrival = now_ns - waited_ns
-    _, _, expected_ms, gap_ms = registry.on_observation(client_id, obs.client.type, obs.model_id, identity, arrival)
     req = InferenceRequest(
         client_id=client_id,
         model_id=obs.model_id,

@@ -491,13 +491,14 @@ class Server:
         engine = self._engine
         backlog = self._transport.backlog_bound_ns() if self._transport is not None else None
         req = admit(decoded, identity, registry, engine.models, self.config.scheduling, now, wall, backlog)
+        metrics = self.metrics
+        if len(registry.robots) != robots:  # registered even when refused for lateness
+            obs = decoded.obs
+            logger.info("robot %s connected (%s)", obs.client.id, obs.client.type or "no type")
+            metrics.record("active_clients", len(registry.robots))
         if isinstance(req, Rejection):
             ledger.reject(identity, req, wall)
             return
-        metrics = self.metrics
-        if len(registry.robots) != robots:
-            logger.info("robot %s connected (%s)", req.client_id, req.client_type or "no type")
-            metrics.record("active_clients", len(registry.robots))
         labels = req.labels
         if req.observation_timestamp_ns:
             metrics.record("observation_staleness_ms", (wall - req.observation_timestamp_ns) / 1e6, labels)

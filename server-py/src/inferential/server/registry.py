@@ -25,6 +25,10 @@ class Cadence:
         is measured against the robot's usual rhythm, not against itself.
         """
         before = self.ema_interval_ms
+        if self.last_arrival_ns is not None and now_ns <= self.last_arrival_ns:
+            # Dated no later than the last (arrivals are estimated, and a refused one may be
+            # counted after a newer one): no gap to learn from.
+            return before, None
         gap = None if self.last_arrival_ns is None else (now_ns - self.last_arrival_ns) / 1e6
         if gap is not None:
             self.ema_interval_ms = gap if before is None else self.alpha * gap + (1 - self.alpha) * before
@@ -157,14 +161,12 @@ class ClientRegistry:
         those it admits: a robot that states no budget has its deadline tightened to its
         cadence, and under overload most of its observations never reach the loop, so
         without them its rhythm would look two or three times slower than it is. Only
-        streams already known are counted, and only arrivals after the last one counted."""
+        streams already known are counted (and, as always, only arrivals after the last)."""
         robots = self.robots
         for client_id, identity, model_id, at_ns in arrivals:
             robot = robots.get(client_id)
-            if robot is None:
-                continue
-            cadence = robot.cadences.get((model_id, identity))
-            if cadence is None or (cadence.last_arrival_ns is not None and at_ns <= cadence.last_arrival_ns):
+            cadence = robot.cadences.get((model_id, identity)) if robot is not None else None
+            if robot is None or cadence is None:
                 continue
             cadence.observe(at_ns)
             if at_ns > robot.last_seen_ns:
