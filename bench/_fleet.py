@@ -354,6 +354,9 @@ def summarize(run: FleetRun) -> dict:
     latencies = [latency_ms(s) for s in ok]
     late = [s for s in ok if not within(s)]
     stale = [s for s in late if s.next_sent_ns is not None and s.reply_ns > s.next_sent_ns]  # type: ignore[operator]
+    # Of those, the ones the server itself answered after the budget (its reply's timing:
+    # arrival to the reply handed to the socket); the rest were late on the way or in the robot.
+    late_in_server = [s for s in late if s.total_ms > robots[s.robot].budget_ms]
     sheds: dict[str, int] = {}
     for s in measured:
         if s.status not in (None, "OK"):
@@ -374,6 +377,7 @@ def summarize(run: FleetRun) -> dict:
         "mean_batch": (sum(s.batch_size for s in ok) / len(ok)) if ok else 0.0,
         "ok_late": len(late),
         "ok_stale": len(stale),
+        "ok_late_in_server": len(late_in_server),
         "sheds": sheds,
         # Over every request, warm-up included: none may end without a reply.
         "silent_losses": sum(1 for s in everything if s.status is None),
