@@ -3,7 +3,8 @@
     make bench-shedding         (about 4 minutes)
     .venv/bin/python bench/shedding.py [--rounds R] [--seconds S] [--robots N] [--image small|150kb]
 
-Two servers on the native transport, identical but for ``transport.native_shedding``, take
+Two servers on the native transport (``--python``: the Python transport, where the same
+switch turns admission's early refusal on and off), identical but for ``transport.native_shedding``, take
 turns (the other paused) under the same open-loop fleet: N robots x 50 Hz (default 100:
 5,000 observations/s, beyond what this server's event loop can take on 2 cores), each with a
 20 ms budget, the 1 ms model. With shedding off, every observation the server cannot serve in
@@ -34,10 +35,11 @@ MODELS = {"sleep1": "inferential.models.testing:Sleep"}
 VARIANTS = ("shedding on", "shedding off")
 
 
-def _config(shedding: bool) -> Path:
+def _config(shedding: bool, native: bool = True) -> Path:
     path = RESULTS / f".bench-shedding-{'on' if shedding else 'off'}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'transport:\n  native: "on"\n  native_shedding: {"true" if shedding else "false"}\n')
+    mode = "on" if native else "off"
+    path.write_text(f'transport:\n  native: "{mode}"\n  native_shedding: {"true" if shedding else "false"}\n')
     return path
 
 
@@ -58,13 +60,18 @@ def main() -> int:
     ap.add_argument("--robots", type=int, default=100)
     ap.add_argument("--image", choices=("small", "150kb"), default="small")
     ap.add_argument("--v1", action="store_true", help="1.x robots: no budget sent (the server's default, 50 ms, applies)")
+    ap.add_argument(
+        "--python",
+        action="store_true",
+        help="both servers on the Python transport, where the switch turns admission's early refusal on and off",
+    )
     ap.add_argument("--out", default=str(RESULTS / "shedding.json"))
     args = ap.parse_args()
     image = IMAGE if args.image == "150kb" else SMALL_IMAGE
     procs = {}
     try:
         for name in VARIANTS:
-            procs[name] = start_server(MODELS, ["--config", str(_config(name == "shedding on"))])
+            procs[name] = start_server(MODELS, ["--config", str(_config(name == "shedding on", not args.python))])
         rows: dict[str, list[dict]] = {name: [] for name in VARIANTS}
         for r in range(args.rounds):
             order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
@@ -123,7 +130,7 @@ def main() -> int:
         }
     on, off = summary["shedding on"], summary["shedding off"]
     ratio = on["goodput_per_s"] / off["goodput_per_s"] if off["goodput_per_s"] else float("inf")
-    print(f"\n{args.robots} {'1.x ' if args.v1 else ''}robots x 50 Hz, {image.nbytes + 28:,}-byte observations, "
+    print(f"\n{'Python transport: ' if args.python else ''}{args.robots} {'1.x ' if args.v1 else ''}robots x 50 Hz, {image.nbytes + 28:,}-byte observations, "
           f"20 ms budget{' (judged; not sent)' if args.v1 else ''}, 1 ms model "
           f"(medians of {args.rounds} rounds x {args.seconds:.0f} s):")
     for name in VARIANTS:

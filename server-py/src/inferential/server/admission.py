@@ -22,6 +22,7 @@ from typing import Container, Optional, Union
 
 from inferential.config.schema import SchedulingConfig
 from inferential.scheduler import InferenceRequest, derive_deadline_ns
+from inferential.server.early import EarlyRefusal
 from inferential.server.protocol import Decoded, Rejection
 from inferential.server.registry import ClientRegistry
 from inferential.wire import Status
@@ -36,6 +37,7 @@ def admit(
     now_ns: int,
     wall_ns: int,
     backlog_ns: Optional[int] = None,
+    early: Optional[EarlyRefusal] = None,
 ) -> Union[InferenceRequest, Rejection]:
     """The request for ``decoded`` (from ``identity``), or the Rejection to answer.
 
@@ -43,6 +45,7 @@ def admit(
     read when the message was taken off the socket. ``backlog_ns`` is the measured
     bound on how long it can have waited for the server (the transport's
     ``backlog_bound_ns``); None trusts the timestamps alone (unit tests, replay).
+    ``early``: the native module's shedding rule, applied here on the Python transport.
     """
     obs = decoded.obs
     client_id = obs.client.id
@@ -69,6 +72,18 @@ def admit(
     if config.admission == "reject" and waited_ms > budget_ms and not obs.control_rate_hz > 0:
         why = f"waited {waited_ms:.0f} ms before the server could read it, budget is {budget_ms:.0f} ms"
         return Rejection(Status.DEADLINE_UNMEETABLE, why, obs)
+    known = registry.clients.get(client_id)
+    stated = obs.latency_budget_ms > 0 or (known is not None and known.latency_budget_ms is not None)
+    priority = registry.priority_for(client_id, obs.priority, config.max_priority)
+    if early is not None and config.admission == "reject":
+        # The native module's rule, on the Python transport (server/early.py).
+        judged_ms = budget_ms
+        if not stated:
+            judged_ms = early.stream_budget(client_id, identity, obs.model_id) or budget_ms
+        refused = early.judge(obs, judged_ms, priority, waited_ns, now_ns)
+        if refused is not None:
+            return refused
+        early.queued(obs.model_id)
     req = InferenceRequest(
         client_id=client_id,
         model_id=obs.model_id,
@@ -76,7 +91,7 @@ def admit(
         request_id=obs.request_id,
         client_type=obs.client.type,
         urgency=min(1.0, obs.urgency),
-        priority=registry.priority_for(client_id, obs.priority, config.max_priority),
+        priority=priority,
         steps_remaining=obs.steps_remaining if obs.HasField("steps_remaining") else None,
         arrival_ns=arrival,
         latency_budget_ms=budget_ms,
@@ -105,6 +120,5 @@ def admit(
     req.deadline_ns = deadline_ns
     if not obs.deadline_ns and not (req.actions_remaining is not None and req.control_rate_hz > 0):
         # Nothing on the wire bounds it: a 1.x robot, or one that leaves it to the server.
-        known = registry.clients.get(client_id)
-        req.budget_stated = obs.latency_budget_ms > 0 or (known is not None and known.latency_budget_ms is not None)
+        req.budget_stated = stated
     return req

@@ -26,6 +26,7 @@ from inferential.metrics.store import MetricsStore
 from inferential.scheduler import Scheduler
 from inferential.server.admission import admit
 from inferential.server.curve import CurveKeys, user_id
+from inferential.server.early import EarlyRefusal
 from inferential.server.engine import Engine, apply_gil_switch_interval
 from inferential.server.ledger import Ledger
 from inferential.server.native_transport import NativeTransport, make_transport
@@ -125,8 +126,11 @@ class Server:
         self._tasks: set[asyncio.Task] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stopping = False
-        #: NativeTransport.note_budget while the native transport sheds, else None
+        #: NativeTransport.note_budget while the native transport sheds (on the Python
+        #: transport EarlyRefusal.note_budget while admission applies its rule), else None
         self._note_budget: Optional[Callable[[str, bytes, str, float], None]] = None
+        #: the native module's shedding rule for admission on the Python transport
+        self._early: Optional[EarlyRefusal] = None
         self._stopped: Optional[asyncio.Event] = None
         self._switch_before: Optional[float] = None  # Python's GIL switch interval before start
         self._ready = threading.Event()
@@ -287,12 +291,19 @@ class Server:
         """Hand the native transport what admission decides by, so that it refuses itself
         what has already waited too long (``NativeTransport.set_shedding``): while
         ``admission`` is ``reject``, without a rate limit (its drops come first), unless
-        ``transport.native_shedding`` is off, and until the server stops. Called on start, reconfiguration and a scheduler switch."""
+        ``transport.native_shedding`` is off, and until the server stops. Called on start, reconfiguration and a scheduler switch.
+        On the Python transport, admission applies the same rule itself (``EarlyRefusal``)."""
         transport = self._transport
-        if not isinstance(transport, NativeTransport):
-            return
         sched = self.config.scheduling
         off = not self.config.transport.native_shedding or sched.admission != "reject" or self._rate is not None
+        if not isinstance(transport, NativeTransport):
+            if self._stopping or off or transport is None:
+                self._early = None
+                self._note_budget = None
+            elif self._early is None:
+                self._early = EarlyRefusal(self._engine.shed_costs, urgent_below=DEFAULT_PRIORITY)
+                self._note_budget = self._early.note_budget
+            return
         if self._stopping or off:
             self._note_budget = None
             transport.set_shedding(None)
@@ -490,7 +501,7 @@ class Server:
         robots = len(registry.robots)
         engine = self._engine
         backlog = self._transport.backlog_bound_ns() if self._transport is not None else None
-        req = admit(decoded, identity, registry, engine.models, self.config.scheduling, now, wall, backlog)
+        req = admit(decoded, identity, registry, engine.models, self.config.scheduling, now, wall, backlog, self._early)
         metrics = self.metrics
         if len(registry.robots) != robots:  # registered even when refused for lateness
             obs = decoded.obs

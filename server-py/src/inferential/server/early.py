@@ -1,0 +1,107 @@
+"""Early refusal on the Python transport: the native module's rule, judged in admission.
+
+On the native transport the module refuses, as it takes observations off its queue, what
+has already waited too long to be answered in time (server-native ``ShedPolicy``,
+``NativeTransport.set_shedding``). Without the module, the same observations would each
+become a request and be refused by the scheduler's plan, at nearly the cost of serving
+one: under CPU overload the event loop spends itself refusing, its socket backlog grows,
+and everything it reads is too old (the refusal storm of docs/performance.md). This is the
+same rule, with the same costs (``Engine.shed_costs``) and error texts, applied by
+:func:`admission.admit` before a request is built: an observation that has waited (in
+socket buffers, as admission measures it) longer than its budget less ``base`` is refused,
+and one of the default priority or lower also when it would finish past its budget behind
+the work queued ahead (``ahead``, which grows by ``per_item`` with each request admitted
+until the costs are read again, at most once per ``COSTS_EVERY_NS``).
+
+What it cannot decide as the plan would is left to the plan: an absolute deadline, an
+action queue, a chunk request, a budget shorter than the model's run time alone. A robot
+that states no budget is judged by the one the scheduler gave its stream's last
+observation (``note_budget``, as the native transport is told), else the default.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Optional
+
+from inferential._proto import inferential_pb2 as pb
+from inferential.server.protocol import Rejection
+from inferential.wire import Status
+
+#: (base ms, ahead ms, per item ms, floor ms) per model: ``Engine.shed_costs``
+Costs = dict[str, tuple[float, float, float, float]]
+
+
+class EarlyRefusal:
+    """The module's shedding rule for admission on the Python transport (see the module)."""
+
+    #: the engine's costs are read at most this often; in between, ``ahead`` grows by
+    #: ``per_item`` with each request admitted (as the module does)
+    COSTS_EVERY_NS = 1_000_000
+    #: streams whose budget is kept (the oldest noted is forgotten first)
+    MAX_STREAMS = 4096
+
+    def __init__(self, costs: Callable[[], Costs], urgent_below: int) -> None:
+        self._costs_of = costs
+        self.urgent_below = urgent_below
+        self._costs: dict[str, list[float]] = {}
+        self._costs_at: Optional[int] = None
+        self._budgets: OrderedDict[tuple[str, bytes, str], float] = OrderedDict()
+        #: observations refused here
+        self.refused = 0
+
+    def note_budget(self, client_id: str, identity: bytes, model_id: str, budget_ms: float) -> None:
+        """The budget the scheduler gave an observation that stated none: the stream's next
+        ones are judged by it."""
+        key = (client_id, identity, model_id)
+        budgets = self._budgets
+        new = key not in budgets
+        budgets[key] = budget_ms
+        if new and len(budgets) > self.MAX_STREAMS:
+            budgets.popitem(last=False)
+
+    def stream_budget(self, client_id: str, identity: bytes, model_id: str) -> Optional[float]:
+        return self._budgets.get((client_id, identity, model_id))
+
+    def _cost(self, model: str, now_ns: int) -> Optional[list[float]]:
+        if self._costs_at is None or now_ns - self._costs_at >= self.COSTS_EVERY_NS:
+            self._costs_at = now_ns
+            self._costs = {m: list(c) for m, c in self._costs_of().items()}
+        return self._costs.get(model)
+
+    def queued(self, model: str) -> None:
+        """A request of ``model`` was admitted: work ahead of the next one."""
+        cost = self._costs.get(model)
+        if cost is not None:
+            cost[1] += cost[2]
+
+    def judge(
+        self, obs: pb.Observation, budget_ms: float, priority: int, waited_ns: int, now_ns: int
+    ) -> Optional[Rejection]:
+        """The refusal of ``obs`` (its budget ``budget_ms``, its priority as it will run,
+        ``waited_ns`` in buffers before it was read), or None: the plan judges it."""
+        if obs.control_rate_hz > 0 or obs.deadline_ns or obs.HasField("actions_remaining"):
+            return None
+        cost = self._cost(obs.model_id, now_ns)
+        if cost is None:
+            return None
+        base, ahead, _, floor = cost
+        if budget_ms < floor:
+            return None  # late even on an idle server: the plan runs it after the rest
+        waited_ms = waited_ns / 1e6
+        if waited_ms + base > budget_ms:
+            self.refused += 1
+            why = (
+                f"waited {waited_ms:.0f} ms before the server could read it and serving it "
+                f"takes about {base:.0f} ms more, budget is {budget_ms:.0f} ms"
+            )
+            return Rejection(Status.DEADLINE_UNMEETABLE, why, obs)
+        if priority >= self.urgent_below and waited_ms + base + ahead > budget_ms:
+            self.refused += 1
+            why = (
+                f"cannot finish before its deadline given the work queued ahead (waited "
+                f"{waited_ms:.0f} ms before the server could read it, about {base + ahead:.0f} ms "
+                f"more to serve it, budget is {budget_ms:.0f} ms)"
+            )
+            return Rejection(Status.DEADLINE_UNMEETABLE, why, obs)
+        return None
