@@ -507,8 +507,13 @@ fn io_thread(shared: Arc<Shared>, zmq_fd: RawFd) {
 type KnownEntry = (Option<f64>, Option<String>, Option<u32>);
 
 /// How Python states a model's costs: (base ms, ahead ms, per item ms, floor ms), see
-/// `ModelCost`.
-type CostEntry = (f64, f64, f64, f64);
+/// `ModelCost`. The three numbers without the floor (a server from before it, e.g. the
+/// "before" row of bench/scheduling.py run against this module) mean a floor of 0.
+#[derive(FromPyObject)]
+enum CostEntry {
+    WithFloor((f64, f64, f64, f64)),
+    NoFloor((f64, f64, f64)),
+}
 
 /// A robot the configuration names: its budget, token and pinned priority, when set.
 struct KnownRobot {
@@ -539,7 +544,11 @@ fn ms_to_ns(ms: f64) -> u64 {
 fn costs_of(margins: HashMap<String, CostEntry>) -> HashMap<String, ModelCost> {
     margins
         .into_iter()
-        .map(|(m, (base, ahead, per_item, floor))| {
+        .map(|(m, entry)| {
+            let (base, ahead, per_item, floor) = match entry {
+                CostEntry::WithFloor(c) => c,
+                CostEntry::NoFloor((base, ahead, per_item)) => (base, ahead, per_item, 0.0),
+            };
             let cost = ModelCost {
                 base_ns: ms_to_ns(base),
                 ahead_ns: ms_to_ns(ahead),

@@ -648,6 +648,11 @@ def test_stream_budgets_are_stated_on_change_and_bounded() -> None:
         assert list(t._budgets) == [("b", b"b", "m"), ("c", b"c", "m")]
         t.set_shedding({"m": (1.0, 0.0, 0.0, 0.0)}, default_budget_ms=50.0)
         assert not t._budgets  # a new policy starts with none stated
+        # Costs without the floor, as a server from before it states them (bench/scheduling.py's
+        # "before" row runs an older checkout against this module): a floor of 0.
+        t.set_shedding({"m": (1.0, 0.0, 0.0)})
+        with pytest.raises(TypeError):
+            t.set_shedding({"m": (1.0, 0.0)})
     finally:
         t._router = router
         t.close()
