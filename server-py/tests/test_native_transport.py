@@ -11,6 +11,7 @@ Skipped when the module is not built (``make setup-native``).
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from typing import Any
@@ -23,6 +24,7 @@ from test_protocol_cases import CASES, observation_frames
 
 from inferential._proto import inferential_pb2 as pb
 from inferential.config.schema import TransportConfig
+from inferential.server.early import EarlyRefusal
 from inferential.server.native_transport import NativeTransport, native_available, wants_native
 from inferential.server.protocol import Rejection, decode_request
 from inferential.wire import Limits, pack_tensors
@@ -539,6 +541,11 @@ def test_the_work_queued_ahead_refuses_the_excess_oldest_first() -> None:
     assert all(
         why.startswith("cannot finish before its deadline given the work queued ahead") for why in refused.values()
     )
+    # The Python transport's admission words it alike: the third with two handed over ahead.
+    waited_ms = int(re.search(r"waited (\d+) ms", refused[3]).group(1))  # type: ignore[union-attr]
+    same = EarlyRefusal(lambda: {"m": (1.0, 1200.0, 600.0, 0.0)}, urgent_below=1)
+    mirrored = same.judge(pb.Observation(model_id="m"), 1000.0, 1, waited_ms * 1_000_000, 0)
+    assert mirrored is not None and mirrored.message == refused[3]
     # Priority 0 (more urgent than the default 1): only the base cost applies, all are handed over.
     handed, refused = run(urgent=True)
     assert handed == [1, 2, 3, 4] and refused == {}
@@ -583,6 +590,11 @@ def test_observations_that_state_no_budget_are_judged_by_their_streams_budget() 
         [refused] = _replies(dealers["cadenced"], 1)
         reply = pb.ModelResponse.FromString(refused[1])
         assert reply.status == pb.DEADLINE_UNMEETABLE and "budget is 50 ms" in reply.error
+        # The Python transport's admission words the same refusal alike (server/early.py).
+        waited_ms = int(re.match(r"waited (\d+) ms", reply.error).group(1))  # type: ignore[union-attr]
+        same = EarlyRefusal(lambda: {"m": (2.0, 0.0, 0.0, 1.0)}, urgent_below=1)
+        mirrored = same.judge(pb.Observation(model_id="m"), 50.0, 1, waited_ms * 1_000_000, 0)
+        assert mirrored is not None and mirrored.message == reply.error
         assert reply.metadata["status"] == "DEADLINE_UNMEETABLE" and refused[2:] == [b""]  # a 1.x reply
         # The refused arrival is handed to the loop's cadence, with when it was read.
         [(client, identity, model, read_ns)] = arrivals
