@@ -1096,28 +1096,21 @@ impl Router {
         Vec<(String, &'static str, u64)>,
         Vec<Py<PyBytes>>,
     ) {
-        let counts = {
+        // The arrivals stay for take_arrivals.
+        let (replies, undeliverable, gone) = {
             let mut counts = lock(&self.counts);
-            let arrivals = std::mem::take(&mut counts.arrivals);
-            let taken = std::mem::take(&mut *counts);
-            counts.arrivals = arrivals; // taken by take_arrivals
-            taken
+            (
+                std::mem::take(&mut counts.replies),
+                std::mem::take(&mut counts.undeliverable),
+                std::mem::take(&mut counts.gone),
+            )
         };
-        let replies = counts
-            .replies
-            .into_iter()
-            .map(|((m, s), n)| (m, s, n))
-            .collect();
-        let undeliverable = counts
-            .undeliverable
+        let replies = replies.into_iter().map(|((m, s), n)| (m, s, n)).collect();
+        let undeliverable = undeliverable
             .into_iter()
             .map(|((m, r), n)| (m, r, n))
             .collect();
-        let gone = counts
-            .gone
-            .iter()
-            .map(|g| PyBytes::new(py, g).unbind())
-            .collect();
+        let gone = gone.iter().map(|g| PyBytes::new(py, g).unbind()).collect();
         (replies, undeliverable, gone)
     }
 

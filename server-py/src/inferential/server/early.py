@@ -30,6 +30,25 @@ from inferential.wire import Status
 
 #: (base ms, ahead ms, per item ms, floor ms) per model: ``Engine.shed_costs``
 Costs = dict[str, tuple[float, float, float, float]]
+#: a stream of observations: (robot id, connection identity, model)
+StreamKey = tuple[str, bytes, str]
+
+
+def remember_budget(
+    budgets: OrderedDict[StreamKey, float], key: StreamKey, budget_ms: float, limit: int, step: float = 0.0
+) -> tuple[bool, Optional[StreamKey]]:
+    """Keep ``budget_ms`` as ``key``'s budget unless the one kept is within ``step`` (a
+    fraction of it); a new stream beyond ``limit`` forgets the oldest kept. Returns whether
+    it was kept and the stream forgotten, if any (the native transport tells its module
+    both; ``EarlyRefusal`` keeps its own)."""
+    before = budgets.get(key)
+    if before is not None and abs(budget_ms - before) <= step * before:
+        return False, None
+    budgets[key] = budget_ms
+    if before is None and len(budgets) > limit:
+        old, _ = budgets.popitem(last=False)
+        return True, old
+    return True, None
 
 
 class EarlyRefusal:
@@ -46,19 +65,14 @@ class EarlyRefusal:
         self.urgent_below = urgent_below
         self._costs: dict[str, list[float]] = {}
         self._costs_at: Optional[int] = None
-        self._budgets: OrderedDict[tuple[str, bytes, str], float] = OrderedDict()
+        self._budgets: OrderedDict[StreamKey, float] = OrderedDict()
         #: observations refused here
         self.refused = 0
 
     def note_budget(self, client_id: str, identity: bytes, model_id: str, budget_ms: float) -> None:
         """The budget the scheduler gave an observation that stated none: the stream's next
         ones are judged by it."""
-        key = (client_id, identity, model_id)
-        budgets = self._budgets
-        new = key not in budgets
-        budgets[key] = budget_ms
-        if new and len(budgets) > self.MAX_STREAMS:
-            budgets.popitem(last=False)
+        remember_budget(self._budgets, (client_id, identity, model_id), budget_ms, self.MAX_STREAMS)
 
     def stream_budget(self, client_id: str, identity: bytes, model_id: str) -> Optional[float]:
         return self._budgets.get((client_id, identity, model_id))

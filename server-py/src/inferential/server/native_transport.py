@@ -36,6 +36,7 @@ import zmq
 from inferential._proto import inferential_pb2 as pb
 from inferential.config.schema import TransportConfig
 from inferential.server.curve import CurveKeys
+from inferential.server.early import StreamKey, remember_budget
 from inferential.server.protocol import Decoded
 from inferential.server.transport import RouterTransport
 from inferential.wire import DTYPE_TO_NUMPY
@@ -126,7 +127,7 @@ class NativeTransport(RouterTransport):
         self.costs: Optional[Callable[[], dict]] = None
         self._shedding = False
         #: (robot id, connection, model) -> the budget last stated to the module (note_budget)
-        self._budgets: OrderedDict[tuple[str, bytes, str], float] = OrderedDict()
+        self._budgets: OrderedDict[StreamKey, float] = OrderedDict()
         self._costs_at = 0
         self._refused_seen = 0
 
@@ -242,15 +243,11 @@ class NativeTransport(RouterTransport):
         if router is None or not self._shedding:
             return
         key = (client_id, identity, model_id)
-        budgets = self._budgets
-        before = budgets.get(key)
-        if before is not None and abs(budget_ms - before) <= self.BUDGET_STEP * before:
-            return
-        router.set_stream_budget(client_id, identity, model_id, budget_ms)
-        budgets[key] = budget_ms
-        if before is None and len(budgets) > self.MAX_STREAMS:
-            old, _ = budgets.popitem(last=False)
-            router.set_stream_budget(*old, None)
+        kept, forgotten = remember_budget(self._budgets, key, budget_ms, self.MAX_STREAMS, self.BUDGET_STEP)
+        if kept:
+            router.set_stream_budget(*key, budget_ms)
+        if forgotten is not None:
+            router.set_stream_budget(*forgotten, None)
 
     def _handle(self, item: tuple, on_message: Any, on_request: Any, watch: Any, curve: bool) -> None:
         """One item the module took off the socket: a checked observation, or frames the
