@@ -21,6 +21,55 @@ use crate::{RequestId, PROTOCOL_VERSION};
 /// of their own (a frame costs more than copying a few hundred bytes). Same as Python.
 pub const SMALL_TENSOR_BYTES: usize = 2048;
 
+/// The payload of a message and its tensor descriptors, in the order given: small tensors
+/// joined into one frame (each padded to its item size), larger ones a frame of their own,
+/// so the logical payload is in descriptor order too. `single_frame`: everything in one
+/// frame, present even when empty (what a 1.x peer reads). Shared by observations and a
+/// server's replies ([`crate::wire::server::encode_reply`]).
+pub(crate) fn lay_out_payload<'a, 's>(
+    tensors: impl Iterator<Item = (&'s str, DType, &'s [usize], &'a [u8])>,
+    single_frame: bool,
+    timestamp_ns: u64,
+) -> (Vec<pb::Tensor>, Vec<Cow<'a, [u8]>>) {
+    let mut descriptors = Vec::new();
+    let mut payload: Vec<Cow<'a, [u8]>> = Vec::new();
+    let mut small: Vec<u8> = Vec::new();
+    let mut frame_start: u64 = 0; // logical offset of the frame being built (`small`)
+    for (key, dtype, shape, bytes) in tensors {
+        let item = dtype.item_size();
+        let own_frame = !single_frame && bytes.len() > SMALL_TENSOR_BYTES;
+        let offset = if own_frame {
+            if !small.is_empty() {
+                frame_start += small.len() as u64;
+                payload.push(Cow::Owned(std::mem::take(&mut small)));
+            }
+            let at = frame_start;
+            frame_start += bytes.len() as u64;
+            payload.push(Cow::Borrowed(bytes));
+            at
+        } else {
+            let pad = (item - small.len() % item) % item;
+            small.resize(small.len() + pad, 0);
+            let at = frame_start + small.len() as u64;
+            small.extend_from_slice(bytes);
+            at
+        };
+        descriptors.push(pb::Tensor {
+            key: key.to_owned(),
+            dtype: dtype.code(),
+            shape: shape.iter().map(|&d| d as i64).collect(),
+            byte_offset: offset,
+            byte_length: bytes.len() as u64,
+            timestamp_ns,
+            encoding: pb::Encoding::Raw as i32,
+        });
+    }
+    if !small.is_empty() || (single_frame && payload.is_empty()) {
+        payload.push(Cow::Owned(small));
+    }
+    (descriptors, payload)
+}
+
 /// Envelope fields of one observation that do not come from the [`Observation`] itself:
 /// who sends it, to which model, and the model handle's defaults (the observation's own
 /// priority, deadline, actions remaining and control rate win over these).
@@ -175,44 +224,14 @@ pub fn encode_observation<'a>(
         ..Default::default()
     };
 
-    // Lay out the payload: small tensors joined (padded to their item size), large ones
-    // their own frame, in descriptor order so the logical payload is in that order too.
-    let mut payload: Vec<Cow<'a, [u8]>> = Vec::new();
-    let mut small: Vec<u8> = Vec::new();
-    let mut frame_start: u64 = 0; // logical offset of the frame being built (`small`)
-    for t in &obs.tensors {
-        let bytes: &'a [u8] = &t.bytes;
-        let item = t.dtype.item_size();
-        let own_frame = !params.single_payload_frame && bytes.len() > SMALL_TENSOR_BYTES;
-        let offset = if own_frame {
-            if !small.is_empty() {
-                frame_start += small.len() as u64;
-                payload.push(Cow::Owned(std::mem::take(&mut small)));
-            }
-            let at = frame_start;
-            frame_start += bytes.len() as u64;
-            payload.push(Cow::Borrowed(bytes));
-            at
-        } else {
-            let pad = (item - small.len() % item) % item;
-            small.resize(small.len() + pad, 0);
-            let at = frame_start + small.len() as u64;
-            small.extend_from_slice(bytes);
-            at
-        };
-        envelope.tensors.push(pb::Tensor {
-            key: t.key.clone(),
-            dtype: t.dtype.code(),
-            shape: t.shape.iter().map(|&d| d as i64).collect(),
-            byte_offset: offset,
-            byte_length: bytes.len() as u64,
-            timestamp_ns: params.timestamp_ns,
-            encoding: pb::Encoding::Raw as i32,
-        });
-    }
-    if !small.is_empty() || (params.single_payload_frame && payload.is_empty()) {
-        payload.push(Cow::Owned(small));
-    }
+    let (tensors, payload) = lay_out_payload(
+        obs.tensors
+            .iter()
+            .map(|t| (t.key.as_str(), t.dtype, &t.shape[..], &t.bytes[..])),
+        params.single_payload_frame,
+        params.timestamp_ns,
+    );
+    envelope.tensors = tensors;
     if payload.len() > limits.max_payload_frames {
         return Err(Error::invalid(format!(
             "{} payload frames, limit is {}",

@@ -36,9 +36,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
-use inferential::wire::server::{check_observation, encode_refusal, ObservationHead, TensorSpan};
+use inferential::wire::server::{
+    check_observation, encode_refusal, encode_reply, ObservationHead, ReplyChunk, ReplyHead,
+    ReplyTensor, TensorSpan,
+};
+use inferential::DType;
 use inferential::{Limits, Status};
-use pyo3::exceptions::{PyBufferError, PyOSError, PyRuntimeError};
+use pyo3::exceptions::{PyBufferError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyMemoryView, PyTuple};
@@ -1180,6 +1184,123 @@ impl Router {
         result
     }
 
+    /// Encodes a reply with the crate's `wire::server::encode_reply` and sends it as
+    /// `send` does (None when ZMQ took it, else why not). `timing`: (queue wait,
+    /// inference, total ms, batch size); `chunk`: (first action step or None, action
+    /// period ms, predicted and actual delay steps, valid until ns); `metadata`: the
+    /// string outputs; `tensors`: `[(key, dtype code, shape, C-contiguous little-endian
+    /// buffer)]`. ValueError when a receiver would refuse the reply (the caller words why
+    /// with the Python encoder) or a buffer does not hold its shape's bytes; nothing is
+    /// sent then.
+    #[pyo3(signature = (identity, client_id, model_id, request_id, peer_version, status, error, response_id, observation_timestamp_ns, retry_after_ms, timing, chunk, metadata, tensors))]
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        &self,
+        identity: &[u8],
+        client_id: &str,
+        model_id: &str,
+        request_id: u64,
+        peer_version: u32,
+        status: i32,
+        error: &str,
+        response_id: &str,
+        observation_timestamp_ns: u64,
+        retry_after_ms: u32,
+        timing: Option<(f32, f32, f32, u32)>,
+        chunk: Option<(Option<u64>, f32, f32, f32, u64)>,
+        metadata: Option<Vec<(String, String)>>,
+        tensors: &Bound<'_, PyList>,
+    ) -> PyResult<Option<&'static str>> {
+        let mut held: Vec<(String, DType, Vec<usize>, HeldBuffer)> =
+            Vec::with_capacity(tensors.len());
+        for item in tensors.iter() {
+            let (key, code, shape, array): (String, i32, Vec<usize>, Bound<'_, PyAny>) =
+                item.extract()?;
+            let dtype = DType::from_code(code).ok_or_else(|| {
+                PyValueError::new_err(format!("output '{key}': dtype code {code}"))
+            })?;
+            let buffer = HeldBuffer::new(&array)?;
+            let expected = shape
+                .iter()
+                .try_fold(dtype.item_size(), |acc, &d| acc.checked_mul(d));
+            if expected != Some(buffer.bytes().len()) {
+                return Err(PyValueError::new_err(format!(
+                    "output '{key}': {} bytes for shape {shape:?}",
+                    buffer.bytes().len()
+                )));
+            }
+            held.push((key, dtype, shape, buffer));
+        }
+        let views: Vec<ReplyTensor<'_>> = held
+            .iter()
+            .map(|(key, dtype, shape, buffer)| ReplyTensor {
+                key,
+                dtype: *dtype,
+                shape,
+                bytes: buffer.bytes(),
+            })
+            .collect();
+        let metadata = metadata.unwrap_or_default();
+        let pairs: Vec<(&str, &str)> = metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let head = ReplyHead {
+            client_id,
+            model_id,
+            request_id,
+            peer_version,
+            status,
+            error,
+            response_id,
+            now_ns: realtime_ns(),
+            observation_timestamp_ns,
+            retry_after_ms,
+            timing: timing.map(|(queue_wait_ms, inference_ms, total_ms, batch_size)| {
+                inferential::Timing {
+                    queue_wait_ms,
+                    inference_ms,
+                    total_ms,
+                    batch_size,
+                }
+            }),
+            chunk: chunk.map(
+                |(first_action_step, action_period_ms, predicted, actual, valid_until_ns)| {
+                    ReplyChunk {
+                        first_action_step,
+                        action_period_ms,
+                        predicted_delay_steps: predicted,
+                        actual_delay_steps: actual,
+                        valid_until_ns,
+                    }
+                },
+            ),
+        };
+        let (envelope, payload) = encode_reply(&head, &pairs, &views, &self.shared.limits)
+            .map_err(|_| PyValueError::new_err("the reply would break the protocol limits"))?;
+        let mut frames: Vec<&[u8]> = Vec::with_capacity(payload.len() + 3);
+        frames.extend([identity, &[][..], &envelope[..]]);
+        frames.extend(payload.iter().map(|f| &f[..]));
+        let guard = lock(&self.shared.sock);
+        let Some(sock) = guard.as_ref() else {
+            return Err(PyRuntimeError::new_err("the transport is closed"));
+        };
+        let result = match send_parts(sock.0, &frames) {
+            Ok(()) => Ok(None),
+            Err(err) => match send_failure(err) {
+                Some(why) => Ok(Some(why)),
+                None => Err(PyOSError::new_err(format!("zmq_send: errno {err}"))),
+            },
+        };
+        // As in `send`: look for input whose edge the send consumed, then wake the thread.
+        let wake = socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
+        drop(guard);
+        if wake {
+            self.shared.wake.signal();
+        }
+        result
+    }
+
     /// Stops the I/O thread and lets go of the socket (the Python transport closes it).
     /// Messages received and not taken are dropped. Idempotent.
     fn close(&self, py: Python<'_>) {
@@ -1201,6 +1322,39 @@ impl Router {
 enum Failure {
     Zmq(c_int),
     Python(PyErr),
+}
+
+/// A Python object's bytes (any C-contiguous buffer), held until dropped (with the GIL).
+struct HeldBuffer(ffi::Py_buffer);
+
+impl HeldBuffer {
+    fn new(obj: &Bound<'_, PyAny>) -> PyResult<HeldBuffer> {
+        // SAFETY: a zeroed Py_buffer filled by PyObject_GetBuffer, released once in Drop.
+        unsafe {
+            let mut view: ffi::Py_buffer = std::mem::zeroed();
+            if ffi::PyObject_GetBuffer(obj.as_ptr(), &mut view, ffi::PyBUF_SIMPLE) != 0 {
+                return Err(PyErr::fetch(obj.py()));
+            }
+            Ok(HeldBuffer(view))
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        let view = &self.0;
+        if view.len > 0 && !view.buf.is_null() {
+            // SAFETY: the exporter keeps `len` bytes at `buf` alive while the view is held.
+            unsafe { std::slice::from_raw_parts(view.buf as *const u8, view.len as usize) }
+        } else {
+            &[]
+        }
+    }
+}
+
+impl Drop for HeldBuffer {
+    fn drop(&mut self) {
+        // SAFETY: acquired in `new`; dropped by the method holding the GIL.
+        unsafe { ffi::PyBuffer_Release(&mut self.0) }
+    }
 }
 
 fn send_frame(sock: *mut c_void, frame: &Bound<'_, PyAny>, flags: c_int) -> Result<(), Failure> {

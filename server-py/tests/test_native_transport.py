@@ -146,6 +146,7 @@ def test_a_request_round_trips_with_tensors_and_metadata() -> None:
 
     with running_server(transport={"bind": "tcp://127.0.0.1:0", "native": "on"}) as (server, endpoint):
         assert isinstance(server._transport, NativeTransport)
+        assert server._ledger.native_reply is not None  # replies encoded by the module
         conn = Connection(endpoint, client_id="r1")
         try:
             x = np.arange(150_000, dtype=np.uint8).reshape(250, 600)

@@ -9,12 +9,16 @@
 //! check must never accept what the reference decoder refuses; refusing more is safe
 //! (the reference decoder then has the last word), so wherever a rule is subtle this
 //! errs on the side of refusing. Never panics, whatever the bytes.
+use std::borrow::Cow;
+
 use prost::Message as _;
 
+use crate::codec::lay_out_payload;
 use crate::pb;
 use crate::wire::dtype::DType;
 use crate::wire::limits::Limits;
 use crate::wire::status::Status;
+use crate::wire::tables;
 use crate::PROTOCOL_VERSION;
 
 /// Why [`check_observation`] did not accept the frames (for logs and tests; the reply's
@@ -134,6 +138,159 @@ pub fn encode_refusal(
         0
     };
     (resp.encode_to_vec(), payload_frames)
+}
+
+/// One output tensor of a reply: its bytes in C order, little-endian.
+#[derive(Debug, Clone)]
+pub struct ReplyTensor<'a> {
+    /// The output's key.
+    pub key: &'a str,
+    /// The element type.
+    pub dtype: DType,
+    /// The shape.
+    pub shape: &'a [usize],
+    /// `shape`'s product elements of `dtype`.
+    pub bytes: &'a [u8],
+}
+
+/// The action-chunk fields of an OK reply (`ModelResponse` fields 16-20).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReplyChunk {
+    /// The control step the chunk's first action is for, when the robot counts steps.
+    pub first_action_step: Option<u64>,
+    /// Time between the chunk's actions.
+    pub action_period_ms: f32,
+    /// The delay the server predicted at dispatch, in control steps.
+    pub predicted_delay_steps: f32,
+    /// The delay it took, in control steps.
+    pub actual_delay_steps: f32,
+    /// Unix epoch ns after which the chunk should not be used (0: no limit).
+    pub valid_until_ns: u64,
+}
+
+/// The fields of one reply besides its outputs.
+#[derive(Debug, Clone, Default)]
+pub struct ReplyHead<'a> {
+    /// The observation's `client.id`.
+    pub client_id: &'a str,
+    /// The observation's `model_id`.
+    pub model_id: &'a str,
+    /// The observation's `request_id`.
+    pub request_id: u64,
+    /// The observation's `protocol_version`: below 2, the 1.x layout (see [`encode_reply`]).
+    pub peer_version: u32,
+    /// The status's wire value.
+    pub status: i32,
+    /// Why, when the status is not OK.
+    pub error: &'a str,
+    /// The server-unique id of this reply.
+    pub response_id: &'a str,
+    /// When the reply was produced (Unix epoch ns).
+    pub now_ns: u64,
+    /// The observation's `timestamp_ns`, echoed.
+    pub observation_timestamp_ns: u64,
+    /// A hint for QUEUE_FULL and DEADLINE_UNMEETABLE (0: none).
+    pub retry_after_ms: u32,
+    /// Where the time went (`inference_latency_ms` repeats its `inference_ms`).
+    pub timing: Option<crate::Timing>,
+    /// The action-chunk fields of an OK reply.
+    pub chunk: Option<ReplyChunk>,
+}
+
+/// A reply whose outputs a receiver with the given limits would refuse (the server words
+/// why with its reference encoder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverLimits;
+
+/// A reply's envelope and its payload frames (borrowing the large tensors).
+pub type EncodedReply<'a> = (Vec<u8>, Vec<Cow<'a, [u8]>>);
+
+/// A reply: its envelope and payload frames (`frames[0]` is the first payload frame; the
+/// routing identity and the empty delimiter go before them). String `metadata` and the
+/// `tensors` are the model's outputs. A 1.x peer (`peer_version` < 2) gets exactly one
+/// payload frame (empty when there are no tensors) and, when the status is not OK, the
+/// status and error in metadata too. More payload frames than `limits` allow are joined
+/// into one. [`OverLimits`] when a receiver with `limits` would refuse the reply (a key,
+/// dimension, tensor or metadata count or length, or the size): checked before anything is
+/// sent, as libzmq would end the connection over a message beyond its size limit.
+pub fn encode_reply<'a>(
+    head: &ReplyHead<'_>,
+    metadata: &[(&str, &str)],
+    tensors: &[ReplyTensor<'a>],
+    limits: &Limits,
+) -> Result<EncodedReply<'a>, OverLimits> {
+    if tensors.len() > limits.max_tensors
+        || tensors
+            .iter()
+            .any(|t| t.key.len() > limits.max_key_bytes || t.shape.len() > limits.max_dims)
+        || metadata.len() > limits.max_metadata_entries
+        || metadata.iter().any(|(k, v)| {
+            k.is_empty()
+                || k.len() > limits.max_key_bytes
+                || v.len() > limits.max_metadata_value_bytes
+        })
+    {
+        return Err(OverLimits);
+    }
+    let v1 = head.peer_version < 2;
+    let (descriptors, mut payload) = lay_out_payload(
+        tensors.iter().map(|t| (t.key, t.dtype, t.shape, t.bytes)),
+        v1,
+        0,
+    );
+    if payload.len() > limits.max_payload_frames {
+        payload = vec![Cow::Owned(payload.concat())];
+    }
+    let mut resp = pb::ModelResponse {
+        client: Some(pb::Client {
+            id: head.client_id.to_owned(),
+            ..Default::default()
+        }),
+        response_id: head.response_id.to_owned(),
+        timestamp_ns: head.now_ns,
+        tensors: descriptors,
+        inference_latency_ms: head.timing.as_ref().map_or(0.0, |t| t.inference_ms),
+        model_id: head.model_id.to_owned(),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        request_id: head.request_id,
+        status: head.status,
+        error: head.error.to_owned(),
+        timing: head.timing.map(|t| pb::ServerTiming {
+            queue_wait_ms: t.queue_wait_ms,
+            inference_ms: t.inference_ms,
+            total_ms: t.total_ms,
+            batch_size: t.batch_size,
+        }),
+        protocol_version: PROTOCOL_VERSION,
+        retryable: tables::retryable(head.status).unwrap_or(false),
+        observation_timestamp_ns: head.observation_timestamp_ns,
+        retry_after_ms: head.retry_after_ms,
+        ..Default::default()
+    };
+    if let Some(chunk) = head.chunk {
+        resp.first_action_step = chunk.first_action_step;
+        resp.action_period_ms = chunk.action_period_ms;
+        resp.predicted_delay_steps = chunk.predicted_delay_steps;
+        resp.actual_delay_steps = chunk.actual_delay_steps;
+        resp.valid_until_ns = chunk.valid_until_ns;
+    }
+    if v1 && head.status != Status::Ok.code() {
+        resp.metadata
+            .insert("status".to_owned(), Status::from_code(head.status).name());
+        resp.metadata
+            .insert("error".to_owned(), head.error.to_owned());
+    }
+    let envelope = resp.encode_to_vec();
+    let size = payload
+        .iter()
+        .fold(envelope.len(), |acc, f| acc.saturating_add(f.len()));
+    if size > limits.max_message_bytes {
+        return Err(OverLimits);
+    }
+    Ok((envelope, payload))
 }
 
 fn text_ok(text: &str, max: usize, required: bool) -> bool {
@@ -455,5 +612,186 @@ mod tests {
             }
             let _ = check(&f);
         }
+    }
+
+    fn reply_frames(
+        head: &ReplyHead<'_>,
+        metadata: &[(&str, &str)],
+        tensors: &[ReplyTensor<'_>],
+    ) -> Vec<bytes::Bytes> {
+        let (envelope, payload) =
+            encode_reply(head, metadata, tensors, &Limits::default()).unwrap();
+        let mut frames = vec![bytes::Bytes::new(), bytes::Bytes::from(envelope)];
+        frames.extend(
+            payload
+                .into_iter()
+                .map(|f| bytes::Bytes::from(f.into_owned())),
+        );
+        frames
+    }
+
+    #[test]
+    fn a_reply_reads_back_through_the_client_decoder_field_for_field() {
+        let action = [0.5f32, -1.0, 2.0];
+        let image = vec![3u8; 4000]; // a frame of its own
+        let head = ReplyHead {
+            client_id: "r1",
+            model_id: "m",
+            request_id: 9,
+            peer_version: 2,
+            status: Status::Ok.code(),
+            response_id: "b-1",
+            now_ns: 5,
+            observation_timestamp_ns: 4,
+            timing: Some(crate::Timing {
+                queue_wait_ms: 0.25,
+                inference_ms: 1.5,
+                total_ms: 2.0,
+                batch_size: 3,
+            }),
+            chunk: Some(ReplyChunk {
+                first_action_step: Some(7),
+                action_period_ms: 20.0,
+                predicted_delay_steps: 1.0,
+                actual_delay_steps: 2.0,
+                valid_until_ns: 99,
+            }),
+            ..Default::default()
+        };
+        let tensors = [
+            ReplyTensor {
+                key: "action",
+                dtype: DType::Float32,
+                shape: &[3],
+                bytes: bytemuck::cast_slice(&action),
+            },
+            ReplyTensor {
+                key: "img",
+                dtype: DType::Uint8,
+                shape: &[40, 100],
+                bytes: &image,
+            },
+        ];
+        let frames = reply_frames(&head, &[("note", "hi")], &tensors);
+        assert_eq!(
+            frames.len(),
+            4,
+            "delimiter, envelope, the small frame, the image"
+        );
+        let reply = crate::codec::decode_reply(&frames, &Limits::default()).unwrap();
+        assert_eq!(
+            (reply.client_id(), reply.model_id(), reply.request_id().0),
+            ("r1", "m", 9)
+        );
+        assert_eq!(
+            (reply.status(), reply.error(), reply.retryable()),
+            (Status::Ok, "", false)
+        );
+        assert_eq!(reply.first_action_step(), Some(7));
+        let t = reply.timing().unwrap();
+        assert_eq!((t.inference_ms, t.batch_size), (1.5, 3));
+        assert_eq!(reply.metadata().get("note").map(String::as_str), Some("hi"));
+        let got = reply.tensor("action").unwrap();
+        assert_eq!(got.shape(), &[3]);
+        assert_eq!(&got.bytes()[..], bytemuck::cast_slice::<f32, u8>(&action));
+        assert_eq!(&reply.tensor("img").unwrap().bytes()[..], &image[..]);
+    }
+
+    #[test]
+    fn a_1x_peer_gets_one_payload_frame_and_a_failure_in_metadata_too() {
+        let head = ReplyHead {
+            client_id: "r1",
+            model_id: "m",
+            status: Status::QueueFull.code(),
+            error: "full",
+            response_id: "b-2",
+            ..Default::default()
+        };
+        let frames = reply_frames(&head, &[], &[]);
+        assert_eq!(frames.len(), 3);
+        assert!(frames[2].is_empty());
+        let env = pb::ModelResponse::decode(&frames[1][..]).unwrap();
+        assert!(env.retryable);
+        assert_eq!(
+            env.metadata.get("status").map(String::as_str),
+            Some("QUEUE_FULL")
+        );
+        assert_eq!(env.metadata.get("error").map(String::as_str), Some("full"));
+        let two = [1u16, 2];
+        let big = vec![1u8; 5000];
+        let ok = ReplyHead {
+            status: Status::Ok.code(),
+            ..head
+        };
+        let tensors = [
+            ReplyTensor {
+                key: "a",
+                dtype: DType::Uint16,
+                shape: &[2],
+                bytes: bytemuck::cast_slice(&two),
+            },
+            ReplyTensor {
+                key: "b",
+                dtype: DType::Uint8,
+                shape: &[5000],
+                bytes: &big,
+            },
+        ];
+        let frames = reply_frames(&ok, &[], &tensors);
+        assert_eq!(frames.len(), 3, "1.x: everything in one frame");
+        assert!(pb::ModelResponse::decode(&frames[1][..])
+            .unwrap()
+            .metadata
+            .is_empty());
+    }
+
+    #[test]
+    fn a_reply_a_receiver_would_refuse_is_not_encoded() {
+        let head = ReplyHead {
+            peer_version: 2,
+            status: 1,
+            ..Default::default()
+        };
+        let long = "k".repeat(Limits::default().max_key_bytes + 1);
+        let x = [0u8];
+        let over = [ReplyTensor {
+            key: &long,
+            dtype: DType::Uint8,
+            shape: &[1],
+            bytes: &x,
+        }];
+        assert_eq!(
+            encode_reply(&head, &[], &over, &Limits::default()).unwrap_err(),
+            OverLimits
+        );
+        assert!(encode_reply(&head, &[("", "v")], &[], &Limits::default()).is_err());
+        let small = Limits {
+            max_message_bytes: 100,
+            ..Limits::default()
+        };
+        let big = vec![0u8; 200];
+        let t = [ReplyTensor {
+            key: "x",
+            dtype: DType::Uint8,
+            shape: &[200],
+            bytes: &big,
+        }];
+        assert!(encode_reply(&head, &[], &t, &small).is_err());
+        let large = vec![1u8; 3000]; // each a frame of its own: three frames
+        let many: Vec<ReplyTensor<'_>> = (0..3)
+            .map(|_| ReplyTensor {
+                key: "x",
+                dtype: DType::Uint8,
+                shape: &[3000],
+                bytes: &large,
+            })
+            .collect();
+        let two_frames = Limits {
+            max_payload_frames: 2,
+            ..Limits::default()
+        };
+        let (_, payload) = encode_reply(&head, &[], &many, &two_frames).unwrap();
+        assert_eq!(payload.len(), 1, "joined into one frame");
+        assert_eq!(payload[0].len(), 9000);
     }
 }

@@ -239,6 +239,8 @@ class Server:
         self._transport.count = lambda event: self.metrics.increment("connection_events", {"event": event})
         self._transport.bind()
         self._ledger.transport = self._transport
+        if isinstance(self._transport, NativeTransport):
+            self._ledger.native_reply = self._transport.native_reply()
         self._push_shedding()
         self._transport.attach(self._loop, self._on_frames, self._engine.after_change)
         self._spawn(self._engine.run())

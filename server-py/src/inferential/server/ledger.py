@@ -32,8 +32,8 @@ from typing import Any, Callable, Container, Mapping, Optional
 
 from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest
-from inferential.server.chunking import reply_fields
-from inferential.server.protocol import Rejection, ReplyTiming, encode_reply
+from inferential.server.chunking import ChunkReply, reply_fields
+from inferential.server.protocol import Rejection, ReplyTiming, encode_reply, native_outputs, next_response_id
 from inferential.server.registry import ClientRegistry
 from inferential.server.reply_check import reply_violation
 from inferential.server.transport import RouterTransport
@@ -69,6 +69,9 @@ class Ledger:
         self.transport: Optional[RouterTransport] = None
         self.stopping = False
         self.replies_while_stopping = 0
+        #: The native module's ``Router.reply`` when the transport is native: replies it
+        #: can encode (array and string outputs) are encoded and sent without Python.
+        self.native_reply: Optional[Callable[..., Optional[str]]] = None
         #: The protocol limits every reply is checked against (set by the server; None: unchecked).
         self.limits: Optional[Limits] = None
         #: The models served: a rejection names its model in metrics only when it is one of
@@ -107,33 +110,43 @@ class Ledger:
                 self._metrics.increment("late_results_withheld", {"model": request.model_id})
         timing = timing or ReplyTiming()
         timing.total_ms = (now - request.arrival_ns) / 1e6
-        common = dict(
-            identity=request.identity,
-            client_id=request.client_id,
-            model_id=request.model_id,
-            request_id=request.request_id,
-            protocol_version=request.protocol_version,
-            timing=timing,
-            observation_timestamp_ns=request.observation_timestamp_ns,
-            now_ns=time.time_ns(),
-            retry_after_ms=request.retry_after_ms,  # set only by a QUEUE_FULL or DEADLINE_UNMEETABLE shed
-        )
         chunk = reply_fields(request, timing.total_ms) if status == _OK else None
-        if chunk is not None:
-            common["chunk"] = chunk
-        try:
-            frames = encode_reply(status=status, error=reason, outputs=outputs, **common)  # type: ignore[arg-type]
-            if outputs and self.limits is not None:  # what the robot would drop (or lose its connection over)
-                broken = reply_violation(frames, outputs, self.limits)
-                if broken is not None:
-                    logger.warning(
-                        "reply of %s to %s over the protocol limits: %s", request.model_id, request.client_id, broken
-                    )
-                    raise ValueError(f"the reply would break the protocol limits: {broken}")
-        except (TypeError, ValueError) as err:  # an output the wire cannot carry
-            status, reason = _MODEL_ERROR, f"model output cannot be sent: {err}"
-            frames = encode_reply(status=status, error=reason, **common)  # type: ignore[arg-type]
-        self.send(frames, request.identity, request.model_id, status, request.client_id)
+        native = self.native_reply
+        prepared = native_outputs(outputs) if native is not None else None
+        sent = False
+        if prepared is not None:
+            try:
+                failure = native(  # type: ignore[misc]
+                    request.identity,
+                    request.client_id,
+                    request.model_id,
+                    request.request_id,
+                    request.protocol_version,
+                    status,
+                    reason,
+                    next_response_id(),
+                    request.observation_timestamp_ns,
+                    request.retry_after_ms,
+                    (timing.queue_wait_ms, timing.inference_ms, timing.total_ms, timing.batch_size),
+                    None
+                    if chunk is None
+                    else (
+                        chunk.first_action_step,
+                        chunk.action_period_ms,
+                        chunk.predicted_delay_steps,
+                        chunk.actual_delay_steps,
+                        chunk.valid_until_ns,
+                    ),
+                    prepared[0],
+                    prepared[1],
+                )
+            except (TypeError, ValueError, BufferError, OverflowError):
+                pass  # e.g. over the protocol's limits: the Python encoder words why
+            else:
+                sent = True
+                self._sent(failure, request.identity, request.model_id, status, request.client_id)
+        if not sent:
+            status = self._encode_and_send(request, status, reason, outputs, timing, chunk)
         # Bookkeeping after the reply is on its way.
         labels = request_labels(request)
         metrics = self._metrics
@@ -153,6 +166,45 @@ class Ledger:
         robot = self._registry.robots.get(request.client_id)
         if robot is not None:
             robot.last_status = status_name(status)
+
+    def _encode_and_send(
+        self,
+        request: InferenceRequest,
+        status: int,
+        reason: str,
+        outputs: Optional[Mapping[str, Any]],
+        timing: ReplyTiming,
+        chunk: Optional[ChunkReply],
+    ) -> int:
+        """The reply encoded by ``protocol.encode_reply``, checked against the limits and
+        sent; the status sent (MODEL_ERROR when the outputs cannot go on the wire)."""
+        common = dict(
+            identity=request.identity,
+            client_id=request.client_id,
+            model_id=request.model_id,
+            request_id=request.request_id,
+            protocol_version=request.protocol_version,
+            timing=timing,
+            observation_timestamp_ns=request.observation_timestamp_ns,
+            now_ns=time.time_ns(),
+            retry_after_ms=request.retry_after_ms,  # set only by a QUEUE_FULL or DEADLINE_UNMEETABLE shed
+        )
+        if chunk is not None:
+            common["chunk"] = chunk
+        try:
+            frames = encode_reply(status=status, error=reason, outputs=outputs, **common)  # type: ignore[arg-type]
+            if outputs and self.limits is not None:  # what the robot would drop (or lose its connection over)
+                broken = reply_violation(frames, outputs, self.limits)
+                if broken is not None:
+                    logger.warning(
+                        "reply of %s to %s over the protocol limits: %s", request.model_id, request.client_id, broken
+                    )
+                    raise ValueError(f"the reply would break the protocol limits: {broken}")
+        except (TypeError, ValueError) as err:  # an output the wire cannot carry
+            status, reason = _MODEL_ERROR, f"model output cannot be sent: {err}"
+            frames = encode_reply(status=status, error=reason, **common)  # type: ignore[arg-type]
+        self.send(frames, request.identity, request.model_id, status, request.client_id)
+        return status
 
     def drop(self, req: InferenceRequest) -> None:
         """Settle ``req`` without a reply: its peer is known to be gone."""
@@ -203,9 +255,12 @@ class Ledger:
     def send(self, frames: list[Any], identity: bytes, model_id: str, status: int, client_id: str = "") -> None:
         transport = self.transport
         assert transport is not None
+        self._sent(transport.send(frames), identity, model_id, status, client_id)
+
+    def _sent(self, failure: Optional[str], identity: bytes, model_id: str, status: int, client_id: str) -> None:
+        """Count a reply handed to the transport (``failure``: why it could not take it)."""
         if self.stopping:
             self.replies_while_stopping += 1
-        failure = transport.send(frames)
         name = self._count_replies(model_id, status, 1)
         if failure is None:
             return

@@ -310,6 +310,11 @@ class NativeTransport(RouterTransport):
         now = _monotonic_ns() if now_ns is None else now_ns
         return max(0, now - self._ref_ns)
 
+    def native_reply(self) -> Optional[Any]:
+        """The module's ``Router.reply`` (a reply encoded and sent without Python; see
+        ``Ledger.answer``), None when the module does not have it or is not bound."""
+        return getattr(self._router, "reply", None) if self._router is not None else None
+
     def send(self, frames: list[Any]) -> Optional[str]:
         """Send now or never: None when handed to ZMQ, else why it could not be."""
         router = self._router

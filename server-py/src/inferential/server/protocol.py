@@ -24,6 +24,7 @@ from inferential.result import Timing
 from inferential.server.chunking import ChunkReply
 from inferential.wire import (
     DESCRIBE_KEY,
+    DTYPE_TO_NUMPY,
     PROTOCOL_VERSION,
     RETRYABLE,
     Limits,
@@ -263,6 +264,44 @@ def response_id_prefix(source: str) -> str:
     return f"{_boot}-{source}"
 
 
+def next_response_id() -> str:
+    """A server-unique response id for one reply (the ids :func:`encode_reply` gives)."""
+    return f"{_boot}-{next(_reply_counter):x}"
+
+
+# numpy dtype -> wire code of the arrays the native module encodes as they are: every wire
+# type numpy has, in this machine's byte order; not BFLOAT16 (its raw bits look like uint16).
+_NATIVE_CODES = {dt: code for code, dt in DTYPE_TO_NUMPY.items() if code != pb.BFLOAT16 and dt.isnative}
+
+
+def native_outputs(
+    outputs: Optional[Mapping[str, Any]],
+) -> Optional[tuple[Optional[list[tuple[str, str]]], list[tuple]]]:
+    """A model's outputs as the native module's ``Router.reply`` takes them: (string outputs
+    or None, ``[(key, dtype code, shape, array)]``). None when one needs the Python encoder
+    (``encode_reply``: a BFloat16, an array in another byte order or not C-contiguous,
+    anything not an array or a string), which then also words why it cannot be sent."""
+    tensors: list[tuple] = []
+    if not outputs:
+        return None, tensors
+    metadata: Optional[list[tuple[str, str]]] = None
+    codes = _NATIVE_CODES
+    for key, value in outputs.items():
+        if type(value) is np.ndarray:
+            dt = value.dtype
+            code = codes.get(dt) if dt.metadata is None else None
+            if code is None or not value.flags.c_contiguous:
+                return None
+            tensors.append((key, code, value.shape, value))
+        elif isinstance(value, str):
+            if metadata is None:
+                metadata = []
+            metadata.append((key, value))
+        else:
+            return None
+    return metadata, tensors
+
+
 # The 1.x-era name of the server's timing record: the proto's ServerTiming is one Python
 # class, inferential.Timing, on both sides. Kept while the server's engine still uses it.
 ReplyTiming = Timing
@@ -293,7 +332,7 @@ def encode_reply(
     """
     resp = pb.ModelResponse()
     resp.client.id = client_id
-    resp.response_id = f"{_boot}-{next(_reply_counter):x}"
+    resp.response_id = next_response_id()
     resp.timestamp_ns = now_ns
     resp.model_id = model_id
     resp.request_id = request_id
