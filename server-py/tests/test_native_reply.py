@@ -21,7 +21,7 @@ from inferential.config.schema import TransportConfig
 from inferential.result import Timing
 from inferential.server.chunking import ChunkReply
 from inferential.server.native_transport import NativeTransport
-from inferential.server.protocol import encode_reply, native_outputs, next_response_id
+from inferential.server.protocol import encode_reply, native_chunk, native_outputs, native_timing, next_response_id
 from inferential.wire import BFloat16, Limits, Status
 
 pytest.importorskip("inferential_native")
@@ -54,70 +54,23 @@ def pair() -> Iterator[tuple[NativeTransport, zmq.Socket]]:
         t.close()
 
 
-def _native(
-    t: NativeTransport,
-    version: int,
-    status: int,
-    error: str,
-    outputs: Any,
-    timing: Optional[Timing],
-    chunk: Optional[ChunkReply],
-    retry_after_ms: int = 0,
-) -> Optional[str]:
+def _native(t: NativeTransport, version: int, status: int, error: str, outputs: Any, timing: Optional[Timing],
+            chunk: Optional[ChunkReply], retry_after_ms: int = 0) -> Optional[str]:  # fmt: skip
     prepared = native_outputs(outputs)
     assert prepared is not None
     reply = t.native_reply()
     assert reply is not None
-    return reply(
-        PEER,
-        "r1",
-        "policy",
-        42,
-        version,
-        status,
-        error,
-        next_response_id(),
-        123_456,
-        retry_after_ms,
-        None if timing is None else (timing.queue_wait_ms, timing.inference_ms, timing.total_ms, timing.batch_size),
-        None
-        if chunk is None
-        else (
-            chunk.first_action_step,
-            chunk.action_period_ms,
-            chunk.predicted_delay_steps,
-            chunk.actual_delay_steps,
-            chunk.valid_until_ns,
-        ),
-        *prepared,
-    )
+    return reply(PEER, "r1", "policy", 42, version, status, error, next_response_id(), 123_456, retry_after_ms,
+                 native_timing(timing), native_chunk(chunk), *prepared)  # fmt: skip
 
 
-def _python(
-    t: NativeTransport,
-    version: int,
-    status: int,
-    error: str,
-    outputs: Any,
-    timing: Optional[Timing],
-    chunk: Optional[ChunkReply],
-    retry_after_ms: int = 0,
-) -> Optional[str]:
+def _python(t: NativeTransport, version: int, status: int, error: str, outputs: Any, timing: Optional[Timing],
+            chunk: Optional[ChunkReply], retry_after_ms: int = 0) -> Optional[str]:  # fmt: skip
     frames = encode_reply(
-        identity=PEER,
-        client_id="r1",
-        model_id="policy",
-        request_id=42,
-        protocol_version=version,
-        status=status,
-        error=error,
-        outputs=outputs,
-        timing=timing,
-        observation_timestamp_ns=123_456,
-        now_ns=time.time_ns(),
-        retry_after_ms=retry_after_ms,
-        chunk=chunk,
-    )
+        identity=PEER, client_id="r1", model_id="policy", request_id=42, protocol_version=version, status=status,
+        error=error, outputs=outputs, timing=timing, observation_timestamp_ns=123_456, now_ns=time.time_ns(),
+        retry_after_ms=retry_after_ms, chunk=chunk,
+    )  # fmt: skip
     return t.send(frames)
 
 

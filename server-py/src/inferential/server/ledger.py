@@ -33,7 +33,15 @@ from typing import Any, Callable, Container, Mapping, Optional
 from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest
 from inferential.server.chunking import ChunkReply, reply_fields
-from inferential.server.protocol import Rejection, ReplyTiming, encode_reply, native_outputs, next_response_id
+from inferential.server.protocol import (
+    Rejection,
+    ReplyTiming,
+    encode_reply,
+    native_chunk,
+    native_outputs,
+    native_timing,
+    next_response_id,
+)
 from inferential.server.registry import ClientRegistry
 from inferential.server.reply_check import reply_violation
 from inferential.server.transport import RouterTransport
@@ -127,16 +135,8 @@ class Ledger:
                     next_response_id(),
                     request.observation_timestamp_ns,
                     request.retry_after_ms,
-                    (timing.queue_wait_ms, timing.inference_ms, timing.total_ms, timing.batch_size),
-                    None
-                    if chunk is None
-                    else (
-                        chunk.first_action_step,
-                        chunk.action_period_ms,
-                        chunk.predicted_delay_steps,
-                        chunk.actual_delay_steps,
-                        chunk.valid_until_ns,
-                    ),
+                    native_timing(timing),
+                    native_chunk(chunk),
                     prepared[0],
                     prepared[1],
                 )

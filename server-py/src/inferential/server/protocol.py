@@ -302,6 +302,26 @@ def native_outputs(
     return metadata, tensors
 
 
+def native_timing(timing: Optional[Timing]) -> Optional[tuple[float, float, float, int]]:
+    """``timing`` as ``Router.reply`` takes it."""
+    if timing is None:
+        return None
+    return (timing.queue_wait_ms, timing.inference_ms, timing.total_ms, timing.batch_size)
+
+
+def native_chunk(chunk: Optional[ChunkReply]) -> Optional[tuple[Optional[int], float, float, float, int]]:
+    """``chunk`` as ``Router.reply`` takes it."""
+    if chunk is None:
+        return None
+    return (
+        chunk.first_action_step,
+        chunk.action_period_ms,
+        chunk.predicted_delay_steps,
+        chunk.actual_delay_steps,
+        chunk.valid_until_ns,
+    )
+
+
 # The 1.x-era name of the server's timing record: the proto's ServerTiming is one Python
 # class, inferential.Timing, on both sides. Kept while the server's engine still uses it.
 ReplyTiming = Timing
