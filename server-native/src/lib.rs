@@ -724,6 +724,9 @@ struct Router {
     policy: Mutex<Option<ShedPolicy>>,
     counts: Mutex<ShedCounts>,
     refused: AtomicU64,
+    /// Replies sent by `reply`, for their response ids (`reply_prefix` + the count in hex).
+    replied: AtomicU64,
+    reply_prefix: Mutex<String>,
 }
 
 /// Why ZMQ did not take a message, in the words of the Python transport.
@@ -883,6 +886,8 @@ impl Router {
             policy: Mutex::new(None),
             counts: Mutex::new(ShedCounts::default()),
             refused: AtomicU64::new(0),
+            replied: AtomicU64::new(0),
+            reply_prefix: Mutex::new("r-".to_owned()),
         })
     }
 
@@ -1185,14 +1190,15 @@ impl Router {
     }
 
     /// Encodes a reply with the crate's `wire::server::encode_reply` and sends it as
-    /// `send` does (None when ZMQ took it, else why not). `timing`: (queue wait,
-    /// inference, total ms, batch size); `chunk`: (first action step or None, action
-    /// period ms, predicted and actual delay steps, valid until ns); `metadata`: the
-    /// string outputs; `tensors`: `[(key, dtype code, shape, C-contiguous little-endian
-    /// buffer)]`. ValueError when a receiver would refuse the reply (the caller words why
-    /// with the Python encoder) or a buffer does not hold its shape's bytes; nothing is
-    /// sent then.
-    #[pyo3(signature = (identity, client_id, model_id, request_id, peer_version, status, error, response_id, observation_timestamp_ns, retry_after_ms, timing, chunk, metadata, tensors))]
+    /// `send` does (None when ZMQ took it, else why not). Its response id is the prefix of
+    /// `set_reply_prefix` and a counter. `timing`: (queue wait, inference, total ms, batch
+    /// size); `chunk`: (first action step or None, action period ms, predicted and actual
+    /// delay steps, valid until ns); `metadata`: the string outputs; `tensors`: `[(key,
+    /// dtype code, shape, C-contiguous little-endian buffer)]`. `check_input` false: the
+    /// caller sends more replies at once and calls `check_input` after the last (see
+    /// there). ValueError when a receiver would refuse the reply (the caller words why with
+    /// the Python encoder) or a buffer does not hold its shape's bytes; nothing is sent then.
+    #[pyo3(signature = (identity, client_id, model_id, request_id, peer_version, status, error, observation_timestamp_ns, retry_after_ms, timing, chunk, metadata, tensors, check_input=true))]
     #[allow(clippy::too_many_arguments)]
     fn reply(
         &self,
@@ -1203,13 +1209,13 @@ impl Router {
         peer_version: u32,
         status: i32,
         error: &str,
-        response_id: &str,
         observation_timestamp_ns: u64,
         retry_after_ms: u32,
         timing: Option<(f32, f32, f32, u32)>,
         chunk: Option<(Option<u64>, f32, f32, f32, u64)>,
         metadata: Option<Vec<(String, String)>>,
         tensors: &Bound<'_, PyList>,
+        check_input: bool,
     ) -> PyResult<Option<&'static str>> {
         let mut held: Vec<(String, DType, Vec<usize>, HeldBuffer)> =
             Vec::with_capacity(tensors.len());
@@ -1245,6 +1251,8 @@ impl Router {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        let n = self.replied.fetch_add(1, Ordering::Relaxed) + 1;
+        let response_id = format!("{}{n:x}", lock(&self.reply_prefix));
         let head = ReplyHead {
             client_id,
             model_id,
@@ -1252,7 +1260,7 @@ impl Router {
             peer_version,
             status,
             error,
-            response_id,
+            response_id: &response_id,
             now_ns: realtime_ns(),
             observation_timestamp_ns,
             retry_after_ms,
@@ -1293,12 +1301,34 @@ impl Router {
             },
         };
         // As in `send`: look for input whose edge the send consumed, then wake the thread.
-        let wake = socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
+        let wake = check_input
+            && socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
         drop(guard);
         if wake {
             self.shared.wake.signal();
         }
         result
+    }
+
+    /// After replies sent with `check_input` false: wakes the I/O thread when input is
+    /// waiting. (A send can consume the edge of ZMQ's descriptor for input that arrived
+    /// meanwhile, and the thread waits for that edge; reading `ZMQ_EVENTS` costs a system
+    /// call, so a batch's replies read it once, after the last.)
+    fn check_input(&self) {
+        let guard = lock(&self.shared.sock);
+        let wake = guard.as_ref().is_some_and(|sock| {
+            socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0)
+        });
+        drop(guard);
+        if wake {
+            self.shared.wake.signal();
+        }
+    }
+
+    /// The start of the response ids `reply` gives (a counter in hex follows), so that
+    /// they stay unique among the server's other replies.
+    fn set_reply_prefix(&self, prefix: String) {
+        *lock(&self.reply_prefix) = prefix;
     }
 
     /// Stops the I/O thread and lets go of the socket (the Python transport closes it).

@@ -21,7 +21,7 @@ from inferential.config.schema import TransportConfig
 from inferential.result import Timing
 from inferential.server.chunking import ChunkReply
 from inferential.server.native_transport import NativeTransport
-from inferential.server.protocol import encode_reply, native_chunk, native_outputs, native_timing, next_response_id
+from inferential.server.protocol import encode_reply, native_chunk, native_outputs, native_timing, response_id_prefix
 from inferential.wire import BFloat16, Limits, Status
 
 pytest.importorskip("inferential_native")
@@ -58,9 +58,9 @@ def _native(t: NativeTransport, version: int, status: int, error: str, outputs: 
             chunk: Optional[ChunkReply], retry_after_ms: int = 0) -> Optional[str]:  # fmt: skip
     prepared = native_outputs(outputs)
     assert prepared is not None
-    reply = t.native_reply()
-    assert reply is not None
-    return reply(PEER, "r1", "policy", 42, version, status, error, next_response_id(), 123_456, retry_after_ms,
+    native = t.native_reply()
+    assert native is not None
+    return native[0](PEER, "r1", "policy", 42, version, status, error, 123_456, retry_after_ms,
                  native_timing(timing), native_chunk(chunk), *prepared)  # fmt: skip
 
 
@@ -170,7 +170,7 @@ def test_a_reply_over_the_limits_is_refused_and_nothing_is_sent(pair: tuple[Nati
             _native(t, 2, int(Status.OK), "", outputs, TIMING, None)
     assert dealer.poll(200) == 0, "a refused reply was sent anyway"
     # A buffer that does not hold its shape's bytes is refused too.
-    reply = t.native_reply()
+    reply, _ = t.native_reply()
     with pytest.raises(ValueError, match="bytes for shape"):
         reply(
             PEER,
@@ -180,7 +180,6 @@ def test_a_reply_over_the_limits_is_refused_and_nothing_is_sent(pair: tuple[Nati
             2,
             int(Status.OK),
             "",
-            "id",
             0,
             0,
             None,
@@ -192,6 +191,22 @@ def test_a_reply_over_the_limits_is_refused_and_nothing_is_sent(pair: tuple[Nati
 
 def test_a_reply_to_a_peer_that_is_gone_says_so(pair: tuple[NativeTransport, zmq.Socket]) -> None:
     t, _ = pair
-    reply = t.native_reply()
-    got = reply(b"nobody", "r1", "m", 1, 2, int(Status.OK), "", "id", 0, 0, None, None, None, [])
+    reply, _ = t.native_reply()
+    got = reply(b"nobody", "r1", "m", 1, 2, int(Status.OK), "", 0, 0, None, None, None, [])
     assert got == "peer disconnected"
+
+
+def test_replies_carry_unique_ids_and_a_batch_checks_for_input_once(pair: tuple[NativeTransport, zmq.Socket]) -> None:
+    t, dealer = pair
+    reply, check_input = t.native_reply()
+    ids = []
+    for i in range(5):
+        # All but the last without the input check, as the replies of one batch go.
+        assert reply(PEER, "r1", "m", i, 2, int(Status.OK), "", 0, 0, None, None, None, [], i == 4) is None
+        resp, _ = parse_reply(dealer.recv_multipart(copy=False), LIMITS)
+        assert resp.request_id == i
+        ids.append(resp.response_id)
+    check_input()
+    assert len(set(ids)) == 5
+    assert all(i.startswith(response_id_prefix("r")) for i in ids)
+    assert not any(i.startswith(response_id_prefix("n")) for i in ids), "the prefix of the module's refusals"

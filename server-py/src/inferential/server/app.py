@@ -240,7 +240,9 @@ class Server:
         self._transport.bind()
         self._ledger.transport = self._transport
         if isinstance(self._transport, NativeTransport):
-            self._ledger.native_reply = self._transport.native_reply()
+            native = self._transport.native_reply()
+            if native is not None:
+                self._ledger.native_reply, self._ledger.native_check = native
         self._push_shedding()
         self._transport.attach(self._loop, self._on_frames, self._engine.after_change)
         self._spawn(self._engine.run())

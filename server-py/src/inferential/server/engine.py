@@ -623,20 +623,21 @@ class Engine:
         max_age_ms = self.config.scheduling.action_max_age_ms
         self._mark_mismatches(model, batch, infer_ms)
         replies_from = self.clock()
-        for r, out in zip(batch, outcomes, strict=False):  # lengths: the backend contract
-            # Per request, labelled by robot as the published README's callbacks expect.
-            record("inference_latency_ms", infer_ms, request_labels(r))
-            timing = ReplyTiming(
-                queue_wait_ms=(start - r.arrival_ns) / 1e6,
-                inference_ms=infer_ms,
-                batch_size=len(batch),
-            )
-            if isinstance(out, BaseException):
-                answer(r, _MODEL_ERROR, f"{type(out).__name__}: {out}", timing=timing)
-            else:
-                if r.control_rate_hz > 0 or max_age_ms is not None:
-                    r.valid_until_ns = valid_until_ns(r, out, max_age_ms)
-                answer(r, _OK, outputs=out, timing=timing)
+        with self.ledger.replies():
+            for r, out in zip(batch, outcomes, strict=False):  # lengths: the backend contract
+                # Per request, labelled by robot as the published README's callbacks expect.
+                record("inference_latency_ms", infer_ms, request_labels(r))
+                timing = ReplyTiming(
+                    queue_wait_ms=(start - r.arrival_ns) / 1e6,
+                    inference_ms=infer_ms,
+                    batch_size=len(batch),
+                )
+                if isinstance(out, BaseException):
+                    answer(r, _MODEL_ERROR, f"{type(out).__name__}: {out}", timing=timing)
+                else:
+                    if r.control_rate_hz > 0 or max_age_ms is not None:
+                        r.valid_until_ns = valid_until_ns(r, out, max_age_ms)
+                    answer(r, _OK, outputs=out, timing=timing)
         self._measure_server(len(batch), self.clock() - replies_from)
         self._after_batch()
 

@@ -25,10 +25,11 @@ requests silently rather than sending to a peer already known to be gone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Callable, Container, Mapping, Optional
+from typing import Any, Callable, Container, Iterator, Mapping, Optional
 
 from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest
@@ -40,7 +41,6 @@ from inferential.server.protocol import (
     native_chunk,
     native_outputs,
     native_timing,
-    next_response_id,
 )
 from inferential.server.registry import ClientRegistry
 from inferential.server.reply_check import reply_violation
@@ -80,6 +80,10 @@ class Ledger:
         #: The native module's ``Router.reply`` when the transport is native: replies it
         #: can encode (array and string outputs) are encoded and sent without Python.
         self.native_reply: Optional[Callable[..., Optional[str]]] = None
+        #: ``Router.check_input``, once after the replies of a batch (``replies``).
+        self.native_check: Optional[Callable[[], None]] = None
+        self._in_batch = False
+        self._unchecked = False
         #: The protocol limits every reply is checked against (set by the server; None: unchecked).
         self.limits: Optional[Limits] = None
         #: The models served: a rejection names its model in metrics only when it is one of
@@ -93,6 +97,21 @@ class Ledger:
         self.withhold_late = True
         #: Results withheld so far.
         self.withheld = 0
+
+    @contextlib.contextmanager
+    def replies(self) -> Iterator[None]:
+        """Around the replies of one batch: the native module looks for input its sends may
+        have hidden from its I/O thread once, after the last (``Router.check_input``),
+        instead of after each (a system call)."""
+        self._in_batch = True
+        try:
+            yield
+        finally:
+            self._in_batch = False
+            if self._unchecked:
+                self._unchecked = False
+                assert self.native_check is not None
+                self.native_check()
 
     def answer(
         self,
@@ -132,18 +151,19 @@ class Ledger:
                     request.protocol_version,
                     status,
                     reason,
-                    next_response_id(),
                     request.observation_timestamp_ns,
                     request.retry_after_ms,
                     native_timing(timing),
                     native_chunk(chunk),
                     prepared[0],
                     prepared[1],
+                    not self._in_batch,
                 )
             except (TypeError, ValueError, BufferError, OverflowError):
                 pass  # e.g. over the protocol's limits: the Python encoder words why
             else:
                 sent = True
+                self._unchecked = self._in_batch
                 self._sent(failure, request.identity, request.model_id, status, request.client_id)
         if not sent:
             status = self._encode_and_send(request, status, reason, outputs, timing, chunk)

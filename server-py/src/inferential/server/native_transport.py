@@ -37,7 +37,7 @@ from inferential._proto import inferential_pb2 as pb
 from inferential.config.schema import TransportConfig
 from inferential.server.curve import CurveKeys
 from inferential.server.early import StreamKey, remember_budget
-from inferential.server.protocol import Decoded
+from inferential.server.protocol import Decoded, response_id_prefix
 from inferential.server.transport import RouterTransport
 from inferential.wire import DTYPE_TO_NUMPY
 
@@ -310,10 +310,15 @@ class NativeTransport(RouterTransport):
         now = _monotonic_ns() if now_ns is None else now_ns
         return max(0, now - self._ref_ns)
 
-    def native_reply(self) -> Optional[Any]:
+    def native_reply(self) -> Optional[tuple[Any, Any]]:
         """The module's ``Router.reply`` (a reply encoded and sent without Python; see
-        ``Ledger.answer``), None when the module does not have it or is not bound."""
-        return getattr(self._router, "reply", None) if self._router is not None else None
+        ``Ledger.answer``) and ``Router.check_input`` (after replies sent without the input
+        check), None when the module does not have them or is not bound."""
+        router = self._router
+        if router is None or not hasattr(router, "reply"):
+            return None
+        router.set_reply_prefix(response_id_prefix("r"))
+        return router.reply, router.check_input
 
     def send(self, frames: list[Any]) -> Optional[str]:
         """Send now or never: None when handed to ZMQ, else why it could not be."""
