@@ -270,3 +270,18 @@ def test_the_sleep_stand_in_takes_its_stated_time_on_average_whatever_sleep_over
     assert took[0] == pytest.approx(6.4, abs=0.01)  # the first call has nothing to correct with
     assert sum(took[-50:]) / 50 == pytest.approx(6.0, abs=0.01)
     assert model._correction_s == pytest.approx(0.0004, abs=0.00001)
+
+
+def test_known_clients_are_found_by_id_as_the_list_changes() -> None:
+    from inferential.config.schema import ClientsConfig, KnownClient
+
+    clients = ClientsConfig(
+        known=[KnownClient(id="a", priority=1), KnownClient(id="b"), KnownClient(id="a", priority=5)]
+    )
+    assert clients.get("a").priority == 1  # the first entry with an id wins, as before
+    assert clients.get("b") is not None and clients.get("c") is None
+    clients.known.append(KnownClient(id="c"))  # in place
+    assert clients.get("c") is not None
+    clients.known = [KnownClient(id="d")]  # replaced (a reload)
+    assert clients.get("a") is None and clients.get("d") is not None
+    assert ClientsConfig().get("a") is None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -145,11 +145,18 @@ class ClientsConfig(_Section):
     # silent longest is forgotten (client ids are self-declared: an attacker can invent many).
     max_tracked: int = Field(10000, ge=1)
 
+    # id -> the first entry with it, for the list it was built from (admission asks several
+    # times per observation: a scan of a configured fleet each time would grow with it).
+    _index: Optional[tuple[list[KnownClient], int, dict[str, KnownClient]]] = PrivateAttr(default=None)
+
     def get(self, client_id: str) -> Optional[KnownClient]:
-        for c in self.known:
-            if c.id == client_id:
-                return c
-        return None
+        known = self.known
+        if not known:
+            return None
+        index = self._index
+        if index is None or index[0] is not known or index[1] != len(known):
+            index = self._index = (known, len(known), {c.id: c for c in reversed(known)})
+        return index[2].get(client_id)
 
 
 class ResponseTrackingConfig(_Section):
