@@ -308,6 +308,55 @@ def test_a_reply_over_the_protocol_limits_is_answered_model_error_and_the_client
     assert after.ok
 
 
+def odd(inputs):
+    """Outputs the native encoder hands to the Python one (not C-contiguous, another byte
+    order, an ndarray subclass): each must reach the robot as it is."""
+    grid = np.arange(12, dtype=np.float32).reshape(3, 4)
+    return {
+        "fortran": np.asfortranarray(grid),
+        "strided": grid[:, 1],
+        "big_endian": np.arange(4, dtype=">f8"),
+        "masked": np.ma.masked_array([1.0, 2.0], mask=[False, True]),
+    }
+
+
+def plain(inputs):
+    """Outputs the native encoder takes as they are, the unusual ones among them."""
+    frozen = np.arange(5, dtype=np.int32)
+    frozen.setflags(write=False)
+    return {"read_only": frozen, "scalar": np.array(2.5, dtype=np.float64), "empty": np.zeros((0, 3)), "note": "ok"}
+
+
+def bad_key(inputs):
+    """A model whose output dict has a key that is not a string."""
+    return {7: np.zeros(1, np.float32)}
+
+
+def test_outputs_in_any_layout_reach_the_robot_and_a_bad_key_is_a_model_error():
+    from inferential import Connection
+    from inferential.errors import ModelError
+
+    models = {"odd": odd, "plain": plain, "bad_key": bad_key, "noop": "inferential.models.testing:NoOp"}
+    with running_server(models=models) as (_, ep):
+        with Connection(ep, client_id="r1") as conn:
+            x = np.zeros(1, np.float32)
+            got = conn.model("odd").request(timeout_ms=5000, x=x)
+            simple = conn.model("plain").request(timeout_ms=5000, x=x)
+            with pytest.raises(ModelError, match="not a string"):
+                conn.model("bad_key").request(timeout_ms=5000, x=x)
+            after = conn.model("noop").request(timeout_ms=5000, x=x)
+    grid = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(got["fortran"], grid)
+    np.testing.assert_array_equal(got["strided"], grid[:, 1])
+    np.testing.assert_array_equal(got["big_endian"], np.arange(4, dtype=np.float64))
+    np.testing.assert_array_equal(got["masked"], [1.0, 2.0])  # the data; a mask does not travel
+    np.testing.assert_array_equal(simple["read_only"], np.arange(5, dtype=np.int32))
+    assert simple["scalar"].shape == () and float(simple["scalar"]) == 2.5
+    assert simple["empty"].shape == (0, 3)
+    assert simple.metadata["note"] == "ok"
+    assert after.ok
+
+
 def test_an_oversized_message_with_a_readable_envelope_is_answered_with_its_request_id():
     limit = 1024 * 1024
     with running_server(transport={"max_message_bytes": limit}) as (_, endpoint):
