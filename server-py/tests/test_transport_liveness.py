@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import zmq
 
@@ -149,3 +150,39 @@ def test_a_robot_hanging_up_while_the_server_closes_leaves_its_zmq_context_worki
     )  # fmt: skip
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
     assert "served" in proc.stdout, proc.stdout
+
+
+def test_the_backlog_bound_counts_only_selects_that_could_wait() -> None:
+    """A drain that stops at its burst leaves messages queued and schedules itself again, so
+    the loop's next select has a timeout of 0: it proves nothing about the queue, and the bound
+    must keep growing from the moment the queue was last empty (a bound reset by such selects
+    let observations queued for 0.25 s pass as fresh)."""
+    from inferential.server import transport as tr
+
+    class Inner:
+        def select(self, timeout):
+            if timeout is None:
+                time.sleep(0.003)  # waited until a message woke it
+            return []
+
+    t = RouterTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
+    try:
+        ms = 1_000_000
+        sel = tr._TimedSelector(Inner())
+        t._selector = sel
+        t.empty_ns = 1000 * ms  # the queue last seen empty
+        sel.select(0)  # the loop only looked (callbacks ready)
+        assert t.backlog_bound_ns(1300 * ms) == 300 * ms
+        # A select that could wait, begun after the queue was empty: a message read after it
+        # arrived during the wait (it woke the loop) or while the loop was busy before it, so
+        # the wait itself is left out of the bound.
+        t.empty_ns = tr._monotonic_ns()
+        sel.select(None)
+        now = sel.woke + 5 * ms
+        bound = t.backlog_bound_ns(now)
+        assert bound == (now - sel.woke) + (sel.began - t.empty_ns)
+        assert bound <= now - t.empty_ns - 3 * ms
+        sel.select(0.0)
+        assert t.backlog_bound_ns(now) == now - t.empty_ns
+    finally:
+        t.close()

@@ -41,16 +41,19 @@ class _TimedSelector:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.began = 0  # start of the latest wait
+        self.began = 0  # start of the latest call
         self.woke = 0  # its end
-        self.woke_before = 0  # end of the wait before it
+        #: Whether the latest call could wait (a timeout of 0 only looks: the loop had
+        #: callbacks ready, e.g. a drain that left messages queued, and proves nothing)
+        self.blocking = False
 
     def select(self, timeout: Optional[float] = None) -> Any:
         self.began = _monotonic_ns()
+        self.blocking = timeout is None or timeout > 0
         try:
             return self.inner.select(timeout)
         finally:
-            self.woke_before, self.woke = self.woke, _monotonic_ns()
+            self.woke = _monotonic_ns()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -219,18 +222,22 @@ class RouterTransport:
         """The longest a message read now can have waited in the receive queue.
 
         The queue was empty at ``empty_ns``, so a message read now arrived after it.
-        When the loop waited in ``select`` since then, a message there before the wait
-        would have ended it at once, and one arriving during it woke the loop: it
-        waited at most since the loop woke, plus the time the loop was busy before
-        that wait (since it last woke or found the queue empty, whichever is later).
+        When the loop's latest ``select`` since then could wait, a message there before
+        it would have ended it at once, and one arriving during it woke the loop: it
+        waited at most since the loop woke, plus the time the loop was busy between
+        finding the queue empty and that wait. A ``select`` that could not wait (the
+        loop had callbacks ready) proves nothing: a drain that stopped at its burst
+        leaves messages queued, and their edge of ZMQ's descriptor is already spent, so
+        the bound is then the time since the queue was last empty. (Counting such calls
+        as waits made the bound a burst's length while observations queued for a
+        quarter of a second, which the server then took as fresh: docs/performance.md.)
         """
         now = _monotonic_ns() if now_ns is None else now_ns
         empty = self.empty_ns
         sel = self._selector
-        if sel is None or sel.began < empty:
+        if sel is None or sel.began < empty or not sel.blocking:
             return max(0, now - empty)
-        busy_before = max(0, sel.began - max(empty, sel.woke_before))
-        return max(0, now - sel.woke) + busy_before
+        return max(0, now - sel.woke) + max(0, sel.began - empty)
 
     def send(self, frames: list[Any]) -> Optional[str]:
         """Send now or never: None when handed to ZMQ, else why it could not be."""
