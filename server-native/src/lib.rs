@@ -738,6 +738,24 @@ fn send_failure(err: c_int) -> Option<&'static str> {
     }
 }
 
+/// Whether input is waiting on the socket (the caller holds its lock). A send can consume
+/// the edge of ZMQ's descriptor for input that arrived meanwhile, and the I/O thread waits for
+/// that edge: after sending, a caller that finds input waiting wakes the thread.
+fn input_waiting(sock: *mut c_void) -> bool {
+    socket_int(sock, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0)
+}
+
+/// A failed send as `send` and `reply` report it: why ZMQ did not take it, or an OSError.
+fn send_result(sent: Result<(), c_int>) -> PyResult<Option<&'static str>> {
+    match sent {
+        Ok(()) => Ok(None),
+        Err(err) => match send_failure(err) {
+            Some(why) => Ok(Some(why)),
+            None => Err(PyOSError::new_err(format!("zmq_send: errno {err}"))),
+        },
+    }
+}
+
 /// Sends the frames as one message without waiting (the caller holds the socket's lock).
 fn send_parts(sock: *mut c_void, frames: &[&[u8]]) -> Result<(), c_int> {
     let last = frames.len().saturating_sub(1);
@@ -815,7 +833,7 @@ impl Router {
             }
         }
         if let Some(sock) = guard.as_ref() {
-            wake = socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
+            wake = input_waiting(sock.0);
         }
         drop(guard);
         if wake {
@@ -1165,10 +1183,7 @@ impl Router {
             match send_frame(sock.0, &frame, flags) {
                 Ok(()) => {}
                 Err(Failure::Zmq(err)) => {
-                    result = match send_failure(err) {
-                        Some(why) => Ok(Some(why)),
-                        None => Err(PyOSError::new_err(format!("zmq_send: errno {err}"))),
-                    };
+                    result = send_result(Err(err));
                     break;
                 }
                 Err(Failure::Python(e)) => {
@@ -1181,7 +1196,7 @@ impl Router {
         // wake the I/O thread to look. The wake-up is signalled after the lock is let go: a
         // woken thread that preempts this one must not find the lock held. (Waking it only
         // when it waits on the descriptor lost wake-ups: a server stalled.)
-        let wake = socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
+        let wake = input_waiting(sock.0);
         drop(guard);
         if wake {
             self.shared.wake.signal();
@@ -1293,16 +1308,8 @@ impl Router {
         let Some(sock) = guard.as_ref() else {
             return Err(PyRuntimeError::new_err("the transport is closed"));
         };
-        let result = match send_parts(sock.0, &frames) {
-            Ok(()) => Ok(None),
-            Err(err) => match send_failure(err) {
-                Some(why) => Ok(Some(why)),
-                None => Err(PyOSError::new_err(format!("zmq_send: errno {err}"))),
-            },
-        };
-        // As in `send`: look for input whose edge the send consumed, then wake the thread.
-        let wake = check_input
-            && socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0);
+        let result = send_result(send_parts(sock.0, &frames));
+        let wake = check_input && input_waiting(sock.0);
         drop(guard);
         if wake {
             self.shared.wake.signal();
@@ -1316,9 +1323,7 @@ impl Router {
     /// call, so a batch's replies read it once, after the last.)
     fn check_input(&self) {
         let guard = lock(&self.shared.sock);
-        let wake = guard.as_ref().is_some_and(|sock| {
-            socket_int(sock.0, ZMQ_EVENTS).is_some_and(|ev| ev & ZMQ_POLLIN as i64 != 0)
-        });
+        let wake = guard.as_ref().is_some_and(|sock| input_waiting(sock.0));
         drop(guard);
         if wake {
             self.shared.wake.signal();
@@ -1404,22 +1409,8 @@ fn send_frame(sock: *mut c_void, frame: &Bound<'_, PyAny>, flags: c_int) -> Resu
     if let Ok(f) = frame.cast::<Frame>() {
         return sent(f.get().msg.bytes());
     }
-    // SAFETY: a zeroed Py_buffer filled by PyObject_GetBuffer and released once; the bytes
-    // are read while the buffer is held.
-    unsafe {
-        let mut view: ffi::Py_buffer = std::mem::zeroed();
-        if ffi::PyObject_GetBuffer(frame.as_ptr(), &mut view, ffi::PyBUF_SIMPLE) != 0 {
-            return Err(Failure::Python(PyErr::fetch(frame.py())));
-        }
-        let data: &[u8] = if view.len > 0 && !view.buf.is_null() {
-            std::slice::from_raw_parts(view.buf as *const u8, view.len as usize)
-        } else {
-            &[]
-        };
-        let r = sent(data);
-        ffi::PyBuffer_Release(&mut view);
-        r
-    }
+    let held = HeldBuffer::new(frame).map_err(Failure::Python)?;
+    sent(held.bytes())
 }
 
 /// The wire check alone, for tests: the frames after the identity -> the tensor spans

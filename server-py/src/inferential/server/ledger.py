@@ -138,34 +138,7 @@ class Ledger:
         timing = timing or ReplyTiming()
         timing.total_ms = (now - request.arrival_ns) / 1e6
         chunk = reply_fields(request, timing.total_ms) if status == _OK else None
-        native = self.native_reply
-        prepared = native_outputs(outputs) if native is not None else None
-        sent = False
-        if prepared is not None:
-            try:
-                failure = native(  # type: ignore[misc]
-                    request.identity,
-                    request.client_id,
-                    request.model_id,
-                    request.request_id,
-                    request.protocol_version,
-                    status,
-                    reason,
-                    request.observation_timestamp_ns,
-                    request.retry_after_ms,
-                    native_timing(timing),
-                    native_chunk(chunk),
-                    prepared[0],
-                    prepared[1],
-                    not self._in_batch,
-                )
-            except (TypeError, ValueError, BufferError, OverflowError):
-                pass  # e.g. over the protocol's limits: the Python encoder words why
-            else:
-                sent = True
-                self._unchecked = self._in_batch
-                self._sent(failure, request.identity, request.model_id, status, request.client_id)
-        if not sent:
+        if not self._send_native(request, status, reason, outputs, timing, chunk):
             status = self._encode_and_send(request, status, reason, outputs, timing, chunk)
         # Bookkeeping after the reply is on its way.
         labels = request_labels(request)
@@ -186,6 +159,45 @@ class Ledger:
         robot = self._registry.robots.get(request.client_id)
         if robot is not None:
             robot.last_status = status_name(status)
+
+    def _send_native(
+        self,
+        request: InferenceRequest,
+        status: int,
+        reason: str,
+        outputs: Optional[Mapping[str, Any]],
+        timing: ReplyTiming,
+        chunk: Optional[ChunkReply],
+    ) -> bool:
+        """The reply encoded and sent by the native module; False when there is none or it
+        cannot carry these outputs as they are (``protocol.native_outputs``) or the reply
+        would break the limits: then the Python encoder sends it and words why."""
+        native = self.native_reply
+        prepared = native_outputs(outputs) if native is not None else None
+        if prepared is None:
+            return False
+        try:
+            failure = native(  # type: ignore[misc]
+                request.identity,
+                request.client_id,
+                request.model_id,
+                request.request_id,
+                request.protocol_version,
+                status,
+                reason,
+                request.observation_timestamp_ns,
+                request.retry_after_ms,
+                native_timing(timing),
+                native_chunk(chunk),
+                prepared[0],
+                prepared[1],
+                not self._in_batch,
+            )
+        except (TypeError, ValueError, BufferError, OverflowError):
+            return False
+        self._unchecked = self._in_batch
+        self._sent(failure, request.identity, request.model_id, status, request.client_id)
+        return True
 
     def _encode_and_send(
         self,

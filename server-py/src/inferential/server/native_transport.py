@@ -136,6 +136,8 @@ class NativeTransport(RouterTransport):
         assert _native is not None and self._sock is not None
         # From here on only the module uses the socket (pyzmq's object keeps it open).
         self._router = _native.Router(libzmq_path(), self._sock.underlying, self.config.max_message_bytes)
+        if hasattr(self._router, "set_reply_prefix"):
+            self._router.set_reply_prefix(response_id_prefix("r"))  # ids unique among the server's replies
         logger.info("native transport serving %s", endpoint)
         return endpoint
 
@@ -318,7 +320,6 @@ class NativeTransport(RouterTransport):
         router = self._router
         if router is None or not hasattr(router, "reply"):
             return None
-        router.set_reply_prefix(response_id_prefix("r"))
         return router.reply, router.check_input
 
     def send(self, frames: list[Any]) -> Optional[str]:
