@@ -783,6 +783,39 @@ fn realtime_ns() -> u64 {
 }
 
 impl Router {
+    /// Sends `frames` as one message without waiting and without the GIL: a send that wakes
+    /// ZMQ's I/O thread can lose the core to it for a while (hundreds of microseconds at the
+    /// 99th percentile on a busy 2-core host), and a model's thread goes on meanwhile
+    /// (measured: docs/performance.md, "Sends without the GIL"). `check_input`: afterwards,
+    /// wake the I/O thread when input is waiting (see `check_input`). None when ZMQ took
+    /// the message, else why not.
+    fn send_slices(
+        &self,
+        py: Python<'_>,
+        frames: &[&[u8]],
+        check_input: bool,
+    ) -> PyResult<Option<&'static str>> {
+        let shared = &self.shared;
+        let sent = py.detach(|| {
+            let guard = lock(&shared.sock);
+            let sock = guard.as_ref()?;
+            let sent = send_parts(sock.0, frames);
+            // A send can consume the edge of ZMQ's descriptor for input that arrived
+            // meanwhile: the I/O thread is woken to look, after the lock is let go (a woken
+            // thread that preempts this one must not find it held).
+            let wake = check_input && input_waiting(sock.0);
+            drop(guard);
+            if wake {
+                shared.wake.signal();
+            }
+            Some(sent)
+        });
+        match sent {
+            Some(sent) => send_result(sent),
+            None => Err(PyRuntimeError::new_err("the transport is closed")),
+        }
+    }
+
     /// Answers the refusals `take` decided, with response ids `prefix` + a counter, and
     /// counts them.
     fn refuse(&self, refusals: Vec<(Received, Status, String)>, prefix: &str) {
@@ -983,7 +1016,10 @@ impl Router {
             }
             taken
         };
-        self.refuse(refusals, prefix.as_deref().unwrap_or_default());
+        if !refusals.is_empty() {
+            // Sends without the GIL, as `reply` does.
+            py.detach(|| self.refuse(refusals, prefix.as_deref().unwrap_or_default()));
+        }
         let out = PyList::empty(py);
         for item in taken {
             let Received {
@@ -1163,45 +1199,27 @@ impl Router {
     /// None when ZMQ took it, else why not ("peer disconnected", "peer is not reading (send
     /// queue full)"). libzmq copies the bytes.
     fn send(&self, frames: &Bound<'_, PyList>) -> PyResult<Option<&'static str>> {
-        // The I/O thread holds the lock for one receive (a few µs) and never needs the GIL,
-        // so the GIL is kept while waiting: letting it go would hand it to another Python
-        // thread for up to a switch interval (5 ms) before this one could continue.
-        let guard = lock(&self.shared.sock);
-        let Some(sock) = guard.as_ref() else {
-            return Err(PyRuntimeError::new_err("the transport is closed"));
-        };
-        let last = frames.len().saturating_sub(1);
-        let mut result = Ok(None);
-        for (i, frame) in frames.iter().enumerate() {
-            let flags = if i < last {
-                ZMQ_DONTWAIT | ZMQ_SNDMORE
+        // Every frame's bytes are taken first (so a frame that is no buffer fails the call
+        // before anything is sent), then sent without the GIL, as `reply` does.
+        let items: Vec<Bound<'_, PyAny>> = frames.iter().collect();
+        let mut held: Vec<Option<HeldBuffer>> = Vec::with_capacity(items.len());
+        for item in &items {
+            let direct = item.cast::<PyBytes>().is_ok() || item.cast::<Frame>().is_ok();
+            held.push(if direct {
+                None
             } else {
-                ZMQ_DONTWAIT
-            };
-            // Only the first frame can fail (ROUTER_MANDATORY checks the identity, HWM the
-            // queue); once it is accepted ZMQ takes the rest of the message as a whole.
-            match send_frame(sock.0, &frame, flags) {
-                Ok(()) => {}
-                Err(Failure::Zmq(err)) => {
-                    result = send_result(Err(err));
-                    break;
-                }
-                Err(Failure::Python(e)) => {
-                    result = Err(e);
-                    break;
-                }
-            }
+                Some(HeldBuffer::new(item)?)
+            });
         }
-        // A send can consume the edge of ZMQ's descriptor for input that arrived meanwhile:
-        // wake the I/O thread to look. The wake-up is signalled after the lock is let go: a
-        // woken thread that preempts this one must not find the lock held. (Waking it only
-        // when it waits on the descriptor lost wake-ups: a server stalled.)
-        let wake = input_waiting(sock.0);
-        drop(guard);
-        if wake {
-            self.shared.wake.signal();
-        }
-        result
+        let slices: Vec<&[u8]> = items
+            .iter()
+            .zip(&held)
+            .map(|(item, held)| match held {
+                Some(buffer) => buffer.bytes(),
+                None => frame_bytes(item),
+            })
+            .collect();
+        self.send_slices(frames.py(), &slices, true)
     }
 
     /// Encodes a reply with the crate's `wire::server::encode_reply` and sends it as
@@ -1304,17 +1322,7 @@ impl Router {
         let mut frames: Vec<&[u8]> = Vec::with_capacity(payload.len() + 3);
         frames.extend([identity, &[][..], &envelope[..]]);
         frames.extend(payload.iter().map(|f| &f[..]));
-        let guard = lock(&self.shared.sock);
-        let Some(sock) = guard.as_ref() else {
-            return Err(PyRuntimeError::new_err("the transport is closed"));
-        };
-        let result = send_result(send_parts(sock.0, &frames));
-        let wake = check_input && input_waiting(sock.0);
-        drop(guard);
-        if wake {
-            self.shared.wake.signal();
-        }
-        result
+        self.send_slices(tensors.py(), &frames, check_input)
     }
 
     /// After replies sent with `check_input` false: wakes the I/O thread when input is
@@ -1354,11 +1362,6 @@ impl Router {
     }
 }
 
-enum Failure {
-    Zmq(c_int),
-    Python(PyErr),
-}
-
 /// A Python object's bytes (any C-contiguous buffer), held until dropped (with the GIL).
 struct HeldBuffer(ffi::Py_buffer);
 
@@ -1392,25 +1395,16 @@ impl Drop for HeldBuffer {
     }
 }
 
-fn send_frame(sock: *mut c_void, frame: &Bound<'_, PyAny>, flags: c_int) -> Result<(), Failure> {
-    let sent = |data: &[u8]| -> Result<(), Failure> {
-        // SAFETY: a live socket (the caller holds its lock); libzmq copies `data`.
-        let rc = unsafe { (api().send)(sock, data.as_ptr() as *const c_void, data.len(), flags) };
-        if rc < 0 {
-            // SAFETY: plain call.
-            Err(Failure::Zmq(unsafe { (api().errno)() }))
-        } else {
-            Ok(())
-        }
-    };
+/// The bytes of a `bytes` object or a received `Frame` (any other buffer is read through a
+/// `HeldBuffer`; empty here).
+fn frame_bytes<'a>(frame: &'a Bound<'_, PyAny>) -> &'a [u8] {
     if let Ok(b) = frame.cast::<PyBytes>() {
-        return sent(b.as_bytes());
+        return b.as_bytes();
     }
-    if let Ok(f) = frame.cast::<Frame>() {
-        return sent(f.get().msg.bytes());
+    match frame.cast::<Frame>() {
+        Ok(f) => f.get().msg.bytes(),
+        Err(_) => &[],
     }
-    let held = HeldBuffer::new(frame).map_err(Failure::Python)?;
-    sent(held.bytes())
 }
 
 /// The wire check alone, for tests: the frames after the identity -> the tensor spans
