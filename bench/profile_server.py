@@ -2,8 +2,10 @@
 
     make profile                      (about 1 minute)
     .venv/bin/python bench/profile_server.py [--robots 20] [--hz 50] [--seconds 8] [--image 150kb|small]
+                                          [--model sleep1|noop|vision]
 
-Runs the server (local backend, the 1 ms `sleep1` model and `noop`) in a subprocess,
+Runs the server (local backend, the 1 ms `sleep1` model, `noop` and the demo's VisionPolicy
+as `vision`) in a subprocess,
 drives it with the open-loop fleet of bench/_fleet.py (default 20 robots x 50 Hz,
 150 KB observations) and samples it with py-spy meanwhile, only while a thread holds
 the GIL (``--gil``; ``--nonblocking``: the server is never paused): the Python work of the event loop and the model threads, not
@@ -60,7 +62,7 @@ def main() -> int:
     ap.add_argument("--hz", type=float, default=50.0)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--image", choices=("150kb", "small"), default="150kb")
-    ap.add_argument("--model", default="sleep1", choices=("sleep1", "noop"))
+    ap.add_argument("--model", default="sleep1", choices=("sleep1", "noop", "vision"))
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     args = ap.parse_args()
@@ -70,7 +72,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     raw = RESULTS / "profile.txt"
     proc, endpoint = start_server(
-        {"noop": "inferential.models.testing:NoOp", "sleep1": "inferential.models.testing:Sleep"}
+        {"noop": "inferential.models.testing:NoOp", "sleep1": "inferential.models.testing:Sleep",
+         "vision": "inferential.models.vision_policy:VisionPolicy"}
     )
     try:
         image = IMAGE if args.image == "150kb" else SMALL_IMAGE
