@@ -30,7 +30,10 @@ server, 2 CPUs, 0.5 CPU per replica), so the variants can be measured in interle
    queue and the reply), and the model call split into the model's compute (VisionPolicy
    timed in this process at that batch size) and the rest (for Ray: the handle call and the
    transfer); the round trip seen by the robot; late (after its next observation), sheds,
-   silent losses; CPU of the server's whole process tree (the Ray cluster included).
+   silent losses; CPU of the server's whole process tree (the Ray cluster included). For the
+   direct path, where its batches' time went under this load, from the replica's stamps
+   (the server's /status, RayBackend.health()'s direct_ms): to the replica's thread, to the
+   model, the model's run, back to the server's loop.
 2. Maximum sustained throughput: closed loop (bench/_closed_loop.py), N robots with one
    150 KB observation in flight each, declaring a 1 s budget (so the backend's capacity,
    not admission against the default 50 ms budget, is what limits); N stepped up until two
@@ -59,7 +62,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _closed_loop import run_closed_loop, stalled  # noqa: E402
 from _fleet import FAST, RobotSpec, run_fleet, summarize  # noqa: E402
-from _peers import REPO, descendants, start_server, stop, tree_cpu_seconds  # noqa: E402
+from _peers import REPO, descendants, free_port, start_server, stop, tree_cpu_seconds  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 TARGET = "inferential.models.vision_policy:VisionPolicy"
@@ -82,7 +85,27 @@ CALLS = {LOCAL: "in process", BATCHED: "direct, 1 per batch", HANDLE: "1 handle 
 HANDLE_MODELS = ["batched-handle", "per-request", "per-request-x4"]
 
 
-def server_config(backend: str) -> dict:
+# backend -> the port of its server's /status (metrics.http_port), for the direct path's legs.
+STATUS_PORTS: dict[str, int] = {}
+
+
+def direct_legs(backend: str, model: str) -> dict | None:
+    """Where the server's last direct batches of ``model`` spent their time (medians, ms;
+    RayBackend.health()'s ``direct_ms``), read from its /status; None if not reported."""
+    import urllib.request
+
+    port = STATUS_PORTS.get(backend)
+    if port is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as r:
+            status = json.load(r)
+        return status["backend"]["models"][model]["details"].get("direct_ms")
+    except Exception:  # an older server, or no answer: the table goes without it
+        return None
+
+
+def server_config(backend: str, status_port: int | None = None) -> dict:
     if backend == "local":
         models = [{"name": "policy", "target": TARGET, "max_batch_size": MAX_BATCH}]
     else:
@@ -96,6 +119,8 @@ def server_config(backend: str) -> dict:
     # scheduling.max_batch_size caps every model's batch (default 8): raised to the models' 16.
     config = {"backend": backend, "models": models, "scheduling": {"max_batch_size": MAX_BATCH},
               "logging": {"level": "WARNING"}}
+    if status_port is not None:
+        config["metrics"] = {"http_port": status_port}
     if backend == "ray":
         config["ray"] = {"num_cpus": 2, "handle_models": HANDLE_MODELS}
     return config
@@ -107,8 +132,9 @@ def start(backend: str, attempts: int = 3) -> tuple[subprocess.Popen, str, float
     the server cannot bind and exits while a Ray process answers TCP connects on that port.
     So readiness is a real round trip, and a server that exited is started on another port."""
     for attempt in range(attempts):
+        STATUS_PORTS[backend] = free_port()
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            json.dump(server_config(backend), f)  # JSON is YAML
+            json.dump(server_config(backend, STATUS_PORTS[backend]), f)  # JSON is YAML
         t0 = time.perf_counter()
         try:
             proc, endpoint = start_server({}, ["--config", f.name], ready_timeout_s=240.0, log_path=LOG)
@@ -319,6 +345,8 @@ def fleet_round(variant: str, endpoint: str, pid: int, args: argparse.Namespace,
         "replies_per_s": s["answered_ok"] / args.seconds, "late": s["ok_stale"], "over_budget": s["ok_late"],
         "sheds": sum(s["sheds"].values()), "shed_kinds": s["sheds"], "lost": s["silent_losses"],
         "server_cpu": cpu, "send_lag_p99_ms": s["send_lag_p99_ms"],
+        # Direct path only: the server's medians over its last batches (about this round's).
+        "legs": direct_legs("ray", VARIANTS[variant][1]) if variant == BATCHED else None,
     }
 
 
@@ -333,6 +361,10 @@ def fleet(servers: dict, args: argparse.Namespace, compute: dict) -> list[dict]:
     for variant, rs in per_round.items():
         row: dict = {"variant": variant, "calls": CALLS[variant], "rounds": rs}
         for k in rs[0]:
+            if k == "legs":
+                legs = [x["legs"] for x in rs if x["legs"]]
+                row["legs"] = {n: statistics.median(x[n] for x in legs) for n in legs[0]} if legs else None
+                continue
             if k == "shed_kinds":
                 continue
             if k in ("submitted", "ok", "late", "over_budget", "sheds", "lost"):
@@ -401,6 +433,13 @@ def print_fleet(rows: list[dict], args: argparse.Namespace) -> None:
           "compute (VisionPolicy at that batch\nsize, timed in this process) + rest (thread hand-off; for Ray the "
           "handle call and transfer). in budget: OK within 20 ms / sent. late: after the robot's next\nobservation. "
           "CPU: server process tree, Ray included.")
+    for r in rows:
+        legs = r.get("legs")
+        if legs:
+            print(f"{r['variant']}: where a direct batch's time went, from the replica's stamps (medians of the server's "
+                  f"last {legs['batches']:.0f} batches, median of rounds): to the replica's thread {legs['to_replica']:.2f}, "
+                  f"to the model {legs['to_model']:.2f}, the model {legs['model']:.2f}, back to the server's loop "
+                  f"{legs['back']:.2f} ms")
 
 
 def print_throughput(result: dict) -> None:

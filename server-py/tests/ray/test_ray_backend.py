@@ -11,7 +11,7 @@ import pytest
 
 from inferential.config.schema import ModelConfig, RayConfig
 from inferential.dispatch.base import BackendError
-from inferential.dispatch.ray.backend import RayBackend
+from inferential.dispatch.ray.backend import RayBackend, _legs_ms
 from inferential.dispatch.ray.cluster import prepare_local_auth
 from inferential.dispatch.ray.replica import RemoteModelError, build_app
 from inferential.models.ray_testing import LegacyInferApp
@@ -55,6 +55,18 @@ def test_batches_go_over_the_direct_path_to_replicas_on_this_machine(backend, lo
     slow = [[obs(i, image=False, delay_s="0.3")] for i in range(2)]
     pids = loop.run(_gather(*(backend.execute("linear", b) for b in slow)))
     assert len({out[0]["pid"] for out in pids}) == 2
+    # Where the direct batches' time went, from the replicas' stamps: the last two (0.3 s
+    # in the model) spent it in the model's leg; the summary is in the health details.
+    last_two = list(backend._targets["linear"].legs)[-2:]
+    assert all(0.25 <= model_s < 5 and to_s >= 0 and back_s >= 0 for to_s, _, model_s, back_s in last_two)
+    legs = backend.health().models["linear"].details["direct_ms"]
+    assert legs["batches"] >= 3 and all(legs[k] >= 0 for k in ("to_replica", "to_model", "model", "back"))
+
+
+def test_direct_legs_summary():
+    assert _legs_ms([]) is None
+    legs = [(0.001, 0.0002, 0.003, 0.0005), (0.003, 0.0004, 0.005, 0.0007), (0.002, 0.0003, 0.004, 0.0006)]
+    assert _legs_ms(legs) == {"batches": 3, "to_replica": 2.0, "to_model": 0.3, "model": 4.0, "back": 0.6}
 
 
 async def _gather(*coros):

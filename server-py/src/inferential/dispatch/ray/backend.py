@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import statistics
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -45,6 +47,9 @@ log = logging.getLogger("inferential.dispatch.ray")
 
 _CONTROL_CALL_TIMEOUT_S = 30.0
 _DEPLOY_TIMEOUT_S = 300.0
+# Direct batches whose legs health() summarises (the last ones; ~5 s at 200 batches/s).
+_LEGS_KEPT = 1024
+_LEG_NAMES = ("to_replica", "to_model", "model", "back")
 
 
 @dataclass
@@ -61,6 +66,10 @@ class _Target:
     direct_info: Optional[dict] = None  # what describe() said of the replica's direct socket
     direct: Optional[DirectPool] = None  # replicas reachable over their sockets (direct.py)
     direct_calls: int = 0
+    # Where the last direct batches' time went, seconds each, from the replica's wall-clock
+    # stamps (same machine): (to the replica's thread, on it before the model ran, the
+    # model's run, the result's way back to this loop). Medians in health()["direct_ms"].
+    legs: deque = field(default_factory=lambda: deque(maxlen=_LEGS_KEPT))
     by_reference: Any = None  # DeploymentHandle over the object store
     by_grpc: Any = None  # DeploymentHandle over Serve's direct gRPC transport
     base: Any = None
@@ -73,6 +82,20 @@ class _Target:
     @property
     def batched(self) -> bool:
         return self.method == "execute_batch"
+
+
+def _legs_ms(legs: Sequence[tuple[float, float, float, float]]) -> Optional[dict[str, Any]]:
+    """Medians, in ms, of where the last direct batches' time went: ``to_replica`` (sent
+    by this loop to read by the replica's thread: ZMQ both ends, the socket), ``to_model``
+    (decoding it, and waiting for the model's thread), ``model`` (the model's run),
+    ``back`` (encoding the result, its way back and this loop's turn to read it)."""
+    if not legs:
+        return None
+    columns = list(zip(*legs, strict=True))
+    summary: dict[str, Any] = {"batches": len(legs)}
+    for name, values in zip(_LEG_NAMES, columns, strict=True):
+        summary[name] = round(statistics.median(values) * 1e3, 3)
+    return summary
 
 
 def _tensor_bytes(batch: Iterable[Inputs]) -> int:
@@ -270,9 +293,14 @@ class RayBackend(Backend):
             def replied(reply: Any, error: Optional[BaseException]) -> None:
                 if error is None:
                     try:
-                        kind, result, _stamps = decode(reply)
+                        kind, result, stamps = decode(reply)
                         if kind != "ok":
                             raise BackendError(f"model '{target.name}': {result}")
+                        if stamps:
+                            received, started, finished = stamps
+                            target.legs.append(
+                                (received - sent_at, started - received, finished - started, time.time() - finished)
+                            )
                         outcomes = self._batch_outcomes(target, batch, result)
                     except BackendError as err:
                         fail(err)
@@ -295,6 +323,7 @@ class RayBackend(Backend):
                         BackendError(f"model '{target.name}': no answer within {target.timeout_s:g} s; request dropped")
                     )
 
+            sent_at = time.time()  # wall clock, as the replica stamps it
             replica.send(frames, max(0.0, deadline - time.monotonic()), replied)
 
         attempt(0)
@@ -570,6 +599,7 @@ class RayBackend(Backend):
                 last_error=t.last_error,
                 direct_replicas=0 if t.direct is None else sum(r.ready.is_set() for r in t.direct.replicas.values()),
                 direct_calls=t.direct_calls,
+                direct_ms=_legs_ms(t.legs),
             )
             running = entry.get("running_replicas")
             models[name] = ModelHealth(replicas=running, healthy=bool(entry.get("alive", False)), details=entry)
