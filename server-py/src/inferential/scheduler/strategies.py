@@ -259,25 +259,24 @@ class EdfScheduler(QueuedScheduler):
         if size <= 1:
             return size  # nothing to cut (the robots' expected arrivals are tidied on the next real batch)
         model = candidates[0].model_id
-        for key, (due, interval, _, _) in list(self._expected.items()):
+        # Only work of a better priority than the batch's worst can be cut for (and the
+        # worst only improves as the batch shrinks): in a fleet of one priority nothing is.
+        worst = max(r.priority for r in candidates[:size])
+        expected = []  # (arrival, deadline, priority) of better-priority robots of this model
+        for key, (due, interval, window, priority) in list(self._expected.items()):
             if due + interval < now_ns:  # a whole interval overdue: it stopped or slowed down
                 del self._expected[key]
-        if self.estimate_service_ms(model, 1) is None:
-            return size
-        expected = []  # (arrival, deadline, priority)
-        for key, (due, interval, window, priority) in self._expected.items():
-            if key[1] == model:
+            elif priority < worst and key[1] == model:
                 # Arrivals jitter: plan for one a tenth of an interval early.
                 early = max(now_ns, due - interval // 10)
                 expected.append((early, early + window, priority))
+        better = [r for r in queued.values() if r.priority < worst]
+        if (not expected and not better) or self.estimate_service_ms(model, 1) is None:
+            return size
         while size > 1:
             worst = max(r.priority for r in candidates[:size])
             chosen = {r.seq for r in candidates[:size]}
-            waiting = [
-                (now_ns, effective_deadline_ns(r))
-                for r in queued.values()
-                if r.priority < worst and r.seq not in chosen
-            ]
+            waiting = [(now_ns, effective_deadline_ns(r)) for r in better if r.priority < worst and r.seq not in chosen]
             waiting += [(due, deadline) for due, deadline, priority in expected if priority < worst]
             if not waiting:
                 break
