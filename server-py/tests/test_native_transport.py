@@ -190,6 +190,34 @@ def test_a_reply_to_a_peer_that_is_gone_is_reported_and_close_is_idempotent() ->
         t.close()
 
 
+def test_a_frame_that_is_no_buffer_fails_the_send_before_anything_leaves() -> None:
+    """The module takes every frame's bytes before it sends (without the GIL): a frame it
+    cannot read fails the call whole, not after the frames before it went out (which would
+    leave half a message for the next send to complete)."""
+    t = NativeTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
+    endpoint = t.bind()
+    ctx = zmq.Context()
+    robot = ctx.socket(zmq.DEALER)
+    robot.setsockopt(zmq.ROUTING_ID, b"robot")
+    robot.linger = 0
+    robot.rcvtimeo = 5000
+    robot.connect(endpoint)
+    try:
+        deadline = time.monotonic() + 5
+        while t.send([b"robot", b"", b"hello"]) == "peer disconnected":  # until connected
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert robot.recv_multipart() == [b"", b"hello"]
+        with pytest.raises(TypeError):
+            t.send([b"robot", b"", b"first", 12345])
+        assert t.send([b"robot", b"", bytearray(b"next"), memoryview(b"frames")]) is None
+        assert robot.recv_multipart() == [b"", b"next", b"frames"]  # nothing of the failed one
+    finally:
+        robot.close()
+        ctx.term()
+        t.close()
+
+
 def test_the_backlog_bound_covers_the_time_a_message_waited() -> None:
     """A message that sat in the queue while the loop was busy is bounded by at least that long."""
     import asyncio
