@@ -75,6 +75,27 @@ def test_costs_are_read_at_most_once_per_millisecond_and_grow_with_each_admitted
     assert costs.reads == 2
 
 
+def test_a_model_with_no_batch_for_a_second_lets_one_observation_through_each_second() -> None:
+    """Refusals teach the estimates nothing: with no batch of the model for a second (the
+    scheduler's PROBE_NS), the observation about to be refused goes to the plan instead,
+    one per second, so an estimate that came out too high once cannot refuse everything
+    for good. Without a scheduler that says when it last ran a batch: no probes."""
+    sec = 1_000_000_000
+    last = {"m": 10 * sec}
+    early = EarlyRefusal(Costs(m=(30.0, 0.0, 1.0, 2.0)), urgent_below=1, last_run=lambda model: last.get(model))
+    assert isinstance(early.judge(_obs(), 20.0, 1, 0, 10 * sec + sec // 2), Rejection)  # ran half a second ago
+    assert early.judge(_obs(), 20.0, 1, 0, 11 * sec) is None  # a second without a batch: a probe
+    assert isinstance(early.judge(_obs(), 20.0, 1, 0, 11 * sec + 1), Rejection)  # one per second
+    assert isinstance(early.judge(_obs(), 20.0, 1, 0, 12 * sec - 1), Rejection)
+    assert early.judge(_obs(), 20.0, 1, 0, 12 * sec) is None
+    last["m"] = 12 * sec + 5  # the probe ran: the next waits a second from it
+    assert isinstance(early.judge(_obs(), 20.0, 1, 0, 13 * sec), Rejection)
+    assert early.judge(_obs(), 20.0, 1, 0, 13 * sec + 5) is None
+    assert early.refused == 4
+    no_probes = EarlyRefusal(Costs(m=(30.0, 0.0, 1.0, 2.0)), urgent_below=1, last_run=lambda model: None)
+    assert isinstance(no_probes.judge(_obs(), 20.0, 1, 0, 100 * sec), Rejection)
+
+
 def test_stream_budgets_are_bounded() -> None:
     early = EarlyRefusal(Costs(), urgent_below=1)
     early.MAX_STREAMS = 2

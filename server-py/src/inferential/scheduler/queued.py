@@ -593,6 +593,11 @@ class QueuedScheduler(Scheduler):
         finished batch is sent."""
         return self._lag_ns + replies * self._reply_ns
 
+    def last_run_ns(self, model: str) -> int:
+        """When a batch of ``model`` was last handed out (or admission last let a probe
+        through, see _admission), on the scheduler's clock; 0 before any."""
+        return self._last_run.get(model, 0)
+
     def _mark_busy(self, model: str, size: int, now: int) -> None:
         self._last_run[model] = now
         # One booking per batch handed out (also before any estimate, so that bookings and

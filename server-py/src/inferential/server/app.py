@@ -305,7 +305,10 @@ class Server:
                 self._early = None
                 self._note_budget = None
             elif self._early is None:
-                self._early = EarlyRefusal(self._engine.shed_costs, urgent_below=DEFAULT_PRIORITY)
+                engine = self._engine
+                self._early = EarlyRefusal(
+                    engine.shed_costs, urgent_below=DEFAULT_PRIORITY, last_run=engine.last_run_ns
+                )
                 self._note_budget = self._early.note_budget
             return
         if self._stopping or off:

@@ -13,6 +13,13 @@ and one of the default priority or lower also when it would finish past its budg
 the work queued ahead (``ahead``, which grows by ``per_item`` with each request admitted
 until the costs are read again, at most once per ``COSTS_EVERY_NS``).
 
+Refusals teach the estimates nothing (only runs do), and refusing costs this loop a
+request's worth of Python: a model whose estimate came out too high once (its completions
+slowed by a loop busy refusing, say) could have every observation refused here for good,
+the loop kept busy by the refusals themselves (robots that send again at once). So, as the
+scheduler's admission does (``PROBE_NS``), a model with no batch for a second lets one
+observation through to the plan, which runs it as its probe and learns from its time.
+
 What it cannot decide as the plan would is left to the plan: an absolute deadline, an
 action queue, a chunk request, a budget shorter than the model's run time alone. A robot
 that states no budget is judged by the one the scheduler gave its stream's last
@@ -25,6 +32,7 @@ from collections import OrderedDict
 from typing import Callable, Optional
 
 from inferential._proto import inferential_pb2 as pb
+from inferential.scheduler.queued import PROBE_NS
 from inferential.server.protocol import Rejection
 from inferential.wire import Status
 
@@ -60,9 +68,15 @@ class EarlyRefusal:
     #: streams whose budget is kept (the oldest noted is forgotten first)
     MAX_STREAMS = 4096
 
-    def __init__(self, costs: Callable[[], Costs], urgent_below: int) -> None:
+    def __init__(
+        self, costs: Callable[[], Costs], urgent_below: int, last_run: Optional[Callable[[str], Optional[int]]] = None
+    ) -> None:
+        """``last_run(model)``: when the scheduler last handed out a batch of it (None, or
+        no ``last_run``: no probes)."""
         self._costs_of = costs
         self.urgent_below = urgent_below
+        self._last_run = last_run
+        self._probed: dict[str, int] = {}
         self._costs: dict[str, list[float]] = {}
         self._costs_at: Optional[int] = None
         self._budgets: OrderedDict[StreamKey, float] = OrderedDict()
@@ -82,6 +96,17 @@ class EarlyRefusal:
             self._costs_at = now_ns
             self._costs = {m: list(c) for m, c in self._costs_of().items()}
         return self._costs.get(model)
+
+    def _probe(self, model: str, now_ns: int) -> bool:
+        """True (once per ``PROBE_NS``) when ``model`` has had no batch for that long: the
+        observation about to be refused goes to the plan instead."""
+        last_run = self._last_run(model) if self._last_run is not None else None
+        if last_run is None:
+            return False
+        if now_ns - max(last_run, self._probed.get(model, 0)) < PROBE_NS:
+            return False
+        self._probed[model] = now_ns
+        return True
 
     def queued(self, model: str) -> None:
         """A request of ``model`` was admitted: work ahead of the next one."""
@@ -103,19 +128,22 @@ class EarlyRefusal:
         if budget_ms < floor:
             return None  # late even on an idle server: the plan runs it after the rest
         waited_ms = waited_ns / 1e6
-        if waited_ms + base > budget_ms:
+        late = waited_ms + base > budget_ms
+        if not late and not (priority >= self.urgent_below and waited_ms + base + ahead > budget_ms):
+            return None
+        if self._probe(obs.model_id, now_ns):
+            return None
+        if late:
             self.refused += 1
             why = (
                 f"waited {waited_ms:.0f} ms before the server could read it and serving it "
                 f"takes about {base:.0f} ms more, budget is {budget_ms:.0f} ms"
             )
             return Rejection(Status.DEADLINE_UNMEETABLE, why, obs)
-        if priority >= self.urgent_below and waited_ms + base + ahead > budget_ms:
-            self.refused += 1
-            why = (
-                f"cannot finish before its deadline given the work queued ahead (waited "
-                f"{waited_ms:.0f} ms before the server could read it, about {base + ahead:.0f} ms "
-                f"more to serve it, budget is {budget_ms:.0f} ms)"
-            )
-            return Rejection(Status.DEADLINE_UNMEETABLE, why, obs)
-        return None
+        self.refused += 1
+        why = (
+            f"cannot finish before its deadline given the work queued ahead (waited "
+            f"{waited_ms:.0f} ms before the server could read it, about {base + ahead:.0f} ms "
+            f"more to serve it, budget is {budget_ms:.0f} ms)"
+        )
+        return Rejection(Status.DEADLINE_UNMEETABLE, why, obs)

@@ -691,6 +691,12 @@ class Engine:
             costs[model] = (alone + server_ms, ahead, per_item, alone + margin)
         return costs
 
+    def last_run_ns(self, model: str) -> Optional[int]:
+        """When the scheduler last handed out a batch of ``model`` (None: a scheduler that
+        does not say), for the early refusal's probe (server/early.py)."""
+        last = getattr(self.scheduler, "last_run_ns", None)
+        return None if last is None else int(last(model))
+
     def _extra_lag_ms(self) -> float:
         """The loop's expected wait beyond what the plan already covers. The measured service
         times include the loop's usual delay in handling a finished batch, and
