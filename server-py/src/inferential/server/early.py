@@ -129,21 +129,19 @@ class EarlyRefusal:
             return None  # late even on an idle server: the plan runs it after the rest
         waited_ms = waited_ns / 1e6
         late = waited_ms + base > budget_ms
-        if not late and not (priority >= self.urgent_below and waited_ms + base + ahead > budget_ms):
+        behind = priority >= self.urgent_below and waited_ms + base + ahead > budget_ms
+        if not (late or behind) or self._probe(obs.model_id, now_ns):
             return None
-        if self._probe(obs.model_id, now_ns):
-            return None
+        self.refused += 1
         if late:
-            self.refused += 1
             why = (
                 f"waited {waited_ms:.0f} ms before the server could read it and serving it "
                 f"takes about {base:.0f} ms more, budget is {budget_ms:.0f} ms"
             )
-            return Rejection(Status.DEADLINE_UNMEETABLE, why, obs)
-        self.refused += 1
-        why = (
-            f"cannot finish before its deadline given the work queued ahead (waited "
-            f"{waited_ms:.0f} ms before the server could read it, about {base + ahead:.0f} ms "
-            f"more to serve it, budget is {budget_ms:.0f} ms)"
-        )
+        else:
+            why = (
+                f"cannot finish before its deadline given the work queued ahead (waited "
+                f"{waited_ms:.0f} ms before the server could read it, about {base + ahead:.0f} ms "
+                f"more to serve it, budget is {budget_ms:.0f} ms)"
+            )
         return Rejection(Status.DEADLINE_UNMEETABLE, why, obs)
