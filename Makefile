@@ -76,17 +76,27 @@ lint: $(VENV)/.stamp
 	   && ../$(VENV)/bin/mypy src) || exit 1; \
 	done; echo "lint: ruff and mypy clean on $(PY_PACKAGES)"
 
-# Both wheels as pip builds them, installed into a fresh venv (ours from the folder only,
-# dependencies from the index at requirements-dev.txt's versions): `inferential --help`,
-# `inferential serve` and a round trip must work there, with no checkout on the path.
-check-wheels: $(VENV)/.stamp
+# The wheels as pip builds them, installed into a fresh venv (ours from the folder only,
+# dependencies from the index at requirements-dev.txt's versions), with no checkout on the
+# path: `inferential --help`, `inferential serve` and a round trip must work there, first as
+# `inferential[server]` (the Python transport, and the line saying how to get the other),
+# then with the native module's wheel added through the `inferential[server-native]` extra
+# (the native transport serving). The module's wheel is built for the venv's interpreter,
+# the one `make setup-native` built for, so cargo reuses that build.
+check-wheels: $(VENV)/.stamp $(NATIVE_STAMP)
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(PIP) wheel -q --no-deps --no-build-isolation -w $$tmp/wheels ./client-py ./server-py && \
 	python3 -m venv $$tmp/venv && \
 	$$tmp/venv/bin/pip install -q --no-index --no-deps $$tmp/wheels/*.whl && \
 	sed 's/\[.*\]//' requirements-dev.txt > $$tmp/constraints.txt && \
 	$$tmp/venv/bin/pip install -q -c $$tmp/constraints.txt "inferential[server]==2.0.0.dev0" && \
-	cd $$tmp && env -u PYTHONPATH $$tmp/venv/bin/python $(CURDIR)/server-py/tools/wheel_smoke.py
+	(cd $$tmp && env -u PYTHONPATH $$tmp/venv/bin/python $(CURDIR)/server-py/tools/wheel_smoke.py --expect python) && \
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) CARGO_TARGET_DIR=$(CURDIR)/target/native CARGO_BUILD_JOBS=2 nice -n 10 \
+	  $(VENV)/bin/maturin build --release -q -m server-native/Cargo.toml $(RUST_SYSTEM_LIBZMQ) \
+	  -i $(CURDIR)/$(PY) -o $$tmp/native && \
+	$$tmp/venv/bin/pip install -q --no-index --find-links $$tmp/native --find-links $$tmp/wheels \
+	  "inferential[server-native]==2.0.0.dev0" && \
+	cd $$tmp && env -u PYTHONPATH $$tmp/venv/bin/python $(CURDIR)/server-py/tools/wheel_smoke.py --expect native
 
 demo: setup
 	$(PY) -m inferential.cli demo $(DEMO_ARGS)

@@ -10,6 +10,7 @@ Skipped when the module is not built (``make setup-native``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -256,15 +257,25 @@ def test_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert TransportConfig.model_validate({"native": False}).native == "off"
 
 
-def test_without_the_module_auto_falls_back_and_on_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_module_auto_falls_back_and_on_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from inferential.server import native_transport
     from inferential.server.transport import RouterTransport
 
     monkeypatch.setattr(native_transport, "_native", None)
     monkeypatch.delenv("INFERENTIAL_TRANSPORT", raising=False)
-    transport = native_transport.make_transport(TransportConfig(bind="tcp://127.0.0.1:0", native="auto"))
+    with caplog.at_level(logging.INFO, logger="inferential.transport"):
+        transport = native_transport.make_transport(TransportConfig(bind="tcp://127.0.0.1:0", native="auto"))
     assert type(transport) is RouterTransport
-    with pytest.raises(RuntimeError, match="not built"):
+    # The operator is told which path serves and how to get the other.
+    said = [r.getMessage() for r in caplog.records]
+    assert any("serving on the Python transport" in m and "inferential[server-native]" in m for m in said), said
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="inferential.transport"):
+        native_transport.make_transport(TransportConfig(bind="tcp://127.0.0.1:0", native="off"))
+    assert not caplog.records  # chosen on purpose: nothing to say
+    with pytest.raises(RuntimeError, match=r"not installed \(pip install"):
         native_transport.make_transport(TransportConfig(native="on"))
 
 

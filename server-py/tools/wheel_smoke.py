@@ -1,9 +1,12 @@
-"""Run by `make check-wheels` with the python of a fresh venv holding only the two
-wheels and their dependencies: the CLI starts, `inferential serve` serves, and one
-observation makes the round trip. Exits non-zero on the first failure."""
+"""Run by `make check-wheels` with the python of a fresh venv holding only our wheels and
+their dependencies: the CLI starts, `inferential serve` serves on the transport
+``--expect`` names (``python``: the client and server wheels alone, and the server says
+how to get the native one; ``native``: the native module's wheel installed too), and
+one observation makes the round trip. Exits non-zero on the first failure."""
 
 from __future__ import annotations
 
+import argparse
 import signal
 import socket
 import subprocess
@@ -21,6 +24,9 @@ def free_port() -> int:
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--expect", choices=("python", "native"), required=True, help="the transport that must serve")
+    expect = ap.parse_args().expect
     import inferential
     import inferential.cli
     import inferential.server
@@ -66,7 +72,14 @@ def main() -> int:
     if server.returncode != 0:
         print("".join(log), file=sys.stderr)
         return 1
-    print(f"check-wheels: `inferential --help`, `inferential serve` and a round trip work from the wheels ({package})")
+    said = "".join(log)
+    native = "native transport serving" in said
+    hint = "serving on the Python transport" in said and "inferential[server-native]" in said
+    if (expect == "native") != native or (expect == "python") != hint:
+        print(f"check-wheels: expected the {expect} transport to serve; the server said:\n{said}", file=sys.stderr)
+        return 1
+    print(f"check-wheels: `inferential --help`, `inferential serve` on the {expect} transport and a round trip work "
+          f"from the wheels ({package})")
     return 0
 
 

@@ -49,6 +49,8 @@ except ImportError:  # not built: the pure-Python path serves
     _native = None
 
 ENV_VAR = "INFERENTIAL_TRANSPORT"
+#: how to get the native transport (in the errors and the line logged when ``auto`` cannot use it)
+INSTALL_HINT = 'pip install "inferential[server-native]", or make setup-native in a checkout'
 _monotonic_ns = time.monotonic_ns
 _parse = pb.Observation.FromString
 _ndarray = np.ndarray
@@ -81,7 +83,7 @@ def wants_native(config: TransportConfig, curve: bool = False) -> bool:
         return False
     if mode == "on":
         if not native_available(curve):
-            why = "is not built (make setup-native)" if _native is None else "cannot find pyzmq's libzmq"
+            why = f"is not installed ({INSTALL_HINT})" if _native is None else "cannot find pyzmq's libzmq"
             raise RuntimeError(f"transport.native is on but the inferential_native module {why}")
         return True
     forced = os.environ.get(ENV_VAR, "").strip().lower()
@@ -93,9 +95,14 @@ def wants_native(config: TransportConfig, curve: bool = False) -> bool:
 
 
 def make_transport(config: TransportConfig, curve: Optional[CurveKeys] = None) -> RouterTransport:
-    """The transport ``config.native`` selects."""
+    """The transport ``config.native`` selects. When ``auto`` falls back to the Python
+    transport because the module is missing, that is logged once with how to install it:
+    an operator should know which path serves (docs/performance.md, "The native path")."""
     if wants_native(config, curve is not None):
         return NativeTransport(config, curve=curve)
+    if getattr(config, "native", "auto") == "auto" and not native_available(curve is not None):
+        why = "is not installed" if _native is None else "cannot find pyzmq's libzmq"
+        logger.info("serving on the Python transport: the native one (inferential_native) %s (%s)", why, INSTALL_HINT)
     return RouterTransport(config, curve=curve)
 
 
