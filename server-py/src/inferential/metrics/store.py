@@ -21,6 +21,8 @@ logger = logging.getLogger("inferential.metrics")
 
 Labels = Mapping[str, str]
 Callback = Callable[[str, float, dict], Any]
+#: a counter: its name and its labels, sorted
+CounterKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class MetricsStore:
         self._size = ring_buffer_size
         self._clock = clock
         self._series: dict[str, deque[tuple[float, float, dict]]] = defaultdict(lambda: deque(maxlen=self._size))
-        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self._counters: dict[CounterKey, float] = defaultdict(float)
         self._counter_robots: set[str] = set()
         self._callbacks: list[Callback] = []
         self._sinks: tuple[Callback, ...] = ()
@@ -84,9 +86,14 @@ class MetricsStore:
             self._queue.put((name, value, labels))
 
     def increment(self, name: str, labels: Optional[dict] = None, amount: float = 1.0) -> None:
+        self.increment_key(self.counter_key(name, labels), labels, amount)
+
+    def counter_key(self, name: str, labels: Optional[dict] = None) -> CounterKey:
+        """The counter ``increment(name, labels)`` adds to. A caller that counts the same
+        series often keeps it and calls ``increment_key`` (the key of a robot-labelled
+        counter is decided once, at its first use)."""
         key = (name, tuple(sorted((labels or {}).items())))
-        counters = self._counters
-        if key not in counters and labels and "client" in labels:
+        if key not in self._counters and labels and "client" in labels:
             # Robot-labelled counters: client ids are self-declared, so past
             # MAX_COUNTER_ROBOTS robots the rest count under client="_other".
             seen = self._counter_robots
@@ -95,8 +102,12 @@ class MetricsStore:
                     key = (name, tuple(sorted({**labels, "client": "_other"}.items())))
                 else:
                     seen.add(labels["client"])
-        counters[key] += amount
-        self.record(name, amount, labels)
+        return key
+
+    def increment_key(self, key: CounterKey, labels: Optional[dict] = None, amount: float = 1.0) -> None:
+        """``increment`` of the counter ``key`` (from ``counter_key``) for ``labels``."""
+        self._counters[key] += amount
+        self.record(key[0], amount, labels)
 
     # -- sinks and callbacks ------------------------------------------------------
 

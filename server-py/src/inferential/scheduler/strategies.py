@@ -215,6 +215,12 @@ class EdfScheduler(QueuedScheduler):
         self._expected[request.key] = (request.arrival_ns + interval, interval, window, request.priority)
 
     def _select(self, view: View, now_ns: int) -> list[InferenceRequest]:
+        if len(view) == 1:
+            (queue,) = view.values()
+            if len(queue) == 1:
+                # One request waiting, the usual case below saturation: it is the batch
+                # (what follows would find it the head and a batch of one needs no sizing).
+                return list(queue.values())
         alone_ns = {m: (self.estimate_service_ms(m, 1) or 0.0) * 1e6 for m in view}
 
         def latest_start(r: InferenceRequest) -> tuple[float, int]:

@@ -109,6 +109,11 @@ class LoopLoad:
             ms = elapsed_ns / count / 1e6
             self.reply_ms = ms if self.reply_ms == 0.0 else self.ALPHA * ms + (1 - self.ALPHA) * self.reply_ms
 
+    def due(self) -> bool:
+        """Whether the window is over (``sample`` would close it): a clock reading, so the
+        caller counts the observations only when they are needed."""
+        return self.clock() - self._t0 >= self.window_ns
+
     def sample(self, events: int) -> bool:
         """Close the window if it is over (``events``: observations received so far);
         True when the estimates changed."""
@@ -662,6 +667,8 @@ class Engine:
         arrivals, so the estimate follows the load down too when admission sheds
         everything and no batch runs (no timer of its own)."""
         load = self.loop_load
+        if not load.due():
+            return  # called after every batch and burst: most calls end here
         observations = sum(self.ledger.status_counts.values()) + len(self.ledger.pending)
         if load.sample(observations) and self._server_costs is not None:
             self._server_costs(self._extra_lag_ms(), load.reply_ms)
@@ -723,7 +730,14 @@ class Engine:
         self._after_batch()
 
     def _after_batch(self) -> None:
-        self.after_change()
+        if self._launching:
+            # A batch that ran inline, finished inside launch_ready's loop: the loop goes on
+            # to launch what is next, and its caller (after_change, or run) re-arms the timer
+            # once the loop ends; what the replies found gone is settled now, as after_change would.
+            if self.ledger.gone and not self.stopping:
+                self.settle_gone()
+        else:
+            self.after_change()
         transport = self.ledger.transport
         if transport is not None:
             transport.drain()  # sends can hide readable input from an edge-triggered fd

@@ -25,13 +25,12 @@ requests silently rather than sending to a peer already known to be gone.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Callable, Container, Iterator, Mapping, Optional
+from typing import Any, Callable, Container, Mapping, Optional
 
-from inferential.metrics.store import MetricsStore
+from inferential.metrics.store import CounterKey, MetricsStore
 from inferential.scheduler import InferenceRequest
 from inferential.server.chunking import ChunkReply, reply_fields
 from inferential.server.protocol import (
@@ -84,6 +83,7 @@ class Ledger:
         self.native_check: Optional[Callable[[], None]] = None
         self._in_batch = False
         self._unchecked = False
+        self._batch_replies = _BatchReplies(self)
         #: The protocol limits every reply is checked against (set by the server; None: unchecked).
         self.limits: Optional[Limits] = None
         #: The models served: a rejection names its model in metrics only when it is one of
@@ -92,26 +92,26 @@ class Ledger:
         self._metrics = metrics
         self._registry = registry
         self._clock = clock
-        self._reply_labels: dict[tuple[str, int], dict[str, str]] = {}
+        #: (model, status) -> the status's name, the labels and the counter of its replies
+        self._reply_labels: dict[tuple[str, int], tuple[str, dict[str, str], CounterKey]] = {}
         #: Withhold results ready after their deadline (scheduling.late_results: withhold).
         self.withhold_late = True
         #: Results withheld so far.
         self.withheld = 0
 
-    @contextlib.contextmanager
-    def replies(self) -> Iterator[None]:
-        """Around the replies of one batch: the native module looks for input its sends may
-        have hidden from its I/O thread once, after the last (``Router.check_input``),
-        instead of after each (a system call)."""
-        self._in_batch = True
-        try:
-            yield
-        finally:
-            self._in_batch = False
-            if self._unchecked:
-                self._unchecked = False
-                assert self.native_check is not None
-                self.native_check()
+    def replies(self) -> "_BatchReplies":
+        """Around the replies of one batch (``with ledger.replies():``): the native module
+        looks for input its sends may have hidden from its I/O thread once, after the last
+        (``Router.check_input``), instead of after each (a system call). A plain context
+        manager, not a generator's: it runs once per batch on the event loop."""
+        return self._batch_replies
+
+    def _end_batch(self) -> None:
+        self._in_batch = False
+        if self._unchecked:
+            self._unchecked = False
+            assert self.native_check is not None
+            self.native_check()
 
     def answer(
         self,
@@ -303,15 +303,33 @@ class Ledger:
 
     def _count_replies(self, model_id: str, status: int, count: int) -> str:
         """Count ``count`` replies of ``status`` for ``model_id``; the status's name."""
-        name = status_name(status)
+        series = self._reply_labels.get((model_id, status))
+        if series is None:
+            name = status_name(status)
+            labels = {"model": model_id, "status": name}
+            key = self._metrics.counter_key("replies", labels)
+            series = self._reply_labels[(model_id, status)] = (name, labels, key)
+        name, labels, key = series
         self.status_counts[name] += count
-        labels = self._reply_labels.get((model_id, status))
-        if labels is None:
-            labels = self._reply_labels[(model_id, status)] = {"model": model_id, "status": name}
-        self._metrics.increment("replies", labels, count)
+        self._metrics.increment_key(key, labels, count)
         return name
 
     def take_gone(self) -> list[bytes]:
         """The identities reported gone since the last call."""
         gone, self.gone = self.gone, []
         return gone
+
+
+class _BatchReplies:
+    """``Ledger.replies()``: marks the replies sent inside as one batch's."""
+
+    __slots__ = ("_ledger",)
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def __enter__(self) -> None:
+        self._ledger._in_batch = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._ledger._end_batch()
