@@ -13,10 +13,10 @@ from server_helpers import SentFrames, running_server, wired_engine
 
 from inferential import Connection
 from inferential.config.schema import InferentialConfig, SchedulingConfig
-from inferential.dispatch.base import Backend, Model, ModelInfo
+from inferential.dispatch.base import BACK_NS, Backend, Model, ModelInfo
 from inferential.dispatch.local import LocalBackend
 from inferential.scheduler import InferenceRequest, create_scheduler
-from inferential.server.engine import Engine
+from inferential.server.engine import Engine, LoopLoad
 from inferential.server.ledger import Ledger
 from inferential.server.registry import ClientRegistry
 from inferential.wire import Status
@@ -290,3 +290,58 @@ def test_a_busy_server_hands_batches_ahead_and_answers_every_observation_once():
         status = server.status_threadsafe()
         assert status["dispatch_ahead"]["handed"] > 0
         assert status["models"]["slow"]["in_flight"] == 0 and not server._engine.ahead
+
+
+def test_a_finished_batch_that_waited_long_for_the_loop_counts_only_the_loops_usual_wait():
+    """The local backend says how long a finished batch waited for the loop (BACK_NS). Up to
+    LoopLoad.MAX_LAG_MS that wait counts in the model's measured time, as it always did; the
+    rest does not: a loop and a worker starved of CPU (the Python transport refusing a storm of
+    observations) made a 1 ms model measure 30-90 ms, and admission then refused everything."""
+
+    async def scenario() -> None:
+        now = [10_000 * MS]
+        engine, ledger, registry, backend, _ = _engine(now)
+        engine.start(asyncio.get_running_loop(), backend.models())
+        usual = int(LoopLoad.MAX_LAG_MS * MS)
+
+        def run_one(robot: str, loop_sees_ms: int, back_ns: int) -> None:
+            _request(ledger, engine, registry, now[0], robot, priority=1, budget_ms=1000.0)
+            engine.after_change()
+            now[0] += loop_sees_ms * MS
+            entry = backend.submitted[-1]
+            setattr(entry["done"], BACK_NS, back_ns)
+            backend.finish(len(backend.submitted) - 1)
+
+        run_one("a", 10, usual - MS)  # within the usual wait: counted whole
+        assert engine.scheduler.estimate_service_ms("m", 1, margin=False) == 10.0
+        run_one("b", 50, usual + 37 * MS)  # 37 ms past it: left out
+        assert engine.scheduler.estimate_service_ms("m", 1, margin=False) == 11.5  # mean of 10 and 13
+        assert not ledger.pending
+
+    asyncio.run(scenario())
+
+
+def test_the_local_backend_says_how_long_a_finished_batch_waited_for_the_loop():
+    class Quick(Model):
+        allow_inline = False
+
+        def execute(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{"a": np.zeros(1, np.float32)} for _ in batch]
+
+    async def scenario() -> None:
+        backend = LocalBackend(objects={"q": Quick()})
+        await backend.start()
+        try:
+            got = asyncio.get_running_loop().create_future()
+
+            def done(outcomes: Any, error: Any) -> None:
+                got.set_result((outcomes, error, getattr(done, BACK_NS, None)))
+
+            backend.submit("q", [{}], done)
+            outcomes, error, back_ns = await asyncio.wait_for(got, 10)
+            assert error is None and len(outcomes) == 1
+            assert isinstance(back_ns, int) and 0 <= back_ns < 10_000 * MS
+        finally:
+            await backend.stop()
+
+    asyncio.run(scenario())

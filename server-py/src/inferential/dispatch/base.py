@@ -41,6 +41,13 @@ import numpy as np
 Inputs = dict[str, Any]
 Outcome = Any  # dict[str, ndarray|str] on success, or an Exception instance
 Done = Callable[[Optional[list[Any]], Optional[BaseException]], None]
+#: The attribute of a ``Done`` a backend may set before calling it (``setattr``, when the
+#: callable takes attributes): ns from the end of the batch's run on its executor to this
+#: call on the event loop. The server then leaves out of the model's measured service time
+#: whatever of that wait exceeds the longest the loop is meant to keep a finished batch
+#: waiting (a loop and a worker starved of CPU under overload), which would otherwise
+#: make every later batch look that much slower.
+BACK_NS = "back_ns"
 # What a batch run on the caller's thread gives: (outcomes, None) or (None, error).
 Ran = tuple[Optional[list[Outcome]], Optional[BaseException]]
 

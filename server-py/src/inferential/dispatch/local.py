@@ -25,11 +25,12 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from time import monotonic, perf_counter
+from time import monotonic, perf_counter, perf_counter_ns
 from typing import Any, Callable, Mapping, Optional
 
 from inferential.config.schema import InferentialConfig, ModelConfig
 from inferential.dispatch.base import (
+    BACK_NS,
     Backend,
     BackendError,
     BackendHealth,
@@ -211,7 +212,12 @@ class LocalBackend(Backend):
         # Whichever comes first on the loop, the outcome or the timeout, answers the batch.
         state = _Attempt()
 
-        def finished(outcomes: Any, error: Any) -> None:
+        def finished(outcomes: Any, error: Any, ran_at: int = 0) -> None:
+            if ran_at:
+                try:  # from the run's end on the worker to here (base.BACK_NS)
+                    setattr(done, BACK_NS, perf_counter_ns() - ran_at)
+                except AttributeError:  # a callable that takes no attributes: nothing to say
+                    pass
             if state.answered:  # it had timed out: the worker is back, its slot too
                 loaded.hung -= 1
                 loaded.info.concurrency += 1
@@ -249,7 +255,7 @@ class LocalBackend(Backend):
             # started is not run; its slot is given back all the same.
             outcome: Ran = (None, None) if state.answered else self._run(loaded, batch)
             try:
-                loop.call_soon_threadsafe(finished, *outcome)
+                loop.call_soon_threadsafe(finished, *outcome, perf_counter_ns())
             except RuntimeError:  # the loop closed during shutdown: nobody is waiting
                 pass
 

@@ -22,7 +22,7 @@ from collections import defaultdict, deque
 from typing import Any, Callable, Optional
 
 from inferential.config.schema import InferentialConfig, SchedulingConfig
-from inferential.dispatch.base import Backend, ModelInfo, Ran
+from inferential.dispatch.base import BACK_NS, Backend, ModelInfo, Ran
 from inferential.metrics.store import MetricsStore
 from inferential.scheduler import InferenceRequest, QueueFullError, Scheduler, create_scheduler
 from inferential.scheduler.interface import takes_ready_models
@@ -199,6 +199,8 @@ class Engine:
         self._timer_at: Optional[int] = None
         self._next_sweep_ns = 0
         self._launching = False
+        #: how long a finished batch may wait for the loop and still count in the model's time
+        self._max_back_ns = int(LoopLoad.MAX_LAG_MS * 1e6)
         self._completed: deque[Completed] = deque()
         # Per model, the start time of the batch handed ahead and still waiting for a
         # worker (dispatch_ahead_ms; at most one): it becomes "now" when a batch of its
@@ -550,7 +552,7 @@ class Engine:
             self._waiting[model] = start
 
         def done(outcomes: Optional[list[Any]], error: Optional[BaseException]) -> None:
-            self._finish_batch(model, batch, start[0], outcomes, error)
+            self._finish_batch(model, batch, start[0], outcomes, error, getattr(done, BACK_NS, 0))
 
         try:
             revoke = self.backend.submit(model, inputs, done)
@@ -604,29 +606,39 @@ class Engine:
         start: int,
         outcomes: Optional[list[Any]],
         error: Optional[BaseException],
+        back_ns: int = 0,
     ) -> None:
+        """``back_ns``: from the end of the run on its executor to this call, when the backend
+        says (``dispatch.base.BACK_NS``)."""
         self._release(model)
         end = self.clock()
+        # The run ended before the loop heard of it: by up to LoopLoad.MAX_LAG_MS that wait is
+        # the loop's usual way, counted in the model's measured time as it always was; beyond
+        # it a worker or a loop starved of CPU waited, and counting that too made every later
+        # batch look that much slower (a 1 ms model measured at 30-90 ms once the Python
+        # transport refused a storm of observations), so admission refused everything for good.
+        ended = end - max(0, back_ns - self._max_back_ns)
         # A worker is free: it has taken the batch handed ahead (or this was it), which
-        # started about now.
+        # started about then.
         started = self._waiting.pop(model, None)
         if started is not None:
-            started[0] = max(started[0], end)
+            started[0] = max(started[0], ended)
         self.ahead.pop(model, None)
         infer_ms = (end - start) / 1e6
+        run_ms = (ended - start) / 1e6
         if error is None and outcomes is None:
             error = RuntimeError("backend returned no outcomes")
         if error is not None:
             self._failed(model, batch, error)
             return
         assert outcomes is not None
-        self.scheduler.record_service_time(model, len(batch), infer_ms)
+        self.scheduler.record_service_time(model, len(batch), run_ms)
         if not self.stopping:
             self.launch_ready()  # keep the executor busy: start the next batch before replying
         answer = self.ledger.answer
         record = self.metrics.record
         max_age_ms = self.config.scheduling.action_max_age_ms
-        self._mark_mismatches(model, batch, infer_ms)
+        self._mark_mismatches(model, batch, run_ms)
         replies_from = self.clock()
         with self.ledger.replies():
             for r, out in zip(batch, outcomes, strict=False):  # lengths: the backend contract
