@@ -159,6 +159,7 @@ def run_closed_loop(
     ctx.term()
     return {
         "robots": robots,
+        "replies": replies,
         "replies_per_s": replies / seconds,
         "p50_ms": float(np.percentile(latencies, 50)) if latencies else float("nan"),
         "p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan"),
@@ -176,11 +177,29 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+#: sheds a step may have, as a share of its answers, and still count as served: one
+#: DEADLINE_UNMEETABLE in thousands (an estimate still stale from the run before) says
+#: nothing about the load, and stopping the search on it left rows with 1 robot in flight
+SHED_TOLERANCE = 0.001
+
+
+def clean(step: dict) -> bool:
+    """Whether a step served its load: nothing lost, and sheds (when its answers are
+    counted) at most ``SHED_TOLERANCE`` of them."""
+    if step["lost"]:
+        return False
+    replies = step.get("replies")
+    if replies is None:
+        return not step["sheds"]
+    return step["sheds"] <= SHED_TOLERANCE * (replies + step["sheds"])
+
+
 def stalled(curve: list[dict], gain: float = 0.05, patience: int = 2) -> bool:
-    """Stop stepping the load up: the last step lost or shed requests, or the last
-    ``patience`` steps each failed to beat the best before them by ``gain``."""
+    """Stop stepping the load up: the last step was not ``clean`` (it lost requests, or
+    shed more than ``SHED_TOLERANCE`` of them), or the last ``patience`` steps each failed
+    to beat the best before them by ``gain``."""
     last = curve[-1]
-    if last["lost"] or last["sheds"]:
+    if not clean(last):
         return True
     if len(curve) <= patience:
         return False

@@ -37,8 +37,8 @@ server, 2 CPUs, 0.5 CPU per replica), so the variants can be measured in interle
 2. Maximum sustained throughput: closed loop (bench/_closed_loop.py), N robots with one
    150 KB observation in flight each, declaring a 1 s budget (so the backend's capacity,
    not admission against the default 50 ms budget, is what limits); N stepped up until two
-   steps in a row gain < 5% or a loss/shed appears; the best N without losses or sheds
-   re-measured in rounds (median).
+   steps in a row gain < 5%, or a loss or sheds over 0.1% of the answers appear
+   (_closed_loop.clean); the best such clean N re-measured in rounds (median).
 Writes bench/results/ray_backend.json and ray_backend.png; the servers' output (Ray's logs
 included) goes to bench/results/ray_backend.server.log.
 """
@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _closed_loop import run_closed_loop, stalled  # noqa: E402
+from _closed_loop import clean, run_closed_loop, stalled  # noqa: E402
 from _fleet import FAST, RobotSpec, run_fleet, summarize  # noqa: E402
 from _peers import REPO, descendants, free_port, start_server, stop, tree_cpu_seconds  # noqa: E402
 
@@ -396,7 +396,7 @@ def throughput(servers: dict, args: argparse.Namespace) -> dict:
         print(f"    throughput: {n} robots in flight done", flush=True)
         if not searching:
             break
-    best_n = {v: max((x for x in c if not x["lost"] and not x["sheds"]), key=lambda x: x["replies_per_s"],
+    best_n = {v: max((x for x in c if clean(x)), key=lambda x: x["replies_per_s"],
                      default=c[0])["robots"] for v, c in curves.items()}
     confirm: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for r in range(args.confirm_rounds):
