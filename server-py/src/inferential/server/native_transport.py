@@ -76,6 +76,11 @@ def native_available(curve: bool = False) -> bool:
     return _native is not None and libzmq_path() is not None
 
 
+def _unavailable() -> str:
+    """Why ``native_available`` is False, as the error and the fallback's log line word it."""
+    return "is not installed" if _native is None else "cannot find pyzmq's libzmq"
+
+
 def wants_native(config: TransportConfig, curve: bool = False) -> bool:
     """Whether ``config`` (and ``INFERENTIAL_TRANSPORT`` for ``auto``) selects the native path."""
     mode = getattr(config, "native", "auto")
@@ -83,8 +88,9 @@ def wants_native(config: TransportConfig, curve: bool = False) -> bool:
         return False
     if mode == "on":
         if not native_available(curve):
-            why = f"is not installed ({INSTALL_HINT})" if _native is None else "cannot find pyzmq's libzmq"
-            raise RuntimeError(f"transport.native is on but the inferential_native module {why}")
+            raise RuntimeError(
+                f"transport.native is on but the inferential_native module {_unavailable()} ({INSTALL_HINT})"
+            )
         return True
     forced = os.environ.get(ENV_VAR, "").strip().lower()
     if forced == "python":
@@ -101,8 +107,9 @@ def make_transport(config: TransportConfig, curve: Optional[CurveKeys] = None) -
     if wants_native(config, curve is not None):
         return NativeTransport(config, curve=curve)
     if getattr(config, "native", "auto") == "auto" and not native_available(curve is not None):
-        why = "is not installed" if _native is None else "cannot find pyzmq's libzmq"
-        logger.info("serving on the Python transport: the native one (inferential_native) %s (%s)", why, INSTALL_HINT)
+        logger.info(
+            "serving on the Python transport: the native one (inferential_native) %s (%s)", _unavailable(), INSTALL_HINT
+        )
     return RouterTransport(config, curve=curve)
 
 
