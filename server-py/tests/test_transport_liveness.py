@@ -186,3 +186,62 @@ def test_the_backlog_bound_counts_only_selects_that_could_wait() -> None:
         assert t.backlog_bound_ns(now) == now - t.empty_ns
     finally:
         t.close()
+
+
+def test_at_most_one_drain_waits_on_the_loop_under_a_flood() -> None:
+    """Each drain reads for a slice; one that ends its slice with input left queues another,
+    and a send from outside a drain (a finished batch's replies) queued one more. Under a
+    flood the queued drains piled up (twenty at once with robots refused and sending again
+    at once) and a finished batch's callback waited behind all of them: the model sat idle
+    while the loop read. Now a drain is queued only when none is."""
+    import asyncio
+
+    t = RouterTransport(TransportConfig(bind="tcp://127.0.0.1:0"))
+    endpoint = t.bind()
+    ctx = zmq.Context()
+    robot = ctx.socket(zmq.DEALER)
+    robot.setsockopt(zmq.LINGER, 0)
+    robot.setsockopt(zmq.SNDHWM, 0)
+    robot.connect(endpoint)
+    for i in range(3000):
+        robot.send_multipart([b"", b"%d" % i])
+    loop = asyncio.new_event_loop()
+    queued: list[int] = []
+    identity: list[bytes] = []
+    handled = [0]
+
+    def drains_queued() -> int:
+        ready = getattr(loop, "_ready", ())  # the default loop's queue of callbacks to run
+        return sum(1 for h in ready if getattr(h, "_callback", None) in (t.drain, getattr(t, "_drain_queued", None)))
+
+    def on_message(frames: list) -> None:
+        identity[:] = [frames[0].bytes]
+        handled[0] += 1
+        until = time.perf_counter() + 0.0001  # a refusal's worth of work
+        while time.perf_counter() < until:
+            pass
+        t.send([identity[0], b"", b"refused"])
+        queued.append(drains_queued())
+
+    def finished_batch() -> None:  # replies sent from outside a drain, as a batch's callback does
+        if identity:
+            t.send([identity[0], b"", b"ok"])
+        if handled[0] < 3000:
+            loop.call_soon(finished_batch)
+
+    async def run() -> None:
+        t.attach(loop, on_message, lambda: None)
+        loop.call_soon(finished_batch)
+        deadline = time.monotonic() + 30
+        while handled[0] < 3000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        t.close()
+        loop.close()
+        robot.close(linger=0)
+        ctx.term()
+    assert handled[0] == 3000
+    assert max(queued) <= 1, f"up to {max(queued)} drains queued at once"

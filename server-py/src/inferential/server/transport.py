@@ -97,7 +97,8 @@ class RouterTransport:
         self._on_burst_end: Optional[Callable[[], None]] = None
         self._draining = False
         self._sent = False
-        self._check_scheduled = False
+        # The drain queued on the loop to run later (at most one: see _drain_later).
+        self._later: Optional[asyncio.Handle] = None
         self._selector: Optional[_TimedSelector] = None
         #: monotonic ns when a read last found the receive queue empty
         self.empty_ns = _monotonic_ns()
@@ -170,7 +171,6 @@ class RouterTransport:
         if sock is None or self._draining:
             return
         self._draining = True
-        self._check_scheduled = False
         on_message = self._on_message
         burst = self.BURST
         polled = [(sock, _POLLIN)]
@@ -210,13 +210,25 @@ class RouterTransport:
                 if handled:
                     self._on_burst_end()  # type: ignore[misc]
                 if handled >= burst:
-                    if self._loop is not None:
-                        self._loop.call_soon(self.drain)  # more waiting: continue after other callbacks
+                    self._drain_later()  # more waiting: continue after other callbacks
                     return
                 if not self._sent:
                     return
         finally:
             self._draining = False
+
+    def _drain_later(self) -> None:
+        """Queue a drain on the loop unless one is queued already. One at most: each queued
+        drain reads for a whole slice, and each that ends its slice with input waiting queued
+        another, so under a flood (robots refused and sending again at once) they piled up,
+        twenty at a time, and a finished batch's callback waited behind all of them, 50-140 ms
+        for a 1 ms model: the model sat idle while the loop read only to refuse."""
+        if self._later is None and self._loop is not None:
+            self._later = self._loop.call_soon(self._drain_queued)
+
+    def _drain_queued(self) -> None:
+        self._later = None
+        self.drain()
 
     def backlog_bound_ns(self, now_ns: Optional[int] = None) -> int:
         """The longest a message read now can have waited in the receive queue.
@@ -244,10 +256,9 @@ class RouterTransport:
         sock = self._sock
         assert sock is not None
         self._sent = True
-        if not self._draining and not self._check_scheduled and self._loop is not None:
+        if not self._draining:
             # A send outside drain() (a timer, a worker's batch): look for input after it.
-            self._check_scheduled = True
-            self._loop.call_soon(self.drain)
+            self._drain_later()
         last = len(frames) - 1
         try:
             # Only the first frame can fail (ROUTER_MANDATORY checks the identity, HWM the
@@ -268,6 +279,9 @@ class RouterTransport:
         return self._watch
 
     def close(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         if self._sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._sock.fileno())
