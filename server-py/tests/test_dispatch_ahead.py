@@ -16,7 +16,7 @@ from inferential.config.schema import InferentialConfig, SchedulingConfig
 from inferential.dispatch.base import BACK_NS, Backend, Model, ModelInfo
 from inferential.dispatch.local import LocalBackend
 from inferential.scheduler import InferenceRequest, create_scheduler
-from inferential.server.engine import Engine, LoopLoad
+from inferential.server.engine import Engine
 from inferential.server.ledger import Ledger
 from inferential.server.registry import ClientRegistry
 from inferential.wire import Status
@@ -294,15 +294,16 @@ def test_a_busy_server_hands_batches_ahead_and_answers_every_observation_once():
 
 def test_a_finished_batch_that_waited_long_for_the_loop_counts_only_the_loops_usual_wait():
     """The local backend says how long a finished batch waited for the loop (BACK_NS). Up to
-    LoopLoad.MAX_LAG_MS that wait counts in the model's measured time, as it always did; the
-    rest does not: a loop and a worker starved of CPU (the Python transport refusing a storm of
-    observations) made a 1 ms model measure 30-90 ms, and admission then refused everything."""
+    deadline_margin_ms that wait counts in the model's measured time; the rest does not (the
+    plan adds a loop's extra wait once per batch, _extra_lag_ms): a loop and a worker starved
+    of CPU (the Python transport refusing a storm of observations) made a 1 ms model measure
+    30-90 ms, and admission then refused everything."""
 
     async def scenario() -> None:
         now = [10_000 * MS]
         engine, ledger, registry, backend, _ = _engine(now)
         engine.start(asyncio.get_running_loop(), backend.models())
-        usual = int(LoopLoad.MAX_LAG_MS * MS)
+        usual = int(engine.config.scheduling.deadline_margin_ms * MS)
 
         def run_one(robot: str, loop_sees_ms: int, back_ns: int) -> None:
             _request(ledger, engine, registry, now[0], robot, priority=1, budget_ms=1000.0)

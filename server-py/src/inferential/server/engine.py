@@ -199,8 +199,6 @@ class Engine:
         self._timer_at: Optional[int] = None
         self._next_sweep_ns = 0
         self._launching = False
-        #: how long a finished batch may wait for the loop and still count in the model's time
-        self._max_back_ns = int(LoopLoad.MAX_LAG_MS * 1e6)
         self._completed: deque[Completed] = deque()
         # Per model, the start time of the batch handed ahead and still waiting for a
         # worker (dispatch_ahead_ms; at most one): it becomes "now" when a batch of its
@@ -612,12 +610,14 @@ class Engine:
         says (``dispatch.base.BACK_NS``)."""
         self._release(model)
         end = self.clock()
-        # The run ended before the loop heard of it: by up to LoopLoad.MAX_LAG_MS that wait is
-        # the loop's usual way, counted in the model's measured time as it always was; beyond
-        # it a worker or a loop starved of CPU waited, and counting that too made every later
-        # batch look that much slower (a 1 ms model measured at 30-90 ms once the Python
-        # transport refused a storm of observations), so admission refused everything for good.
-        ended = end - max(0, back_ns - self._max_back_ns)
+        # The run ended before the loop heard of it. Up to deadline_margin_ms that wait is the
+        # loop's usual way, counted in the model's measured time; what exceeds it is a loop short
+        # of CPU, which the plan adds once per batch from the loop's own measure (_extra_lag_ms).
+        # Counted here as well, it was counted twice, and for every batch queued ahead: a 1 ms
+        # model measured at 30-90 ms once the Python transport refused a storm of observations
+        # (admission then refused everything for good), and at 3.4 ms a batch at 64 closed-loop
+        # robots, where its worker was busy 1.3 ms of it.
+        ended = end - max(0, back_ns - int(self.config.scheduling.deadline_margin_ms * 1e6))
         # A worker is free: it has taken the batch handed ahead (or this was it), which
         # started about then.
         started = self._waiting.pop(model, None)
@@ -681,7 +681,10 @@ class Engine:
         load = self.loop_load
         if not load.due():
             return  # called after every batch and burst: most calls end here
-        observations = sum(self.ledger.status_counts.values()) + len(self.ledger.pending)
+        ledger = self.ledger
+        # What the loop handled: the native transport's own refusals cost it nothing, and
+        # counted in they made the loop's CPU per observation look a fraction of what it is.
+        observations = sum(ledger.status_counts.values()) + len(ledger.pending) - ledger.refused_natively
         if load.sample(observations) and self._server_costs is not None:
             self._server_costs(self._extra_lag_ms(), load.reply_ms)
 

@@ -71,6 +71,8 @@ class Ledger:
     def __init__(self, metrics: MetricsStore, registry: ClientRegistry, clock: Callable[[], int]) -> None:
         self.pending: dict[int, InferenceRequest] = {}
         self.status_counts: dict[str, int] = defaultdict(int)
+        #: of those, refusals the native transport answered itself: the loop never saw them
+        self.refused_natively = 0
         #: Identities whose reply failed because the peer disconnected, not yet acted on.
         self.gone: list[bytes] = []
         self.transport: Optional[RouterTransport] = None
@@ -277,6 +279,7 @@ class Ledger:
         is what :meth:`reject` would have counted for it, one observation and one reply."""
         metrics = self._metrics
         for model_id, status, count in replies:
+            self.refused_natively += count
             name = self._count_replies(model_id, status, count)
             metrics.increment("observation_errors", {"status": name}, count)
             metrics.increment("native_refusals", {"status": name}, count)
