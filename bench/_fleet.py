@@ -122,6 +122,7 @@ class Sent:
     infer_ms: float = 0.0  # ... and the batch's run time
     duplicates: int = 0
     total_ms: float = 0.0  # ... and arrival to the reply handed to the socket
+    error: str = ""  # the reply's error text when not OK
 
 
 @dataclass
@@ -286,6 +287,7 @@ def run_fleet(
                 continue
             sent.reply_ns = now
             sent.status = "OK" if resp.status in (pb.OK, pb.STATUS_UNSPECIFIED) else pb.Status.Name(resp.status)
+            sent.error = resp.error
             if resp.HasField("timing"):
                 sent.batch_size = resp.timing.batch_size
                 sent.queue_ms = resp.timing.queue_wait_ms
@@ -361,6 +363,24 @@ def summarize(run: FleetRun) -> dict:
     for s in measured:
         if s.status not in (None, "OK"):
             sheds[s.status] = sheds.get(s.status, 0) + 1
+    # What became of the critical robots' observations that missed their budget: refused
+    # (by status), answered OK too late by the server itself, or late on the way back.
+    critical_misses: dict[str, int] = {}
+    critical_refusals: list[str] = []  # the first few refusals' texts, to tell who refused
+    for s in measured:
+        if not robots[s.robot].critical or within(s):
+            continue
+        if s.status is None:
+            kind = "lost"
+        elif s.status != "OK":
+            kind = s.status
+            if len(critical_refusals) < 5:
+                critical_refusals.append(
+                    f"{s.error} [waited {s.queue_ms:.1f} ms, ran {s.infer_ms:.1f} ms in a batch of {s.batch_size}]"
+                )
+        else:
+            kind = "late in server" if s.total_ms > robots[s.robot].budget_ms else "late on the way"
+        critical_misses[kind] = critical_misses.get(kind, 0) + 1
     everything = run.all_requests()
     lags = [(s.sent_ns - s.planned_ns) / 1e6 for s in everything]
     achieved = [len(per) / (run.warmup_s + run.seconds) / robots[i].rate_hz for i, per in enumerate(run.records)]
@@ -379,6 +399,8 @@ def summarize(run: FleetRun) -> dict:
         "ok_stale": len(stale),
         "ok_late_in_server": len(late_in_server),
         "sheds": sheds,
+        "critical_misses": critical_misses,
+        "critical_refusals": critical_refusals,
         # Over every request, warm-up included: none may end without a reply.
         "silent_losses": sum(1 for s in everything if s.status is None),
         "duplicates": sum(s.duplicates for s in everything),

@@ -453,6 +453,12 @@ def print_overload_table(rows: list[dict]) -> None:
             f"{r['ok_late']:>8}{r['withheld']:>9}{r['p99_ms']:>8.1f}{r['mean_batch']:>6.1f}"
             f"{'-' if busy is None else f'{busy:.0%}':>6}{r['silent_losses']:>7}  {sheds}"
         )
+    missed = [r for r in rows if r.get("critical_misses")]
+    if missed:
+        print("critical robots' misses: " + "; ".join(
+            f"{r['strategy']}: " + ", ".join(f"{SHORT.get(k, k)} {v}" for k, v in sorted(r["critical_misses"].items()))
+            for r in missed
+        ))
 
 
 def evaluate_overload(rows: list[dict]) -> list[dict]:
