@@ -366,7 +366,7 @@ def summarize(run: FleetRun) -> dict:
     # What became of the critical robots' observations that missed their budget: refused
     # (by status), answered OK too late by the server itself, or late on the way back.
     critical_misses: dict[str, int] = {}
-    critical_refusals: list[str] = []  # the first few refusals' texts, to tell who refused
+    critical_refusals: list[str] = []  # the first few refusals' texts and late OKs, to tell why
     for s in measured:
         if not robots[s.robot].critical or within(s):
             continue
@@ -380,6 +380,11 @@ def summarize(run: FleetRun) -> dict:
                 )
         else:
             kind = "late in server" if s.total_ms > robots[s.robot].budget_ms else "late on the way"
+            if kind == "late in server" and len(critical_refusals) < 5:
+                critical_refusals.append(
+                    f"OK {s.total_ms:.1f} ms after arrival [waited {s.queue_ms:.1f} ms, ran {s.infer_ms:.1f} ms"
+                    f" in a batch of {s.batch_size}]"
+                )
         critical_misses[kind] = critical_misses.get(kind, 0) + 1
     everything = run.all_requests()
     lags = [(s.sent_ns - s.planned_ns) / 1e6 for s in everything]

@@ -134,6 +134,36 @@ def test_a_robot_without_a_budget_sending_on_its_own_clock_gets_its_cadence_as_d
     assert third.deadline_ns == third.arrival_ns + 17 * MS
 
 
+def test_the_running_observation_that_shows_a_robot_open_loop_gets_its_cadence_deadline_too(build, clock):
+    """A robot without a budget is seen sending on its own clock when an observation arrives
+    before its previous one is answered. If that previous one is running, its reply will be
+    stale too: it gets the cadence deadline (and is withheld if ready after it), where it
+    kept the default 50 ms and went out late, once per such robot."""
+    sched = build("edf", admission="reject")
+    clock.advance_ms(100)
+    first = v1_request(clock, 20.0)
+    sched.submit(first)
+    assert first.deadline_ns == first.arrival_ns + 49 * MS  # not yet seen open loop
+    assert sched.next_batch() == [first]
+    first.running = True
+    clock.advance_ms(20)
+    second = v1_request(clock, 20.0)
+    sched.submit(second)
+    assert second.deadline_ns == second.arrival_ns + 17 * MS
+    assert first.deadline_ns == first.arrival_ns + 17 * MS
+    assert first.latency_budget_ms == 20.0
+
+
+def test_a_queued_observation_that_shows_a_robot_open_loop_keeps_its_place(build, clock):
+    """Only a running one is re-dated: a queued one's deadline orders the queue."""
+    sched = build("fifo", admission="reject")
+    first = v1_request(clock, 20.0)
+    sched.submit(first)
+    clock.advance_ms(20)
+    sched.submit(v1_request(clock, 20.0))
+    assert first.deadline_ns == first.arrival_ns + 49 * MS
+
+
 def test_a_closed_loop_robot_without_a_budget_keeps_the_default(build, clock):
     sched = build("edf", admission="reject")
     for _ in range(3):

@@ -290,7 +290,17 @@ class QueuedScheduler(Scheduler):
             self._open_loop[stream] = None
             if len(self._open_loop) > self.MAX_OPEN_LOOP:
                 del self._open_loop[next(iter(self._open_loop))]
-        interval_ms = request.expected_interval_ms
+            if previous.running:
+                # The observation that showed it: its batch runs, and its reply will reach a
+                # robot that has sent a newer one, stale as every later late one would be.
+                # It gets their deadline, so the ledger withholds it if it is ready after
+                # that, where the default budget let it go out late (once per open-loop
+                # stream, at the onset of a backlog). A queued one is left to the queue's
+                # rules (coalescing supersedes it), whose order its deadline is part of.
+                self._tighten_to_cadence(previous, previous.expected_interval_ms or request.expected_interval_ms)
+        self._tighten_to_cadence(request, request.expected_interval_ms)
+
+    def _tighten_to_cadence(self, request: InferenceRequest, interval_ms: Optional[float]) -> None:
         if not interval_ms or request.deadline_ns is None:
             return
         due = request.arrival_ns + int((0.9 * interval_ms - self.config.deadline_margin_ms) * 1e6)
