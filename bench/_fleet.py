@@ -370,22 +370,20 @@ def summarize(run: FleetRun) -> dict:
     for s in measured:
         if not robots[s.robot].critical or within(s):
             continue
+        said: Optional[str] = None  # what the server said of it, for critical_refusals
         if s.status is None:
             kind = "lost"
         elif s.status != "OK":
-            kind = s.status
-            if len(critical_refusals) < 5:
-                critical_refusals.append(
-                    f"{s.error} [waited {s.queue_ms:.1f} ms, ran {s.infer_ms:.1f} ms in a batch of {s.batch_size}]"
-                )
+            kind, said = s.status, s.error
+        elif s.total_ms > robots[s.robot].budget_ms:
+            kind, said = "late in server", f"OK {s.total_ms:.1f} ms after arrival"
         else:
-            kind = "late in server" if s.total_ms > robots[s.robot].budget_ms else "late on the way"
-            if kind == "late in server" and len(critical_refusals) < 5:
-                critical_refusals.append(
-                    f"OK {s.total_ms:.1f} ms after arrival [waited {s.queue_ms:.1f} ms, ran {s.infer_ms:.1f} ms"
-                    f" in a batch of {s.batch_size}]"
-                )
+            kind = "late on the way"
         critical_misses[kind] = critical_misses.get(kind, 0) + 1
+        if said is not None and len(critical_refusals) < 5:
+            critical_refusals.append(
+                f"{said} [waited {s.queue_ms:.1f} ms, ran {s.infer_ms:.1f} ms in a batch of {s.batch_size}]"
+            )
     everything = run.all_requests()
     lags = [(s.sent_ns - s.planned_ns) / 1e6 for s in everything]
     achieved = [len(per) / (run.warmup_s + run.seconds) / robots[i].rate_hz for i, per in enumerate(run.records)]
